@@ -1,0 +1,24 @@
+# Shared settings for the hack/ scripts. Sourced, not run.
+# Everything expensive lives outside the clone so a fresh clone on the same machine reuses it.
+: "${WEFT_CACHE:=/var/cache/weft}"
+: "${CARGO_TARGET_DIR:=$WEFT_CACHE/target}"
+export WEFT_CACHE CARGO_TARGET_DIR
+KUBE_BIN_DIR="$WEFT_CACHE/kube-1.20.2/bin"
+export KUBE_BIN_DIR
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# apt-get update at most once per script run, and only when a package is missing.
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]}"
+  if [ -z "${WEFT_APT_UPDATED:-}" ]; then
+    apt-get update -qq
+    WEFT_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
