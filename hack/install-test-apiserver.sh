@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds a real kube-apiserver and kube-controller-manager (v1.20.2) from Debian's source
+# Builds a real kube-apiserver, kube-controller-manager and kubectl (v1.20.2) from Debian's source
 # package, and installs etcd, for the integration tests. No registry ships these binaries
 # and nothing may be downloaded at test time, so this is the offline way (see
 # ../shared/ENVIRONMENT.md). The binaries are cached in $WEFT_CACHE: a second run costs nothing.
@@ -7,7 +7,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
-want=(kube-apiserver kube-controller-manager)
+want=(kube-apiserver kube-controller-manager kubectl)
 have_all() { for b in "${want[@]}"; do [ -x "$KUBE_BIN_DIR/$b" ] || return 1; done; }
 
 apt_install etcd-server
@@ -49,7 +49,9 @@ done
 
 mkdir -p .go/src/k8s.io
 ln -sfn ../../.. .go/src/k8s.io/kubernetes
-for b in "${want[@]}"; do
+missing=()
+for b in "${want[@]}"; do [ -x "$KUBE_BIN_DIR/$b" ] || missing+=("$b"); done
+for b in "${missing[@]}"; do
   log "building $b (several CPU-minutes)"
   GOPATH="$PWD/.go" CGO_ENABLED=0 GOPROXY=off \
     KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_TREE_STATE=clean \
@@ -59,9 +61,9 @@ for b in "${want[@]}"; do
     }
 done
 mkdir -p "$KUBE_BIN_DIR"
-for b in "${want[@]}"; do
+for b in "${missing[@]}"; do
   install -m 0755 "_output/bin/$b" "$KUBE_BIN_DIR/$b"
 done
 cd /
 rm -rf "$build_root"
-log "installed ${want[*]} in $KUBE_BIN_DIR"
+log "installed ${missing[*]} in $KUBE_BIN_DIR"

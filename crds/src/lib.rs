@@ -26,9 +26,50 @@ pub const GROUP: &str = "weft.dev";
 /// Both CRDs, as `crdgen` writes them to manifests/crds/.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("processdefinitions.weft.dev.yaml", ProcessDefinition::crd()),
-        ("joinpipelines.weft.dev.yaml", JoinPipeline::crd()),
+        (
+            "processdefinitions.weft.dev.yaml",
+            without_nullable(ProcessDefinition::crd()),
+        ),
+        (
+            "joinpipelines.weft.dev.yaml",
+            without_nullable(JoinPipeline::crd()),
+        ),
     ]
+}
+
+/// Removes `nullable: true` from every schema node. Optional fields are omitted, never sent as
+/// null, and API servers before OpenAPI v3 publishing (< 1.27) leave nullable fields out of
+/// the OpenAPI v2 document that `kubectl explain` reads, so they would be undocumented there.
+fn without_nullable(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        JSONSchemaProps, JSONSchemaPropsOrArray,
+    };
+    fn strip(schema: &mut JSONSchemaProps) {
+        schema.nullable = None;
+        for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+            strip(child);
+        }
+        match &mut schema.items {
+            Some(JSONSchemaPropsOrArray::Schema(item)) => strip(item),
+            Some(JSONSchemaPropsOrArray::Schemas(items)) => items.iter_mut().for_each(strip),
+            None => {}
+        }
+        if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(extra)) =
+            &mut schema.additional_properties
+        {
+            strip(extra);
+        }
+    }
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            strip(schema);
+        }
+    }
+    crd
 }
 
 /// The YAML text of a CRD, exactly as committed under manifests/crds/.

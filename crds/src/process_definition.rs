@@ -26,9 +26,9 @@ pub const NAME_PATTERN: &str = r"^[a-z][a-z0-9_-]{0,62}$";
     doc = "A business process assembled from joined actions: its steps (happy path in order), the instance key, metric dimensions, outcomes and timeouts.",
     printcolumn(
         name = "Steps",
-        type_ = "string",
-        json_path = ".spec.steps[*].name",
-        description = "The steps, in happy-path order"
+        type_ = "integer",
+        json_path = ".status.stepCount",
+        description = "Number of steps"
     ),
     printcolumn(
         name = "Pipelines",
@@ -159,6 +159,10 @@ pub struct ProcessDefinitionStatus {
     /// The `metadata.generation` the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// Number of steps of the definition the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_count: Option<i32>,
 
     /// Names of the JoinPipelines (same namespace) that use this definition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
