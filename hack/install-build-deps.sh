@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what building the workspace needs: libclang for librocksdb-sys' bindgen,
-# mold for fast links. The Rust toolchain and a C/C++ compiler are on the machine.
+# Installs what building the workspace needs beyond the Rust toolchain and gcc: libclang for
+# librocksdb-sys' bindgen, openssl for the test harness's service-account keys.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
-apt_install libclang-dev mold clang make pkg-config
+apt_install libclang-dev clang make pkg-config openssl
+command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }

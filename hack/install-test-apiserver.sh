@@ -20,13 +20,13 @@ fi
 src_list=/etc/apt/sources.list.d/weft-deb-src.sources
 if [ ! -f "$src_list" ]; then
   log "adding deb-src entries ($src_list)"
-  sed -e 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources >"$src_list"
+  sed -e "s/^Types: deb$/Types: deb-src/" /etc/apt/sources.list.d/debian.sources | as_root tee "$src_list" >/dev/null
   WEFT_APT_UPDATED=
 fi
 apt_install dpkg-dev golang-go rsync golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
 # A new deb-src list needs an update even when every binary package was present.
 if ! apt-cache showsrc kubernetes >/dev/null 2>&1 || [ -z "$(apt-cache showsrc kubernetes 2>/dev/null)" ]; then
-  apt-get update -qq
+  as_root apt-get update -qq
 fi
 
 build_root="$WEFT_CACHE/kube-src"

@@ -1,6 +1,12 @@
 # Shared settings for the hack/ scripts. Sourced, not run.
-# Everything expensive lives outside the clone so a fresh clone on the same machine reuses it.
-: "${WEFT_CACHE:=/var/cache/weft}"
+# Everything expensive lives outside the clone, so a fresh clone on the same machine reuses it.
+if [ -z "${WEFT_CACHE:-}" ]; then
+  if mkdir -p /var/cache/weft 2>/dev/null && [ -w /var/cache/weft ]; then
+    WEFT_CACHE=/var/cache/weft
+  else
+    WEFT_CACHE="$HOME/.cache/weft"
+  fi
+fi
 : "${CARGO_TARGET_DIR:=$WEFT_CACHE/target}"
 export WEFT_CACHE CARGO_TARGET_DIR
 KUBE_BIN_DIR="$WEFT_CACHE/kube-1.20.2/bin"
@@ -8,7 +14,12 @@ export KUBE_BIN_DIR
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# apt-get update at most once per script run, and only when a package is missing.
+# Runs apt-get as root directly, or through sudo.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Installs the Debian packages that are missing; apt-get update at most once per script run.
 apt_install() {
   local missing=()
   for pkg in "$@"; do
@@ -17,8 +28,8 @@ apt_install() {
   [ ${#missing[@]} -eq 0 ] && return 0
   log "apt-get install ${missing[*]}"
   if [ -z "${WEFT_APT_UPDATED:-}" ]; then
-    apt-get update -qq
+    as_root apt-get update -qq
     WEFT_APT_UPDATED=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }

@@ -20,6 +20,8 @@ pub const TOPIC_PATTERN: &str = r"^[a-zA-Z0-9._-]{1,249}$";
 
 /// A pipeline that joins each tracking number's request, response and tracking messages into
 /// one business action, assembles actions into process instances and emits process metrics.
+// Several printer columns repeat `type_ = ...`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "weft.dev",
@@ -101,7 +103,8 @@ pub struct JoinPipelineSpec {
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: Duration,
 
-    /// What happens to the internal Kafka topics when the pipeline is deleted.
+    /// What happens to the internal Kafka topics when the pipeline is deleted: `Keep`
+    /// (default; a pipeline of the same name can reuse them) or `Delete`.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -183,7 +186,8 @@ pub struct SourceSpec {
     #[schemars(length(min = 1, max = 32), inner(regex(pattern = TOPIC_PATTERN)))]
     pub topics: Vec<String>,
 
-    /// The part every message of this source is. Set exactly one of `part` and `discriminator`.
+    /// The part every message of this source is: `request`, `response` or `tracking`. Set
+    /// exactly one of `part` and `discriminator`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<Part>,
 
@@ -246,7 +250,8 @@ pub struct EventTimeSpec {
     /// Where the event time lives in a message.
     pub pointer: JsonPointer,
 
-    /// How it is written.
+    /// How it is written: `epochMillis` (default; a number or a string of digits),
+    /// `epochSeconds` (fractions allowed) or `rfc3339` (e.g. `2026-11-22T08:30:00.123+08:00`).
     #[serde(default)]
     pub format: EventTimeFormat,
 }
@@ -271,7 +276,8 @@ pub struct FilterRule {
     /// Where the value lives in a message.
     pub pointer: JsonPointer,
 
-    /// How the value is tested.
+    /// How the value is tested: `In`, `NotIn` (absent counts as not in), `Exists` (present and
+    /// not null) or `DoesNotExist`.
     pub operator: FilterOperator,
 
     /// The values for `In` and `NotIn` (compared with the value as text); empty for `Exists`
@@ -321,7 +327,9 @@ pub struct JoinSpec {
     #[serde(default = "default_lateness")]
     pub lateness: Duration,
 
-    /// Parts an action needs to be complete.
+    /// Parts an action needs to be complete (`request`, `response`, `tracking`; default all
+    /// three). A part not listed is included when it arrives before the required ones are
+    /// complete; the action is never held back for it.
     #[serde(default = "default_required")]
     #[schemars(length(min = 1, max = 3))]
     pub required: Vec<Part>,
@@ -519,7 +527,8 @@ pub enum Phase {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinPipelineStatus {
-    /// Lifecycle phase.
+    /// Lifecycle phase: `Pending` (workers being created), `Running`, `Rescaling` (key groups
+    /// moving), `Degraded` (running with a problem, see conditions) or `Failed` (cannot run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 

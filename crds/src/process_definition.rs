@@ -14,6 +14,8 @@ pub const NAME_PATTERN: &str = r"^[a-z][a-z0-9_-]{0,62}$";
 
 /// A business process (for example a credit-card application: apply → review → issue →
 /// make → deliver → activate) assembled from the joined actions of one or more JoinPipelines.
+// Several printer columns repeat `type_ = ...`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "weft.dev",

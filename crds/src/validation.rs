@@ -271,16 +271,16 @@ impl JoinPipelineSpec {
                     process_errors.push(reference.at, message);
                 }
             }
-            if self.outputs.alerts.is_none() {
-                if let Some(i) = process.steps.iter().position(|s| s.sla.is_some()) {
-                    errors.push(
-                        "spec.outputs.alerts",
-                        format!(
-                            "required: {object} has an SLA on step {:?}",
-                            process.steps[i].name
-                        ),
-                    );
-                }
+            if self.outputs.alerts.is_none()
+                && let Some(i) = process.steps.iter().position(|s| s.sla.is_some())
+            {
+                errors.push(
+                    "spec.outputs.alerts",
+                    format!(
+                        "required: {object} has an SLA on step {:?}",
+                        process.steps[i].name
+                    ),
+                );
             }
             errors
                 .0
@@ -618,10 +618,10 @@ pub fn predicate_references(source: &str) -> Result<Vec<JsonPointer>, String> {
                 "unknown variable {root:?}: predicates see request, response, tracking and {TRACKING_NUMBER_FIELD}"
             ));
         }
-        if let Some(pointer) = JsonPointer::from_segments(&path) {
-            if !refs.contains(&pointer) {
-                refs.push(pointer);
-            }
+        if let Some(pointer) = JsonPointer::from_segments(&path)
+            && !refs.contains(&pointer)
+        {
+            refs.push(pointer);
         }
     }
     Ok(refs)

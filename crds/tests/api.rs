@@ -1,6 +1,8 @@
 //! The committed YAML (CRDs and examples) and the Rust types agree, and validation names the
 //! exact field of every problem.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, outside #[test] fns
+
 use std::path::{Path, PathBuf};
 
 use weft_crds::manifest::{Resource, parse_documents, read_file, validate_set};

@@ -210,14 +210,14 @@ impl TestCluster {
         self.dir.path()
     }
 
-    /// Runs `kubectl` against this cluster when one is installed; `None` when not.
-    pub fn kubectl(&self, args: &[&str]) -> Option<std::process::Output> {
-        let kubectl = which("kubectl")?;
+    /// Runs the kubectl built with the API server (same version) against this cluster.
+    pub fn kubectl(&self, args: &[&str]) -> Result<std::process::Output, HarnessError> {
+        let kubectl = require(kube_bin_dir().join("kubectl"))?;
         Command::new(kubectl)
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .args(args)
             .output()
-            .ok()
+            .map_err(io("running kubectl"))
     }
 
     fn spawn(&mut self, name: &str, command: &mut Command) -> Result<(), HarnessError> {

@@ -36,7 +36,15 @@ async fn crds_on_a_real_api_server() -> Result<()> {
     let cluster = TestCluster::start().await?;
     let client = cluster.client().await?;
 
+    let missing = weft_operator::preflight::check_crds(&client).await;
+    ensure!(
+        matches!(&missing, Err(weft_operator::preflight::PreflightError::Missing(name)) if name == "processdefinitions.weft.dev"),
+        "preflight before install: {missing:?}"
+    );
     install_crds(&client).await.context("installing the CRDs")?;
+    weft_operator::preflight::check_crds(&client)
+        .await
+        .context("preflight after install")?;
     apply_examples(&client)
         .await
         .context("applying the examples")?;
@@ -51,7 +59,8 @@ async fn crds_on_a_real_api_server() -> Result<()> {
         .context("printer columns")?;
     every_field_is_documented(&client)
         .await
-        .context("kubectl explain")?;
+        .context("the published OpenAPI schema")?;
+    kubectl_explain_documents_the_spec(&cluster).context("kubectl explain")?;
     Ok(())
 }
 
@@ -375,11 +384,52 @@ fn walk(schema: &Value, path: &str, undocumented: &mut Vec<String>, documented: 
             walk(child, &format!("{path}.{name}"), undocumented, documented);
         }
     }
-    if let Some(items) = schema.get("items").filter(|i| i["properties"].is_object()) {
-        if let Some(properties) = items["properties"].as_object() {
-            for (name, child) in properties {
-                walk(child, &format!("{path}[].{name}"), undocumented, documented);
-            }
+    if let Some(properties) = schema["items"]["properties"].as_object() {
+        for (name, child) in properties {
+            walk(child, &format!("{path}[].{name}"), undocumented, documented);
         }
     }
+}
+
+/// `kubectl explain joinpipeline.spec` lists every spec field with the start of its description.
+fn kubectl_explain_documents_the_spec(cluster: &TestCluster) -> Result<()> {
+    let out = cluster.kubectl(&["explain", "joinpipeline.spec"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if std::env::var_os("WEFT_SHOW_EXPLAIN").is_some() {
+        eprintln!("{text}");
+    }
+    ensure!(
+        out.status.success(),
+        "kubectl explain failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, crd) = weft_crds::crds()
+        .into_iter()
+        .find(|(file, _)| file.starts_with("joinpipelines"))
+        .ok_or_else(|| anyhow!("no JoinPipeline CRD"))?;
+    let crd = serde_json::to_value(crd)?;
+    let properties = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        properties.len() >= 10,
+        "spec has {} properties",
+        properties.len()
+    );
+    for (name, schema) in properties {
+        let description = schema["description"].as_str().unwrap_or_default();
+        let opening: Vec<&str> = description.split_whitespace().take(3).collect();
+        ensure!(
+            text.contains(&format!("   {name}\t")) || text.contains(&format!("   {name} ")),
+            "{name} missing from:\n{text}"
+        );
+        ensure!(
+            text.contains(&opening.join(" ")),
+            "description of {name} ({:?}) missing from:\n{text}",
+            opening.join(" ")
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,66 @@
+//! `weft-worker validate`: exit 0 on the examples, exit 1 naming the exact field otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, outside #[test] fns
+
+use std::process::Command;
+
+fn worker() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weft-worker"))
+}
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/examples");
+
+#[test]
+fn the_examples_are_valid() {
+    let out = worker()
+        .args(["validate", "-f", EXAMPLES])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.ends_with(": valid")).count(),
+        4,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_bad_field_is_named_and_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pd =
+        std::fs::read_to_string(format!("{EXAMPLES}/credit-card/processdefinition.yaml")).unwrap();
+    let jp = std::fs::read_to_string(format!("{EXAMPLES}/credit-card/joinpipeline.yaml")).unwrap();
+    let broken = pd.replace("request.path == '/cc/issue'", "request.pth == '/cc/issue'");
+    assert_ne!(broken, pd);
+    std::fs::write(dir.path().join("pd.yaml"), broken).unwrap();
+    std::fs::write(dir.path().join("jp.yaml"), jp).unwrap();
+
+    let out = worker()
+        .args(["validate", "-f"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "JoinPipeline/credit-card: invalid: ProcessDefinition/credit-card spec.steps[2].match: unknown field /request/pth"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_unreadable_file_is_an_error_not_a_panic() {
+    let out = worker()
+        .args(["validate", "-f", "/nonexistent/weft.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/weft.yaml"));
+}
