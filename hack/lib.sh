@@ -8,8 +8,16 @@ if [ -z "${WEFT_CACHE:-}" ]; then
   fi
 fi
 : "${CARGO_TARGET_DIR:=$WEFT_CACHE/target}"
+# Release builds (demo, benchmarks) get their own directory: cargo locks a target directory
+# per build, and a long release build must not block the tests.
+WEFT_RELEASE_TARGET_DIR="${WEFT_RELEASE_TARGET_DIR:-$WEFT_CACHE/target-release}"
 export WEFT_CACHE CARGO_TARGET_DIR
 KUBE_BIN_DIR="$WEFT_CACHE/kube-1.20.2/bin"
+# ccache in masquerade mode caches RocksDB's C++ objects: the second build of them (clippy's
+# check build, which reruns librocksdb-sys' build script) takes a minute instead of fifteen.
+if [ -d /usr/lib/ccache ]; then
+  export PATH="/usr/lib/ccache:$PATH" CCACHE_DIR="$WEFT_CACHE/ccache" CCACHE_MAXSIZE=5G
+fi
 export KUBE_BIN_DIR
 
 log() { printf '==> %s\n' "$*" >&2; }

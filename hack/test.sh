@@ -8,6 +8,7 @@ source "$here/lib.sh"
 cd "$here/.."
 
 bash hack/install-build-deps.sh
+source "$here/lib.sh" # again: ccache may have just been installed
 bash hack/install-test-apiserver.sh
 
 log "cargo fmt --check"

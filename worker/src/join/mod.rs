@@ -1,0 +1,683 @@
+//! The one-to-one join of request, response and tracking messages by tracking number.
+//!
+//! Pure logic: no I/O. State lives in a hot in-memory tier; entries that were made durable at
+//! a checkpoint and then evicted live in a cold tier behind [`ColdStore`] (RocksDB in the
+//! worker). An entry is kept only until its action is complete (then a small dedupe marker
+//! replaces it) or until the lateness bound passes (then an incomplete action is emitted).
+//!
+//! Time is event time, per key group: a key group's watermark is the largest event time it
+//! has accepted. Everything a key group does depends only on the messages of that key group
+//! in arrival order, so results do not depend on how key groups are spread over workers.
+
+pub mod record;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashMap;
+use weft_crds::Part;
+use weft_crds::join_pipeline::JoinSpec;
+use weft_crds::keygroup::{KeyGroupRange, key_group};
+
+use crate::sources::{DeadLetterReason, Message, Rejection};
+
+/// Join settings in milliseconds, from the pipeline's `spec.join`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JoinConfig {
+    pub lateness: i64,
+    pub dedupe: i64,
+    pub max_future_skew: i64,
+    /// Bit per [`Part`] (request = 1, response = 2, tracking = 4).
+    pub required: u8,
+    pub key_groups: u16,
+}
+
+impl JoinConfig {
+    pub fn new(join: &JoinSpec, key_groups: u16) -> JoinConfig {
+        let ms = |d: weft_crds::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+        JoinConfig {
+            lateness: ms(join.lateness),
+            dedupe: ms(join.dedupe).max(ms(join.lateness)),
+            max_future_skew: ms(join.max_future_skew),
+            required: join.required.iter().fold(0, |m, p| m | part_bit(*p)),
+            key_groups,
+        }
+    }
+}
+
+pub fn part_bit(part: Part) -> u8 {
+    1 << (part as u8)
+}
+
+const EMPTY_PENDING_BYTES: usize = 32;
+
+/// Moves a resolved pending entry out of its slot (leaving an empty one to be overwritten)
+/// and takes its parts' bytes off the hot tier's account.
+fn take_pending(pending: &mut Pending, hot_bytes: &mut usize) -> Pending {
+    let taken = std::mem::replace(
+        pending,
+        Pending {
+            deadline: 0,
+            parts: [None, None, None],
+        },
+    );
+    *hot_bytes = hot_bytes.saturating_sub(taken.bytes() - EMPTY_PENDING_BYTES);
+    taken
+}
+
+/// One arrived part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartState {
+    pub event_time: i64,
+    /// Projected fields as JSON object members without braces.
+    pub fields: Box<str>,
+}
+
+/// A tracking number whose required parts are not all there yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// Event time of the part that arrived first, plus the lateness.
+    pub deadline: i64,
+    pub parts: [Option<PartState>; 3],
+}
+
+impl Pending {
+    pub fn mask(&self) -> u8 {
+        Part::ALL
+            .iter()
+            .filter(|p| self.parts[**p as usize].is_some())
+            .fold(0, |m, p| m | part_bit(*p))
+    }
+
+    /// The earliest event time among the arrived parts.
+    pub fn first_event_time(&self) -> i64 {
+        self.parts
+            .iter()
+            .flatten()
+            .map(|p| p.event_time)
+            .min()
+            .unwrap_or(self.deadline)
+    }
+
+    /// Approximate memory held, for the hot tier's budget.
+    fn bytes(&self) -> usize {
+        self.parts
+            .iter()
+            .flatten()
+            .map(|p| p.fields.len() + 40)
+            .sum::<usize>()
+            + EMPTY_PENDING_BYTES
+    }
+}
+
+/// How a tracking number ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Expired,
+}
+
+/// A dedupe marker: the tracking number's action was emitted; parts arriving until `until`
+/// are duplicates (or late), not the start of a new action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Done {
+    pub until: i64,
+    pub outcome: Outcome,
+    /// The parts the emitted action had.
+    pub parts: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Pending(Pending),
+    Done(Done),
+}
+
+impl Entry {
+    /// When the entry's timer fires.
+    pub fn deadline(&self) -> i64 {
+        match self {
+            Entry::Pending(p) => p.deadline,
+            Entry::Done(d) => d.until,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Entry::Pending(p) => p.bytes(),
+            Entry::Done(_) => 24,
+        }
+    }
+}
+
+/// State key: the key group (big-endian u16) then the tracking number, so a key group's
+/// state is one contiguous key range.
+pub fn state_key(key_group: u16, tracking_number: &str) -> Box<[u8]> {
+    let mut key = Vec::with_capacity(2 + tracking_number.len());
+    key.extend_from_slice(&key_group.to_be_bytes());
+    key.extend_from_slice(tracking_number.as_bytes());
+    key.into_boxed_slice()
+}
+
+/// The key group and tracking number of a state key.
+pub fn split_key(key: &[u8]) -> (u16, &str) {
+    let kg = u16::from_be_bytes([
+        key.first().copied().unwrap_or(0),
+        key.get(1).copied().unwrap_or(0),
+    ]);
+    (
+        kg,
+        std::str::from_utf8(key.get(2..).unwrap_or_default()).unwrap_or_default(),
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store: {0}")]
+    Store(String),
+    #[error("corrupt state entry for key {key:?}: {detail}")]
+    Corrupt { key: Vec<u8>, detail: String },
+}
+
+/// Entries that were checkpointed and then evicted from memory.
+pub trait ColdStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StateError>;
+    /// Timers of cold entries of `key_group` with `from <= deadline < before`, as
+    /// (deadline, key), in order.
+    fn due(
+        &self,
+        key_group: u16,
+        from: i64,
+        before: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StateError>;
+    /// The earliest cold timer of `key_group` at or after `from`.
+    fn next_deadline(&self, key_group: u16, from: i64) -> Result<Option<i64>, StateError>;
+}
+
+/// A cold tier that holds nothing (tests, and workers that never evicted).
+pub struct NoCold;
+
+impl ColdStore for NoCold {
+    fn get(&self, _: &[u8]) -> Result<Option<Entry>, StateError> {
+        Ok(None)
+    }
+    fn due(&self, _: u16, _: i64, _: i64) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+        Ok(Vec::new())
+    }
+    fn next_deadline(&self, _: u16, _: i64) -> Result<Option<i64>, StateError> {
+        Ok(None)
+    }
+}
+
+/// Where joined results go.
+pub trait JoinOutput {
+    /// A complete action: every required part arrived.
+    fn action(
+        &mut self,
+        key_group: u16,
+        tracking_number: &str,
+        pending: &Pending,
+        completed_at: i64,
+    );
+    /// An incomplete action: the lateness bound passed; `missing` are the required parts that
+    /// never came.
+    fn incomplete(&mut self, key_group: u16, tracking_number: &str, pending: &Pending, missing: u8);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("{}: {}", .0.reason, .0.detail)]
+    Rejected(Rejection),
+    #[error("key group {0} is not owned by this worker")]
+    NotOwned(u16),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Counters, all of them part of the checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinStats {
+    pub parts: u64,
+    pub complete: u64,
+    pub incomplete: u64,
+    pub duplicates: u64,
+    /// Actions whose entry was written to RocksDB at some checkpoint.
+    pub actions_persisted: u64,
+}
+
+/// A change to write at the next checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Store the entry and its timer; delete the timer of the previous version.
+    Put {
+        key: Box<[u8]>,
+        entry: Entry,
+        old_deadline: Option<i64>,
+    },
+    /// Delete the entry and its timer.
+    Delete { key: Box<[u8]>, deadline: i64 },
+}
+
+struct Slot {
+    /// `None`: removed since the last checkpoint (a tombstone for a persisted entry).
+    entry: Option<Entry>,
+    /// Deadline of the version in the store, if any.
+    persisted: Option<i64>,
+    dirty: bool,
+}
+
+type Timer = Reverse<(i64, Box<[u8]>)>;
+
+/// The join state machine for a range of key groups.
+pub struct JoinEngine {
+    config: JoinConfig,
+    owned: KeyGroupRange,
+    slots: FxHashMap<Box<[u8]>, Slot>,
+    timers: Vec<BinaryHeap<Timer>>,
+    watermarks: Vec<i64>,
+    cold_next: Vec<Option<i64>>,
+    /// Cold timers before this deadline have been handed out already.
+    cold_scanned: Vec<i64>,
+    hot_bytes: usize,
+    pub stats: JoinStats,
+}
+
+impl JoinEngine {
+    pub fn new(config: JoinConfig, owned: KeyGroupRange) -> JoinEngine {
+        let n = usize::from(owned.len());
+        JoinEngine {
+            config,
+            owned,
+            slots: FxHashMap::default(),
+            timers: (0..n).map(|_| BinaryHeap::new()).collect(),
+            watermarks: vec![i64::MIN; n],
+            cold_next: vec![None; n],
+            cold_scanned: vec![i64::MIN; n],
+            hot_bytes: 0,
+            stats: JoinStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &JoinConfig {
+        &self.config
+    }
+
+    /// Approximate bytes of state held in memory.
+    pub fn hot_bytes(&self) -> usize {
+        self.hot_bytes
+    }
+
+    /// Entries (pending and markers) held in memory.
+    pub fn hot_entries(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Pending tracking numbers held in memory.
+    pub fn hot_pending(&self) -> usize {
+        self.slots
+            .values()
+            .filter(|s| matches!(s.entry, Some(Entry::Pending(_))))
+            .count()
+    }
+
+    pub fn watermarks(&self) -> &[i64] {
+        &self.watermarks
+    }
+
+    /// Restores watermarks and the cold tier's earliest timers after a restart.
+    pub fn restore(
+        &mut self,
+        watermarks: &[i64],
+        stats: JoinStats,
+        cold: &impl ColdStore,
+    ) -> Result<(), StateError> {
+        for (i, wm) in watermarks.iter().enumerate().take(self.watermarks.len()) {
+            self.watermarks[i] = *wm;
+        }
+        self.stats = stats;
+        for i in 0..self.cold_next.len() {
+            self.cold_next[i] = cold.next_deadline(self.owned.start + i as u16, i64::MIN)?;
+        }
+        Ok(())
+    }
+
+    fn index(&self, kg: u16) -> Result<usize, JoinError> {
+        if self.owned.contains(kg) {
+            Ok(usize::from(kg - self.owned.start))
+        } else {
+            Err(JoinError::NotOwned(kg))
+        }
+    }
+
+    /// Joins one message. A message that is too far ahead of its key group's watermark, or that
+    /// can no longer join anything, is rejected (to go to the dead letters) without touching
+    /// state or time.
+    pub fn process(
+        &mut self,
+        msg: &Message<'_>,
+        cold: &impl ColdStore,
+        out: &mut impl JoinOutput,
+    ) -> Result<(), JoinError> {
+        let kg = key_group(msg.tracking_number.as_bytes(), self.config.key_groups);
+        let idx = self.index(kg)?;
+        let wm = self.watermarks[idx];
+        let t = msg.event_time;
+        if wm != i64::MIN && t > wm.saturating_add(self.config.max_future_skew) {
+            return Err(JoinError::Rejected(Rejection::new(
+                DeadLetterReason::FutureEventTime,
+                format!(
+                    "event time {t} is {} ms ahead of the key group's watermark {wm}",
+                    t - wm
+                ),
+            )));
+        }
+        let key = state_key(kg, &msg.tracking_number);
+        let bit = part_bit(msg.part);
+        let part = msg.part as usize;
+        // Only key groups with evicted entries can have the key in RocksDB.
+        if self.cold_next[idx].is_some() {
+            self.load_cold(&key, idx, cold, false)?;
+        }
+        let required = self.config.required;
+        match self.slots.get_mut(&key) {
+            Some(Slot {
+                entry: Some(Entry::Done(done)),
+                ..
+            }) => {
+                if done.parts & bit != 0 {
+                    self.stats.duplicates += 1;
+                    return Ok(());
+                }
+                let what = if done.outcome == Outcome::Completed {
+                    "complete"
+                } else {
+                    "incomplete"
+                };
+                return Err(JoinError::Rejected(Rejection::new(
+                    DeadLetterReason::Late,
+                    format!(
+                        "{} arrived after its action was emitted as {what}",
+                        msg.part
+                    ),
+                )));
+            }
+            Some(Slot {
+                entry: Some(Entry::Pending(pending)),
+                dirty,
+                ..
+            }) => {
+                if pending.parts[part].is_some() {
+                    self.stats.duplicates += 1;
+                    return Ok(());
+                }
+                let fields: Box<str> = msg.fields.as_str().into();
+                self.hot_bytes += fields.len() + 40;
+                pending.parts[part] = Some(PartState {
+                    event_time: t,
+                    fields,
+                });
+                *dirty = true;
+                self.stats.parts += 1;
+                if pending.mask() & required == required {
+                    let pending = take_pending(pending, &mut self.hot_bytes);
+                    self.complete(key, idx, kg, &msg.tracking_number, pending, t, out);
+                }
+            }
+            _ => {
+                if wm != i64::MIN && t.saturating_add(self.config.lateness) < wm {
+                    return Err(JoinError::Rejected(Rejection::new(
+                        DeadLetterReason::Late,
+                        format!(
+                            "event time {t} is more than the lateness behind the watermark {wm}"
+                        ),
+                    )));
+                }
+                let mut pending = Pending {
+                    deadline: t.saturating_add(self.config.lateness),
+                    parts: [None, None, None],
+                };
+                pending.parts[part] = Some(PartState {
+                    event_time: t,
+                    fields: msg.fields.as_str().into(),
+                });
+                self.stats.parts += 1;
+                if bit & required == required {
+                    self.complete(key, idx, kg, &msg.tracking_number, pending, t, out);
+                } else {
+                    self.timers[idx].push(Reverse((pending.deadline, key.clone())));
+                    self.store(key, Entry::Pending(pending));
+                }
+            }
+        }
+        if t > wm {
+            self.watermarks[idx] = t;
+            self.fire(idx, cold, out)?;
+        }
+        Ok(())
+    }
+
+    /// Advances every key group's watermark to the end of time: every pending entry resolves
+    /// (as incomplete) and every marker is dropped. Used at the end of a finite input.
+    pub fn finish(
+        &mut self,
+        cold: &impl ColdStore,
+        out: &mut impl JoinOutput,
+    ) -> Result<(), StateError> {
+        for idx in 0..self.watermarks.len() {
+            self.watermarks[idx] = i64::MAX;
+            self.fire(idx, cold, out)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn complete(
+        &mut self,
+        key: Box<[u8]>,
+        idx: usize,
+        kg: u16,
+        tn: &str,
+        pending: Pending,
+        at: i64,
+        out: &mut impl JoinOutput,
+    ) {
+        out.action(kg, tn, &pending, at);
+        self.stats.complete += 1;
+        self.finish_entry(key, idx, &pending, Outcome::Completed);
+    }
+
+    /// Replaces a resolved entry by its dedupe marker.
+    fn finish_entry(&mut self, key: Box<[u8]>, idx: usize, pending: &Pending, outcome: Outcome) {
+        if self.slots.get(&key).is_some_and(|s| s.persisted.is_some()) {
+            self.stats.actions_persisted += 1;
+        }
+        let until = pending.deadline - self.config.lateness + self.config.dedupe;
+        let done = Done {
+            until,
+            outcome,
+            parts: pending.mask(),
+        };
+        self.timers[idx].push(Reverse((until, key.clone())));
+        self.store(key, Entry::Done(done));
+    }
+
+    /// Brings a key's entry from the cold tier into memory (clean), if it is there. Unless
+    /// `certain` (a cold timer named the key), only key groups with cold entries are asked.
+    fn load_cold(
+        &mut self,
+        key: &[u8],
+        idx: usize,
+        cold: &impl ColdStore,
+        certain: bool,
+    ) -> Result<(), StateError> {
+        if (!certain && self.cold_next[idx].is_none()) || self.slots.contains_key(key) {
+            return Ok(());
+        }
+        if let Some(entry) = cold.get(key)? {
+            self.hot_bytes += entry.bytes() + key.len() + 48;
+            self.slots.insert(
+                key.into(),
+                Slot {
+                    persisted: Some(entry.deadline()),
+                    entry: Some(entry),
+                    dirty: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn store(&mut self, key: Box<[u8]>, entry: Entry) {
+        let added = entry.bytes();
+        match self.slots.get_mut(&key) {
+            Some(slot) => {
+                let removed = slot.entry.as_ref().map_or(0, Entry::bytes);
+                self.hot_bytes = (self.hot_bytes + added).saturating_sub(removed);
+                slot.entry = Some(entry);
+                slot.dirty = true;
+            }
+            None => {
+                self.hot_bytes += added + key.len() + 48;
+                self.slots.insert(
+                    key,
+                    Slot {
+                        entry: Some(entry),
+                        persisted: None,
+                        dirty: true,
+                    },
+                );
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        let bytes = slot.entry.as_ref().map_or(0, Entry::bytes);
+        if slot.persisted.is_some() {
+            slot.entry = None;
+            slot.dirty = true;
+            self.hot_bytes = self.hot_bytes.saturating_sub(bytes);
+        } else {
+            self.hot_bytes = self.hot_bytes.saturating_sub(bytes + key.len() + 48);
+            self.slots.remove(key);
+        }
+    }
+
+    /// Fires the timers of key group `idx` that the watermark has passed, in (deadline, key)
+    /// order whichever tier they are in, until none is due.
+    fn fire(
+        &mut self,
+        idx: usize,
+        cold: &impl ColdStore,
+        out: &mut impl JoinOutput,
+    ) -> Result<(), StateError> {
+        let wm = self.watermarks[idx];
+        let kg = self.owned.start + idx as u16;
+        loop {
+            let mut due: Vec<(i64, Box<[u8]>)> = Vec::new();
+            while let Some(Reverse((deadline, _))) = self.timers[idx].peek() {
+                if *deadline >= wm {
+                    break;
+                }
+                if let Some(Reverse(timer)) = self.timers[idx].pop() {
+                    due.push(timer);
+                }
+            }
+            if self.cold_next[idx].is_some_and(|d| d < wm) {
+                due.extend(
+                    cold.due(kg, self.cold_scanned[idx], wm)?
+                        .into_iter()
+                        .map(|(d, k)| (d, k.into_boxed_slice())),
+                );
+                self.cold_scanned[idx] = wm;
+                self.cold_next[idx] = cold.next_deadline(kg, wm)?;
+            }
+            if due.is_empty() {
+                return Ok(());
+            }
+            due.sort_unstable();
+            due.dedup();
+            for (deadline, key) in due {
+                self.load_cold(&key, idx, cold, true)?;
+                // A timer is stale when its entry changed since it was set.
+                let Some(slot) = self.slots.get_mut(&key) else {
+                    continue;
+                };
+                match &mut slot.entry {
+                    Some(Entry::Pending(pending)) if pending.deadline == deadline => {
+                        let pending = take_pending(pending, &mut self.hot_bytes);
+                        let (_, tn) = split_key(&key);
+                        let missing = self.config.required & !pending.mask();
+                        out.incomplete(kg, tn, &pending, missing);
+                        self.stats.incomplete += 1;
+                        self.finish_entry(key, idx, &pending, Outcome::Expired);
+                    }
+                    Some(Entry::Done(done)) if done.until == deadline => self.remove(&key),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The changes since the last checkpoint, to be written with the input positions in one
+    /// batch. Afterwards memory and store agree. With `evict`, every entry leaves memory
+    /// (it is in the store now), which keeps memory bounded whatever the lateness.
+    pub fn checkpoint_changes(&mut self, evict: bool) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut evicted_deadlines: Vec<Option<i64>> = vec![None; self.timers.len()];
+        let mut freed = 0usize;
+        self.slots.retain(|key, slot| {
+            if slot.dirty {
+                match &slot.entry {
+                    Some(entry) => {
+                        changes.push(Change::Put {
+                            key: key.clone(),
+                            entry: entry.clone(),
+                            old_deadline: slot.persisted,
+                        });
+                        slot.persisted = Some(entry.deadline());
+                    }
+                    None => {
+                        if let Some(deadline) = slot.persisted {
+                            changes.push(Change::Delete {
+                                key: key.clone(),
+                                deadline,
+                            });
+                        }
+                        freed += key.len() + 48;
+                        return false;
+                    }
+                }
+                slot.dirty = false;
+            }
+            if evict {
+                if let Some(entry) = &slot.entry {
+                    let (kg, _) = split_key(key);
+                    let i = usize::from(kg.wrapping_sub(self.owned.start));
+                    if let Some(d) = evicted_deadlines.get_mut(i) {
+                        *d = Some(d.map_or(entry.deadline(), |x: i64| x.min(entry.deadline())));
+                    }
+                }
+                return false;
+            }
+            true
+        });
+        self.hot_bytes = self.hot_bytes.saturating_sub(freed);
+        if evict {
+            self.hot_bytes = 0;
+            for (i, heap) in self.timers.iter_mut().enumerate() {
+                heap.clear();
+                if let Some(d) = evicted_deadlines[i] {
+                    self.cold_next[i] = Some(self.cold_next[i].map_or(d, |c| c.min(d)));
+                }
+            }
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests;

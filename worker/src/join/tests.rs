@@ -1,0 +1,421 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const L: i64 = 3_600_000;
+const T0: i64 = 1_763_800_000_000;
+
+fn config(key_groups: u16) -> JoinConfig {
+    JoinConfig {
+        lateness: L,
+        dedupe: 2 * L,
+        max_future_skew: 4 * L,
+        required: 0b111,
+        key_groups,
+    }
+}
+
+#[derive(Default)]
+struct Recorded {
+    complete: Vec<(String, u8)>,
+    incomplete: Vec<(String, u8)>,
+}
+
+impl JoinOutput for Recorded {
+    fn action(&mut self, _: u16, tn: &str, pending: &Pending, _: i64) {
+        self.complete.push((tn.to_string(), pending.mask()));
+    }
+    fn incomplete(&mut self, _: u16, tn: &str, _: &Pending, missing: u8) {
+        self.incomplete.push((tn.to_string(), missing));
+    }
+}
+
+fn msg(tn: &str, part: Part, t: i64) -> Message<'static> {
+    Message {
+        part,
+        tracking_number: tn.to_string().into(),
+        event_time: t,
+        fields: format!("\"p\":\"{part}\""),
+    }
+}
+
+/// A cold tier in memory, with the same contract as the RocksDB one.
+#[derive(Default)]
+struct MemCold {
+    entries: Mutex<BTreeMap<Vec<u8>, Entry>>,
+    timers: Mutex<BTreeSet<(u16, i64, Vec<u8>)>>,
+}
+
+impl MemCold {
+    fn apply(&self, changes: Vec<Change>) {
+        let mut entries = self.entries.lock().unwrap();
+        let mut timers = self.timers.lock().unwrap();
+        for change in changes {
+            match change {
+                Change::Put {
+                    key,
+                    entry,
+                    old_deadline,
+                } => {
+                    let (kg, _) = split_key(&key);
+                    if let Some(old) = old_deadline {
+                        timers.remove(&(kg, old, key.to_vec()));
+                    }
+                    timers.insert((kg, entry.deadline(), key.to_vec()));
+                    entries.insert(key.to_vec(), entry);
+                }
+                Change::Delete { key, deadline } => {
+                    let (kg, _) = split_key(&key);
+                    timers.remove(&(kg, deadline, key.to_vec()));
+                    entries.remove(&key.to_vec());
+                }
+            }
+        }
+    }
+}
+
+impl ColdStore for MemCold {
+    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StateError> {
+        Ok(self.entries.lock().unwrap().get(key).cloned())
+    }
+    fn due(&self, kg: u16, from: i64, before: i64) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+        let timers = self.timers.lock().unwrap();
+        Ok(timers
+            .iter()
+            .filter(|(g, d, _)| *g == kg && *d >= from && *d < before)
+            .map(|(_, d, k)| (*d, k.clone()))
+            .collect())
+    }
+    fn next_deadline(&self, kg: u16, from: i64) -> Result<Option<i64>, StateError> {
+        Ok(self
+            .timers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(g, d, _)| *g == kg && *d >= from)
+            .map(|(_, d, _)| *d)
+            .min())
+    }
+}
+
+fn all(key_groups: u16) -> JoinEngine {
+    JoinEngine::new(
+        config(key_groups),
+        KeyGroupRange {
+            start: 0,
+            end: key_groups,
+        },
+    )
+}
+
+#[test]
+fn a_triple_completes_once_in_any_order_and_leaves_only_a_marker() {
+    let mut engine = all(120);
+    let mut out = Recorded::default();
+    for part in [Part::Tracking, Part::Request, Part::Response] {
+        engine
+            .process(&msg("tn-1", part, T0), &NoCold, &mut out)
+            .unwrap();
+    }
+    assert_eq!(out.complete, [("tn-1".to_string(), 0b111)]);
+    assert_eq!(engine.hot_pending(), 0);
+    assert_eq!(engine.hot_entries(), 1, "a dedupe marker remains");
+    assert_eq!(engine.stats.complete, 1);
+}
+
+#[test]
+fn duplicates_before_and_after_completion_are_dropped_and_counted() {
+    let mut engine = all(120);
+    let mut out = Recorded::default();
+    engine
+        .process(&msg("tn-1", Part::Request, T0), &NoCold, &mut out)
+        .unwrap();
+    engine
+        .process(&msg("tn-1", Part::Request, T0 + 5), &NoCold, &mut out)
+        .unwrap();
+    engine
+        .process(&msg("tn-1", Part::Response, T0 + 10), &NoCold, &mut out)
+        .unwrap();
+    engine
+        .process(&msg("tn-1", Part::Tracking, T0 + 20), &NoCold, &mut out)
+        .unwrap();
+    engine
+        .process(&msg("tn-1", Part::Tracking, T0 + L / 2), &NoCold, &mut out)
+        .unwrap();
+    engine.finish(&NoCold, &mut out).unwrap();
+    assert_eq!(out.complete.len(), 1);
+    assert!(
+        out.incomplete.is_empty(),
+        "a duplicate after completion must not open a new entry"
+    );
+    assert_eq!(engine.stats.duplicates, 2);
+}
+
+#[test]
+fn lateness_expires_an_entry_as_incomplete_and_a_straggler_is_late() {
+    let mut engine = all(1);
+    let mut out = Recorded::default();
+    engine
+        .process(&msg("a", Part::Request, T0), &NoCold, &mut out)
+        .unwrap();
+    engine
+        .process(&msg("a", Part::Response, T0 + 1), &NoCold, &mut out)
+        .unwrap();
+    // Time moves on in the same key group: the bound passes.
+    engine
+        .process(&msg("b", Part::Request, T0 + L + 1), &NoCold, &mut out)
+        .unwrap();
+    assert_eq!(
+        out.incomplete,
+        [("a".to_string(), part_bit(Part::Tracking))]
+    );
+    let late = engine
+        .process(&msg("a", Part::Tracking, T0 + L + 2), &NoCold, &mut out)
+        .unwrap_err();
+    assert!(
+        matches!(late, JoinError::Rejected(ref r) if r.reason == DeadLetterReason::Late),
+        "{late}"
+    );
+    // A part more than the lateness behind the watermark opens nothing.
+    let stale = engine
+        .process(&msg("c", Part::Request, T0 - 1), &NoCold, &mut out)
+        .unwrap_err();
+    assert!(matches!(stale, JoinError::Rejected(ref r) if r.reason == DeadLetterReason::Late));
+}
+
+#[test]
+fn a_timestamp_far_ahead_of_the_watermark_is_refused_without_moving_time() {
+    let mut engine = all(1);
+    let mut out = Recorded::default();
+    engine
+        .process(&msg("a", Part::Request, T0), &NoCold, &mut out)
+        .unwrap();
+    let err = engine
+        .process(&msg("b", Part::Request, T0 + 10 * L), &NoCold, &mut out)
+        .unwrap_err();
+    assert!(
+        matches!(err, JoinError::Rejected(ref r) if r.reason == DeadLetterReason::FutureEventTime)
+    );
+    assert_eq!(
+        engine.watermarks()[0],
+        T0,
+        "the refused message did not move time"
+    );
+    assert!(out.incomplete.is_empty());
+}
+
+#[test]
+fn markers_are_dropped_after_the_dedupe_horizon() {
+    let mut engine = all(1);
+    let mut out = Recorded::default();
+    for part in Part::ALL {
+        engine
+            .process(&msg("a", part, T0), &NoCold, &mut out)
+            .unwrap();
+    }
+    for step in 1..=10 {
+        engine
+            .process(
+                &msg(&format!("x{step}"), Part::Request, T0 + step * L / 4),
+                &NoCold,
+                &mut out,
+            )
+            .unwrap();
+    }
+    assert!(
+        engine.slots.keys().all(|k| split_key(k).1 != "a"),
+        "marker for a is gone after 2h"
+    );
+}
+
+#[test]
+fn optional_parts_ride_along_but_never_hold_an_action_back() {
+    let mut cfg = config(120);
+    cfg.required = part_bit(Part::Request) | part_bit(Part::Response);
+    let mut engine = JoinEngine::new(cfg, KeyGroupRange { start: 0, end: 120 });
+    let mut out = Recorded::default();
+    engine
+        .process(&msg("a", Part::Tracking, T0), &NoCold, &mut out)
+        .unwrap();
+    engine
+        .process(&msg("a", Part::Request, T0), &NoCold, &mut out)
+        .unwrap();
+    engine
+        .process(&msg("a", Part::Response, T0), &NoCold, &mut out)
+        .unwrap();
+    engine
+        .process(&msg("b", Part::Request, T0), &NoCold, &mut out)
+        .unwrap();
+    engine
+        .process(&msg("b", Part::Response, T0), &NoCold, &mut out)
+        .unwrap();
+    let late = engine.process(&msg("b", Part::Tracking, T0), &NoCold, &mut out);
+    assert!(matches!(late, Err(JoinError::Rejected(ref r)) if r.reason == DeadLetterReason::Late));
+    assert_eq!(
+        out.complete,
+        [("a".to_string(), 0b111), ("b".to_string(), 0b011)]
+    );
+}
+
+#[test]
+fn evicted_entries_resolve_from_the_cold_tier() {
+    let cold = MemCold::default();
+    let mut engine = all(4);
+    let mut out = Recorded::default();
+    engine
+        .process(&msg("a", Part::Request, T0), &cold, &mut out)
+        .unwrap();
+    engine
+        .process(&msg("b", Part::Request, T0), &cold, &mut out)
+        .unwrap();
+    cold.apply(engine.checkpoint_changes(true));
+    assert_eq!(engine.hot_entries(), 0);
+    assert_eq!(engine.hot_bytes(), 0);
+    engine
+        .process(&msg("a", Part::Response, T0 + 1), &cold, &mut out)
+        .unwrap();
+    engine
+        .process(&msg("a", Part::Tracking, T0 + 2), &cold, &mut out)
+        .unwrap();
+    assert_eq!(out.complete, [("a".to_string(), 0b111)]);
+    engine.finish(&cold, &mut out).unwrap();
+    assert_eq!(out.incomplete, [("b".to_string(), 0b110)]);
+    assert_eq!(engine.stats.actions_persisted, 2);
+}
+
+/// One tracking number's messages in a generated scenario.
+#[derive(Clone, Debug)]
+struct Case {
+    parts: u8,
+    dup: u8,
+    base: i64,
+}
+
+fn scenario() -> impl Strategy<Value = (Vec<Case>, Vec<u32>, Vec<usize>)> {
+    let case = (1u8..8, 0u8..8, 0i64..(L / 2)).prop_map(|(parts, dup, base)| Case {
+        parts,
+        dup: dup & parts,
+        base,
+    });
+    prop::collection::vec(case, 1..60).prop_flat_map(|cases| {
+        let n: usize = cases
+            .iter()
+            .map(|c| (c.parts.count_ones() + c.dup.count_ones()) as usize)
+            .sum();
+        (
+            Just(cases),
+            prop::collection::vec(any::<u32>(), n),
+            prop::collection::vec(0usize..400, 0..4),
+        )
+    })
+}
+
+/// Every message of the scenario, in an arrival order given by `order` keys; event times
+/// all within half the lateness, so no part ever arrives beyond the bound.
+fn messages(cases: &[Case], order: &[u32]) -> Vec<Message<'static>> {
+    let mut all = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        for part in Part::ALL {
+            let bit = part_bit(part);
+            let copies = u8::from(case.parts & bit != 0) + u8::from(case.dup & bit != 0);
+            for c in 0..copies {
+                all.push(msg(
+                    &format!("tn-{i}"),
+                    part,
+                    T0 + case.base + i64::from(c) * 1000 + part as i64 * 7,
+                ));
+            }
+        }
+    }
+    let mut keyed: Vec<(u32, usize, Message<'static>)> = all
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| (order[i], i, m))
+        .collect();
+    keyed.sort_by_key(|(k, i, _)| (*k, *i));
+    keyed.into_iter().map(|(_, _, m)| m).collect()
+}
+
+type Results = (BTreeSet<(String, u8)>, BTreeSet<(String, u8)>, u64);
+
+/// Runs the messages through engines owning `splits` of the key groups, checkpointing (with
+/// eviction to a cold tier) after the message indexes in `evict_at`.
+fn run(msgs: &[Message<'static>], key_groups: u16, splits: u32, evict_at: &[usize]) -> Results {
+    let ranges = weft_crds::keygroup::even_assignment(splits, key_groups);
+    let mut engines: Vec<(JoinEngine, MemCold)> = ranges
+        .iter()
+        .map(|r| (JoinEngine::new(config(key_groups), *r), MemCold::default()))
+        .collect();
+    let mut out = Recorded::default();
+    for (i, m) in msgs.iter().enumerate() {
+        let kg = key_group(m.tracking_number.as_bytes(), key_groups);
+        let (engine, cold) = engines
+            .iter_mut()
+            .find(|(e, _)| e.owned.contains(kg))
+            .unwrap();
+        engine.process(m, cold, &mut out).unwrap();
+        if evict_at.contains(&i) {
+            for (engine, cold) in &mut engines {
+                cold.apply(engine.checkpoint_changes(true));
+            }
+        }
+    }
+    let mut duplicates = 0;
+    for (engine, cold) in &mut engines {
+        engine.finish(cold, &mut out).unwrap();
+        duplicates += engine.stats.duplicates;
+        cold.apply(engine.checkpoint_changes(false));
+        assert_eq!(
+            (engine.hot_entries(), engine.hot_bytes()),
+            (0, 0),
+            "all state released at the end"
+        );
+        assert!(
+            cold.entries.lock().unwrap().is_empty() && cold.timers.lock().unwrap().is_empty(),
+            "cold tier emptied"
+        );
+    }
+    let complete: BTreeSet<_> = out.complete.iter().cloned().collect();
+    let incomplete: BTreeSet<_> = out.incomplete.iter().cloned().collect();
+    assert_eq!(
+        complete.len(),
+        out.complete.len(),
+        "an action was emitted twice"
+    );
+    assert_eq!(
+        incomplete.len(),
+        out.incomplete.len(),
+        "an incomplete was emitted twice"
+    );
+    (complete, incomplete, duplicates)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn each_tracking_number_resolves_exactly_once((cases, order, evict_at) in scenario()) {
+        let msgs = messages(&cases, &order);
+        let (complete, incomplete, duplicates) = run(&msgs, 120, 1, &[]);
+        let expected_dups: u64 = cases.iter().map(|c| u64::from(c.dup.count_ones())).sum();
+        prop_assert_eq!(duplicates, expected_dups);
+        for (i, case) in cases.iter().enumerate() {
+            let tn = format!("tn-{i}");
+            if case.parts == 0b111 {
+                prop_assert!(complete.contains(&(tn.clone(), 0b111)), "{} should be complete", tn);
+            } else {
+                prop_assert!(incomplete.contains(&(tn.clone(), 0b111 & !case.parts)), "{} should miss {:b}", tn, !case.parts & 7);
+            }
+        }
+        prop_assert_eq!(complete.len() + incomplete.len(), cases.len());
+
+        // The same input split over key groups, workers and checkpoints gives the same result.
+        let baseline = (complete, incomplete, duplicates);
+        prop_assert_eq!(&run(&msgs, 7, 1, &[]), &baseline);
+        prop_assert_eq!(&run(&msgs, 120, 3, &[]), &baseline);
+        prop_assert_eq!(&run(&msgs, 120, 2, &evict_at), &baseline);
+    }
+}

@@ -1,0 +1,562 @@
+//! Local (embedded) mode: a JoinPipeline over JSON-lines files or stdin, in one process, with a
+//! local RocksDB directory and output files — the same join as the worker, no Kafka needed.
+//!
+//! Checkpoints work as in the worker: outputs flushed first, then state changes and the input
+//! positions in one RocksDB batch. A run that is killed (even with SIGKILL) and started again
+//! with the same arguments resumes from its last checkpoint, cuts its outputs back to the
+//! checkpointed lengths, and ends with exactly the files an uninterrupted run writes.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use weft_crds::keygroup::KeyGroupRange;
+use weft_crds::manifest::{Resource, read_file};
+use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
+
+use crate::join::record::{push_json_string, write_action, write_incomplete};
+use crate::join::{JoinConfig, JoinEngine, JoinError, JoinOutput, JoinStats, Pending};
+use crate::sinks::JsonLinesFile;
+use crate::sources::files::{LineReader, Position};
+use crate::sources::{Extracted, Rejection, SourcePlan};
+use crate::state::Store;
+
+/// Where one source's messages come from.
+#[derive(Clone, Debug)]
+pub struct InputSpec {
+    /// Source name; may be omitted when the pipeline has one source.
+    pub source: Option<String>,
+    /// A file, or `None` for standard input.
+    pub path: Option<PathBuf>,
+}
+
+impl std::str::FromStr for InputSpec {
+    type Err = String;
+    /// `<source>=<file>`, `<source>=-`, `<file>` or `-`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (source, file) = match s.split_once('=') {
+            Some((source, file)) => (Some(source.to_string()), file),
+            None => (None, s),
+        };
+        if file.is_empty() {
+            return Err(format!("{s:?}: no file (use - for standard input)"));
+        }
+        Ok(InputSpec {
+            source,
+            path: (file != "-").then(|| PathBuf::from(file)),
+        })
+    }
+}
+
+pub struct LocalOptions {
+    pub resources: Vec<PathBuf>,
+    pub pipeline: Option<String>,
+    pub inputs: Vec<InputSpec>,
+    pub output: PathBuf,
+    /// Overrides `spec.checkpointInterval`.
+    pub checkpoint_interval: Option<Duration>,
+    /// Memory budget of the join's hot tier; beyond it, state is evicted to RocksDB.
+    pub max_hot_bytes: usize,
+    /// Start over: remove the state and outputs of an earlier run in `output`.
+    pub fresh: bool,
+    pub progress: bool,
+}
+
+/// The checkpoint record of local mode.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Checkpoint {
+    inputs: Vec<Position>,
+    cursor: usize,
+    outputs: BTreeMap<String, u64>,
+    watermarks: Vec<i64>,
+    join: JoinStats,
+    counters: Counters,
+    finished: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Counters {
+    events: u64,
+    filtered: u64,
+    dead_letters: BTreeMap<String, u64>,
+    checkpoints: u64,
+    restarts: u64,
+    seconds: f64,
+    peak_hot_bytes: u64,
+    peak_hot_entries: u64,
+}
+
+impl Counters {
+    fn note_peaks(&mut self, engine: &JoinEngine) {
+        self.peak_hot_bytes = self.peak_hot_bytes.max(engine.hot_bytes() as u64);
+        self.peak_hot_entries = self.peak_hot_entries.max(engine.hot_entries() as u64);
+    }
+}
+
+/// What summary.json holds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub pipeline: String,
+    pub events: u64,
+    pub actions: ActionCounts,
+    pub duplicates: u64,
+    pub dead_letters: u64,
+    pub dead_letters_by_reason: BTreeMap<String, u64>,
+    pub filtered: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub state: StateSummary,
+    pub checkpoints: u64,
+    pub restarts: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ActionCounts {
+    pub complete: u64,
+    pub incomplete: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StateSummary {
+    pub peak_hot_bytes: u64,
+    pub peak_hot_entries: u64,
+    pub sst_bytes: u64,
+    pub actions_persisted: u64,
+    /// Share of actions whose state never touched RocksDB.
+    pub never_persisted_share: f64,
+}
+
+struct Outputs {
+    actions: JsonLinesFile,
+    incomplete: JsonLinesFile,
+    dead_letters: JsonLinesFile,
+    buf: Vec<u8>,
+    error: Option<std::io::Error>,
+}
+
+impl Outputs {
+    fn write(file: &mut JsonLinesFile, buf: &[u8], error: &mut Option<std::io::Error>) {
+        if error.is_none()
+            && let Err(e) = file.write(buf)
+        {
+            *error = Some(e);
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        source: &str,
+        file: Option<&Path>,
+        position: u64,
+        line: u64,
+        raw: &[u8],
+        rejection: &Rejection,
+    ) {
+        let buf = &mut self.buf;
+        buf.clear();
+        buf.extend_from_slice(b"{\"reason\":");
+        push_json_string(buf, rejection.reason.as_str());
+        buf.extend_from_slice(b",\"detail\":");
+        push_json_string(buf, &rejection.detail);
+        buf.extend_from_slice(b",\"source\":");
+        push_json_string(buf, source);
+        buf.extend_from_slice(b",\"file\":");
+        push_json_string(
+            buf,
+            &file.map_or_else(|| "-".to_string(), |p| p.display().to_string()),
+        );
+        buf.extend_from_slice(
+            format!(",\"offset\":{position},\"line\":{line},\"message\":").as_bytes(),
+        );
+        let shown = &raw[..raw.len().min(4096)];
+        push_json_string(buf, &String::from_utf8_lossy(shown));
+        buf.extend_from_slice(b"}\n");
+        Self::write(&mut self.dead_letters, &self.buf, &mut self.error);
+    }
+
+    fn flush(&mut self) -> std::io::Result<BTreeMap<String, u64>> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        Ok(BTreeMap::from([
+            ("actions".to_string(), self.actions.flush()?),
+            ("incomplete".to_string(), self.incomplete.flush()?),
+            ("deadLetters".to_string(), self.dead_letters.flush()?),
+        ]))
+    }
+}
+
+impl JoinOutput for Outputs {
+    fn action(
+        &mut self,
+        key_group: u16,
+        tracking_number: &str,
+        pending: &Pending,
+        completed_at: i64,
+    ) {
+        self.buf.clear();
+        write_action(
+            &mut self.buf,
+            key_group,
+            tracking_number,
+            pending,
+            completed_at,
+        );
+        Self::write(&mut self.actions, &self.buf, &mut self.error);
+    }
+
+    fn incomplete(
+        &mut self,
+        key_group: u16,
+        tracking_number: &str,
+        pending: &Pending,
+        missing: u8,
+    ) {
+        self.buf.clear();
+        write_incomplete(&mut self.buf, key_group, tracking_number, pending, missing);
+        Self::write(&mut self.incomplete, &self.buf, &mut self.error);
+    }
+}
+
+/// Loads the pipeline named (or the only one) and the definitions it uses from the files,
+/// validated exactly as the operator validates them.
+pub fn load_pipeline(
+    resources: &[PathBuf],
+    name: Option<&str>,
+) -> anyhow::Result<(JoinPipeline, Vec<(String, ProcessDefinitionSpec)>)> {
+    let mut all = Vec::new();
+    for path in resources {
+        all.extend(read_file(path)?);
+    }
+    let pipelines: Vec<&JoinPipeline> = all
+        .iter()
+        .filter_map(|r| match r {
+            Resource::JoinPipeline(jp) => Some(jp.as_ref()),
+            Resource::ProcessDefinition(_) => None,
+        })
+        .filter(|jp| name.is_none_or(|n| jp.metadata.name.as_deref() == Some(n)))
+        .collect();
+    let pipeline = match pipelines.as_slice() {
+        [one] => (*one).clone(),
+        [] => bail!(
+            "no JoinPipeline{} in the given files",
+            name.map(|n| format!(" named {n}")).unwrap_or_default()
+        ),
+        _ => bail!("several JoinPipelines in the given files: choose one with --pipeline"),
+    };
+    let processes: Vec<(String, ProcessDefinitionSpec)> = all
+        .iter()
+        .filter_map(|r| match r {
+            Resource::ProcessDefinition(pd)
+                if pipeline
+                    .spec
+                    .processes
+                    .names
+                    .iter()
+                    .any(|n| Some(n.as_str()) == pd.metadata.name.as_deref())
+                    || weft_crds::manifest::selects(&pipeline, pd) =>
+            {
+                Some((r.name().to_string(), pd.spec.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    for wanted in &pipeline.spec.processes.names {
+        if !processes.iter().any(|(n, _)| n == wanted) {
+            bail!(
+                "JoinPipeline {} uses ProcessDefinition {wanted}, which is not in the given files",
+                pipeline.metadata.name.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    let refs: Vec<(&str, &ProcessDefinitionSpec)> =
+        processes.iter().map(|(n, p)| (n.as_str(), p)).collect();
+    if let Err(errors) = pipeline.spec.validate_with_processes(&refs) {
+        bail!(
+            "JoinPipeline {} is invalid: {errors}",
+            pipeline.metadata.name.as_deref().unwrap_or_default()
+        );
+    }
+    Ok((pipeline, processes))
+}
+
+/// Runs local mode to the end of its inputs and returns the summary (also in summary.json).
+pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let (pipeline, _processes) = load_pipeline(&options.resources, options.pipeline.as_deref())?;
+    let name = pipeline.metadata.name.clone().unwrap_or_default();
+    let spec = &pipeline.spec;
+
+    let plans: Vec<SourcePlan> = spec.sources.iter().map(SourcePlan::new).collect();
+    let mut bindings: Vec<(usize, Option<PathBuf>)> = Vec::new();
+    for input in &options.inputs {
+        let index = match &input.source {
+            Some(source) => spec
+                .sources
+                .iter()
+                .position(|s| &s.name == source)
+                .with_context(|| {
+                    format!("--input {source}=...: the pipeline has no source {source}")
+                })?,
+            None if spec.sources.len() == 1 => 0,
+            None => bail!(
+                "the pipeline has {} sources: name the source of each input as <source>=<file>",
+                spec.sources.len()
+            ),
+        };
+        bindings.push((index, input.path.clone()));
+    }
+    if bindings.is_empty() {
+        bail!("no input: give --input <source>=<file> (or - for standard input), or --generate");
+    }
+    if bindings.iter().filter(|(_, p)| p.is_none()).count() > 1 {
+        bail!("only one input can be standard input");
+    }
+
+    let state_dir = options.output.join("state");
+    if options.fresh {
+        for file in [
+            "actions.jsonl",
+            "incomplete.jsonl",
+            "dead-letters.jsonl",
+            "summary.json",
+        ] {
+            let _ = std::fs::remove_file(options.output.join(file));
+        }
+        if state_dir.exists() {
+            std::fs::remove_dir_all(&state_dir)
+                .with_context(|| format!("removing {}", state_dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(&options.output)
+        .with_context(|| format!("creating {}", options.output.display()))?;
+    let store = Store::open(&state_dir)
+        .with_context(|| format!("opening state in {}", state_dir.display()))?;
+    let mut checkpoint: Checkpoint = match store.checkpoint()? {
+        Some(bytes) => serde_json::from_slice(&bytes).context("reading the checkpoint record")?,
+        None => Checkpoint::default(),
+    };
+    let resumed = checkpoint.inputs.iter().any(|p| p.offset > 0) || checkpoint.finished;
+    if resumed {
+        checkpoint.counters.restarts += 1;
+        if bindings.iter().any(|(_, p)| p.is_none()) && !checkpoint.finished {
+            bail!(
+                "{} holds a checkpoint of an earlier run, and standard input cannot be resumed: use --fresh",
+                options.output.display()
+            );
+        }
+        if checkpoint.inputs.len() != bindings.len() {
+            bail!(
+                "{} holds a checkpoint for {} inputs, not {}: use --fresh",
+                options.output.display(),
+                checkpoint.inputs.len(),
+                bindings.len()
+            );
+        }
+    }
+    checkpoint
+        .inputs
+        .resize(bindings.len(), Position::default());
+
+    let output_len = |key: &str| checkpoint.outputs.get(key).copied().unwrap_or(0);
+    let mut outputs = Outputs {
+        actions: JsonLinesFile::open(&options.output.join("actions.jsonl"), output_len("actions"))?,
+        incomplete: JsonLinesFile::open(
+            &options.output.join("incomplete.jsonl"),
+            output_len("incomplete"),
+        )?,
+        dead_letters: JsonLinesFile::open(
+            &options.output.join("dead-letters.jsonl"),
+            output_len("deadLetters"),
+        )?,
+        buf: Vec::with_capacity(4096),
+        error: None,
+    };
+
+    let owned = KeyGroupRange {
+        start: 0,
+        end: spec.key_groups,
+    };
+    let mut engine = JoinEngine::new(JoinConfig::new(&spec.join, spec.key_groups), owned);
+    engine.restore(&checkpoint.watermarks, checkpoint.join.clone(), &store)?;
+
+    let mut readers = Vec::new();
+    for ((index, path), position) in bindings.iter().zip(&checkpoint.inputs) {
+        let source = &spec.sources[*index].name;
+        let reader = LineReader::open(source, path.clone(), position).with_context(|| {
+            format!(
+                "opening {}",
+                path.as_ref()
+                    .map_or("standard input".into(), |p| p.display().to_string())
+            )
+        })?;
+        readers.push((*index, reader));
+    }
+
+    let interval = options
+        .checkpoint_interval
+        .unwrap_or_else(|| spec.checkpoint_interval.std());
+    let interactive = options.progress && std::io::stderr().is_terminal();
+    let mut last_checkpoint = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut counters = checkpoint.counters.clone();
+    let mut cursor = checkpoint.cursor;
+    let previous_seconds = counters.seconds;
+    let mut since_check = 0u32;
+
+    let do_checkpoint = |engine: &mut JoinEngine,
+                         outputs: &mut Outputs,
+                         readers: &[(usize, LineReader)],
+                         cursor: usize,
+                         counters: &mut Counters,
+                         finished: bool,
+                         evict: bool|
+     -> anyhow::Result<()> {
+        counters.checkpoints += 1;
+        counters.seconds = previous_seconds + started.elapsed().as_secs_f64();
+        let lengths = outputs.flush().context("writing outputs")?;
+        let record = Checkpoint {
+            inputs: readers.iter().map(|(_, r)| r.position().clone()).collect(),
+            cursor,
+            outputs: lengths,
+            watermarks: engine.watermarks().to_vec(),
+            join: engine.stats.clone(),
+            counters: counters.clone(),
+            finished,
+        };
+        let changes = engine.checkpoint_changes(evict);
+        store.write_checkpoint(&changes, &serde_json::to_vec(&record)?)?;
+        Ok(())
+    };
+
+    if !checkpoint.finished {
+        let mut exhausted = vec![false; readers.len()];
+        while exhausted.iter().any(|e| !e) {
+            let i = cursor % readers.len();
+            cursor = (cursor + 1) % readers.len();
+            if exhausted[i] {
+                continue;
+            }
+            let (index, reader) = &mut readers[i];
+            let plan = &plans[*index];
+            let path = reader.path.clone();
+            let line_no = reader.position().line + 1;
+            let Some((raw, offset)) = reader.next_line().context("reading input")? else {
+                exhausted[i] = true;
+                continue;
+            };
+            counters.events += 1;
+            let rejection = match plan.extract(raw) {
+                Ok(Extracted::Message(msg)) => match engine.process(&msg, &store, &mut outputs) {
+                    Ok(()) => None,
+                    Err(JoinError::Rejected(r)) => Some(r),
+                    Err(e) => return Err(e.into()),
+                },
+                Ok(Extracted::Filtered) => {
+                    counters.filtered += 1;
+                    None
+                }
+                Err(r) => Some(r),
+            };
+            if let Some(r) = rejection {
+                *counters
+                    .dead_letters
+                    .entry(r.reason.as_str().to_string())
+                    .or_default() += 1;
+                outputs.dead_letter(&plan.name, path.as_deref(), offset, line_no, raw, &r);
+            }
+
+            since_check += 1;
+            if since_check >= 4096 {
+                since_check = 0;
+                counters.note_peaks(&engine);
+                let over_budget = engine.hot_bytes() > options.max_hot_bytes;
+                if over_budget || last_checkpoint.elapsed() >= interval {
+                    do_checkpoint(
+                        &mut engine,
+                        &mut outputs,
+                        &readers,
+                        cursor,
+                        &mut counters,
+                        false,
+                        over_budget,
+                    )?;
+                    last_checkpoint = Instant::now();
+                }
+                if interactive && last_progress.elapsed() >= Duration::from_secs(1) {
+                    let secs = started.elapsed().as_secs_f64().max(1e-9);
+                    eprint!(
+                        "\r{} events, {:.0}/s, {} pending, {} complete, {} incomplete   ",
+                        counters.events,
+                        counters.events as f64 / secs,
+                        engine.hot_pending(),
+                        engine.stats.complete,
+                        engine.stats.incomplete
+                    );
+                    last_progress = Instant::now();
+                }
+            }
+        }
+        // End of input: time runs out for everything still pending.
+        engine.finish(&store, &mut outputs)?;
+        counters.note_peaks(&engine);
+        do_checkpoint(
+            &mut engine,
+            &mut outputs,
+            &readers,
+            cursor,
+            &mut counters,
+            true,
+            true,
+        )?;
+        if interactive {
+            eprintln!();
+        }
+    }
+
+    let dead_letters: u64 = counters.dead_letters.values().sum();
+    let stats = &engine.stats;
+    let actions = stats.complete + stats.incomplete;
+    let summary = Summary {
+        pipeline: name,
+        events: counters.events,
+        actions: ActionCounts {
+            complete: stats.complete,
+            incomplete: stats.incomplete,
+        },
+        duplicates: stats.duplicates,
+        dead_letters,
+        dead_letters_by_reason: counters.dead_letters.clone(),
+        filtered: counters.filtered,
+        seconds: counters.seconds,
+        events_per_second: if counters.seconds > 0.0 {
+            counters.events as f64 / counters.seconds
+        } else {
+            0.0
+        },
+        state: StateSummary {
+            peak_hot_bytes: counters.peak_hot_bytes,
+            peak_hot_entries: counters.peak_hot_entries,
+            sst_bytes: store.sst_bytes(),
+            actions_persisted: stats.actions_persisted,
+            never_persisted_share: if actions > 0 {
+                1.0 - stats.actions_persisted as f64 / actions as f64
+            } else {
+                1.0
+            },
+        },
+        checkpoints: counters.checkpoints,
+        restarts: counters.restarts,
+    };
+    let tmp = options.output.join("summary.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&summary)?).context("writing summary.json")?;
+    std::fs::rename(&tmp, options.output.join("summary.json")).context("writing summary.json")?;
+    Ok(summary)
+}

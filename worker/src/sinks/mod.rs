@@ -1,0 +1,66 @@
+//! Outputs of local mode: JSON-lines files whose lengths are part of every checkpoint. On
+//! restart each file is cut back to its checkpointed length, so what a crashed run wrote after
+//! its last checkpoint is replaced, not repeated: the files hold every record exactly once.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// An append-only JSON-lines file that knows how many bytes it holds.
+pub struct JsonLinesFile {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    len: u64,
+}
+
+impl JsonLinesFile {
+    /// Opens `path` for appending after cutting it to `len` bytes (0 starts it afresh).
+    pub fn open(path: &Path, len: u64) -> std::io::Result<JsonLinesFile> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let actual = file.metadata()?.len();
+        if actual < len {
+            return Err(std::io::Error::other(format!(
+                "{} holds {actual} bytes but the checkpoint recorded {len}: the output was changed outside Weft",
+                path.display()
+            )));
+        }
+        file.set_len(len)?;
+        let mut file = file;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len))?;
+        Ok(JsonLinesFile {
+            path: path.to_path_buf(),
+            writer: BufWriter::with_capacity(1 << 20, file),
+            len,
+        })
+    }
+
+    /// Appends one record (which ends with a newline).
+    pub fn write(&mut self, record: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(record)?;
+        self.len += record.len() as u64;
+        Ok(())
+    }
+
+    /// Hands everything written so far to the OS; returns the file's length.
+    pub fn flush(&mut self) -> std::io::Result<u64> {
+        self.writer.flush()?;
+        Ok(self.len)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

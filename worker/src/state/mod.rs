@@ -1,0 +1,226 @@
+//! RocksDB state: the cold tier of the join and the checkpoint record.
+//!
+//! Column families:
+//! - `join`: entry per state key (key group BE u16 + tracking number): a pending entry or a
+//!   dedupe marker.
+//! - `timers`: key group BE u16 + deadline (order-preserving u64) + tracking number, empty
+//!   value: the cold entries' timers in deadline order per key group.
+//! - `meta`: the checkpoint record (input positions, output lengths, counters, watermarks).
+//!
+//! Every key starts with the key group, so a key group's state is a contiguous range in each
+//! family: that is what a rescale exports, ingests and deletes.
+
+pub mod codec;
+
+use std::path::Path;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions,
+};
+
+use crate::join::{Change, ColdStore, Entry, StateError};
+
+const CF_JOIN: &str = "join";
+const CF_TIMERS: &str = "timers";
+const CF_META: &str = "meta";
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+
+/// One worker's RocksDB.
+pub struct Store {
+    db: DB,
+}
+
+fn store_err(e: rocksdb::Error) -> StateError {
+    StateError::Store(e.to_string())
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let family = |name: &str| {
+            let mut cf = Options::default();
+            cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if name == CF_JOIN {
+                // Point lookups of tracking numbers: a bloom filter answers most misses from memory.
+                let mut table = rocksdb::BlockBasedOptions::default();
+                table.set_bloom_filter(10.0, false);
+                cf.set_block_based_table_factory(&table);
+            }
+            ColumnFamilyDescriptor::new(name, cf)
+        };
+        let db = DB::open_cf_descriptors(&opts, path, [CF_JOIN, CF_TIMERS, CF_META].map(family))
+            .map_err(store_err)?;
+        Ok(Store { db })
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily, StateError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StateError::Store(format!("column family {name} missing")))
+    }
+
+    /// The last checkpoint record, if any.
+    pub fn checkpoint(&self) -> Result<Option<Vec<u8>>, StateError> {
+        self.db
+            .get_cf(self.cf(CF_META)?, CHECKPOINT_KEY)
+            .map_err(store_err)
+    }
+
+    /// Writes the state changes and the checkpoint record in one atomic batch.
+    pub fn write_checkpoint(&self, changes: &[Change], record: &[u8]) -> Result<(), StateError> {
+        let join = self.cf(CF_JOIN)?;
+        let timers = self.cf(CF_TIMERS)?;
+        let mut batch = WriteBatch::default();
+        let mut buf = Vec::new();
+        for change in changes {
+            match change {
+                Change::Put {
+                    key,
+                    entry,
+                    old_deadline,
+                } => {
+                    if let Some(old) = old_deadline {
+                        batch.delete_cf(timers, codec::timer_key(key, *old));
+                    }
+                    buf.clear();
+                    codec::encode_entry(entry, &mut buf);
+                    batch.put_cf(join, key, &buf);
+                    batch.put_cf(timers, codec::timer_key(key, entry.deadline()), []);
+                }
+                Change::Delete { key, deadline } => {
+                    batch.delete_cf(join, key);
+                    batch.delete_cf(timers, codec::timer_key(key, *deadline));
+                }
+            }
+        }
+        batch.put_cf(self.cf(CF_META)?, CHECKPOINT_KEY, record);
+        let mut options = WriteOptions::default();
+        // The WAL reaches the OS before write() returns: a killed process loses nothing;
+        // fsync per checkpoint would only add protection against power loss.
+        options.set_sync(false);
+        self.db.write_opt(batch, &options).map_err(store_err)
+    }
+
+    /// Bytes of SST files (what state costs on disk after flushes and compactions).
+    pub fn sst_bytes(&self) -> u64 {
+        [CF_JOIN, CF_TIMERS, CF_META]
+            .iter()
+            .filter_map(|name| self.db.cf_handle(name))
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(cf, "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+
+    /// Bytes of live state, including what is still in memtables.
+    pub fn live_bytes(&self) -> u64 {
+        [CF_JOIN, CF_TIMERS]
+            .iter()
+            .filter_map(|name| self.db.cf_handle(name))
+            .map(|cf| {
+                let sst = self
+                    .db
+                    .property_int_value_cf(cf, "rocksdb.estimate-live-data-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                let mem = self
+                    .db
+                    .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                sst + mem
+            })
+            .sum()
+    }
+
+    /// Number of entries in the join family (exact count; for tests and reports).
+    pub fn count_entries(&self) -> Result<u64, StateError> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(CF_JOIN)?, IteratorMode::Start) {
+            item.map_err(store_err)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn flush(&self) -> Result<(), StateError> {
+        for name in [CF_JOIN, CF_TIMERS, CF_META] {
+            self.db.flush_cf(self.cf(name)?).map_err(store_err)?;
+        }
+        Ok(())
+    }
+}
+
+impl ColdStore for Store {
+    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StateError> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_JOIN)?, key)
+            .map_err(store_err)?
+        {
+            Some(bytes) => {
+                codec::decode_entry(&bytes)
+                    .map(Some)
+                    .map_err(|detail| StateError::Corrupt {
+                        key: key.to_vec(),
+                        detail,
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn due(
+        &self,
+        key_group: u16,
+        from: i64,
+        before: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+        let start = codec::timer_prefix(key_group, from);
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(codec::timer_prefix(key_group, before));
+        let mut due = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_TIMERS)?,
+            read,
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (key, _) = item.map_err(store_err)?;
+            let (deadline, state_key) =
+                codec::split_timer_key(&key).ok_or_else(|| StateError::Corrupt {
+                    key: key.to_vec(),
+                    detail: "short timer key".into(),
+                })?;
+            due.push((deadline, state_key));
+        }
+        Ok(due)
+    }
+
+    fn next_deadline(&self, key_group: u16, from: i64) -> Result<Option<i64>, StateError> {
+        let start = codec::timer_prefix(key_group, from);
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(codec::timer_prefix(key_group, i64::MAX));
+        let mut iter = self.db.iterator_cf_opt(
+            self.cf(CF_TIMERS)?,
+            read,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        match iter.next() {
+            Some(item) => {
+                let (key, _) = item.map_err(store_err)?;
+                Ok(codec::split_timer_key(&key).map(|(deadline, _)| deadline))
+            }
+            None => Ok(None),
+        }
+    }
+}
