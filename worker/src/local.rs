@@ -446,9 +446,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             }
             let (index, reader) = &mut readers[i];
             let plan = &plans[*index];
-            let path = reader.path.clone();
-            let line_no = reader.position().line + 1;
-            let Some((raw, offset)) = reader.next_line().context("reading input")? else {
+            let Some((raw, offset, line_no)) = reader.next_line().context("reading input")? else {
                 exhausted[i] = true;
                 continue;
             };
@@ -470,7 +468,15 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
                     .dead_letters
                     .entry(r.reason.as_str().to_string())
                     .or_default() += 1;
-                outputs.dead_letter(&plan.name, path.as_deref(), offset, line_no, raw, &r);
+                // The input paths, not the reader (which lends `raw`): no clone per line.
+                outputs.dead_letter(
+                    &plan.name,
+                    bindings[i].1.as_deref(),
+                    offset,
+                    line_no,
+                    raw,
+                    &r,
+                );
             }
 
             since_check += 1;

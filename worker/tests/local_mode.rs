@@ -179,7 +179,8 @@ fn bad_lines_go_to_the_dead_letters_and_good_lines_are_unaffected() {
         ),
         ("not-json", "\u{feff}{\u{0}}".to_string()),
     ];
-    let mut mixed = String::new();
+    // A blank line is no message, but it still counts in line numbers.
+    let mut mixed = String::from("\n");
     for (i, line) in good.lines().enumerate() {
         mixed.push_str(line);
         mixed.push('\n');
@@ -223,6 +224,10 @@ fn bad_lines_go_to_the_dead_letters_and_good_lines_are_unaffected() {
     let third = &letters[2];
     let offset = third["offset"].as_u64().unwrap() as usize;
     assert!(mixed[offset..].starts_with(&bad_lines[2].1));
+    assert_eq!(
+        third["line"].as_u64().unwrap() as usize,
+        mixed[..offset].matches('\n').count() + 1
+    );
     assert_eq!(summary["deadLettersByReason"]["not-json"], 3);
 }
 

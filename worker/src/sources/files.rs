@@ -56,9 +56,9 @@ impl LineReader {
         }
     }
 
-    /// The next line without its line ending, and the position it started at; `None` at end.
-    /// Blank lines are skipped (they are not messages).
-    pub fn next_line(&mut self) -> std::io::Result<Option<(&[u8], u64)>> {
+    /// The next line without its line ending, the byte offset it starts at and its 1-based
+    /// line number; `None` at the end. Blank lines are skipped (they are not messages).
+    pub fn next_line(&mut self) -> std::io::Result<Option<(&[u8], u64, u64)>> {
         loop {
             if self.done {
                 return Ok(None);
@@ -79,7 +79,7 @@ impl LineReader {
             if self.buf[..end].iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return Ok(Some((&self.buf[..end], start)));
+            return Ok(Some((&self.buf[..end], start, self.position.line)));
         }
     }
 
