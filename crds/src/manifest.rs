@@ -46,6 +46,15 @@ struct TypeMeta {
 }
 
 impl Resource {
+    /// `Kind/name`, as kubectl and the validation messages name it.
+    pub fn id(&self) -> String {
+        let kind = match self {
+            Resource::ProcessDefinition(_) => "ProcessDefinition",
+            Resource::JoinPipeline(_) => "JoinPipeline",
+        };
+        format!("{kind}/{}", self.name())
+    }
+
     pub fn name(&self) -> &str {
         let meta = match self {
             Resource::ProcessDefinition(pd) => &pd.metadata,
@@ -135,23 +144,24 @@ pub fn validate_set(resources: &[Resource]) -> Vec<(String, ValidationErrors)> {
             Resource::JoinPipeline(jp) => {
                 let used: Vec<(&str, &crate::ProcessDefinitionSpec)> = processes
                     .iter()
-                    .filter(|(name, pd)| {
-                        jp.spec.processes.names.iter().any(|n| n == name) || selects(jp, pd)
-                    })
+                    .filter(|(_, pd)| uses(jp, pd))
                     .map(|(name, pd)| (*name, &pd.spec))
                     .collect();
                 jp.spec.validate_with_processes(&used)
             }
         };
         if let Err(errors) = result {
-            let kind = match resource {
-                Resource::ProcessDefinition(_) => "ProcessDefinition",
-                Resource::JoinPipeline(_) => "JoinPipeline",
-            };
-            failures.push((format!("{kind}/{}", resource.name()), errors));
+            failures.push((resource.id(), errors));
         }
     }
     failures
+}
+
+/// Whether the pipeline uses the definition: by name in `spec.processes.names`, or through
+/// its label selector.
+pub fn uses(jp: &JoinPipeline, pd: &ProcessDefinition) -> bool {
+    let name = pd.metadata.name.as_deref().unwrap_or_default();
+    jp.spec.processes.names.iter().any(|n| n == name) || selects(jp, pd)
 }
 
 /// Whether the pipeline's label selector picks the definition (matchLabels and

@@ -254,15 +254,7 @@ pub fn load_pipeline(
     let processes: Vec<(String, ProcessDefinitionSpec)> = all
         .iter()
         .filter_map(|r| match r {
-            Resource::ProcessDefinition(pd)
-                if pipeline
-                    .spec
-                    .processes
-                    .names
-                    .iter()
-                    .any(|n| Some(n.as_str()) == pd.metadata.name.as_deref())
-                    || weft_crds::manifest::selects(&pipeline, pd) =>
-            {
+            Resource::ProcessDefinition(pd) if weft_crds::manifest::uses(&pipeline, pd) => {
                 Some((r.name().to_string(), pd.spec.clone()))
             }
             _ => None,
@@ -389,8 +381,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
 
     let mut readers = Vec::new();
     for ((index, path), position) in bindings.iter().zip(&checkpoint.inputs) {
-        let source = &spec.sources[*index].name;
-        let reader = LineReader::open(source, path.clone(), position).with_context(|| {
+        let reader = LineReader::open(path.as_deref(), position).with_context(|| {
             format!(
                 "opening {}",
                 path.as_ref()

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use weft_crds::manifest::{Resource, read_file, validate_set};
+use weft_crds::manifest::{read_file, validate_set};
 use weft_worker::generate::{GenerateOptions, generate_file};
 use weft_worker::local::{InputSpec, LocalOptions};
 
@@ -191,11 +191,7 @@ fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     }
     let failures = validate_set(&resources);
     for resource in &resources {
-        let kind = match resource {
-            Resource::ProcessDefinition(_) => "ProcessDefinition",
-            Resource::JoinPipeline(_) => "JoinPipeline",
-        };
-        let id = format!("{kind}/{}", resource.name());
+        let id = resource.id();
         match failures.iter().find(|(failed, _)| *failed == id) {
             None => println!("{id}: valid"),
             Some((_, errors)) => {

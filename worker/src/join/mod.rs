@@ -238,7 +238,6 @@ pub enum JoinError {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinStats {
-    pub parts: u64,
     pub complete: u64,
     pub incomplete: u64,
     pub duplicates: u64,
@@ -297,10 +296,6 @@ impl JoinEngine {
             hot_bytes: 0,
             stats: JoinStats::default(),
         }
-    }
-
-    pub fn config(&self) -> &JoinConfig {
-        &self.config
     }
 
     /// Approximate bytes of state held in memory.
@@ -418,7 +413,6 @@ impl JoinEngine {
                     fields,
                 });
                 *dirty = true;
-                self.stats.parts += 1;
                 if pending.mask() & required == required {
                     let pending = take_pending(pending, &mut self.hot_bytes);
                     self.complete(key, idx, kg, &msg.tracking_number, pending, t, out);
@@ -441,7 +435,6 @@ impl JoinEngine {
                     event_time: t,
                     fields: msg.fields.as_str().into(),
                 });
-                self.stats.parts += 1;
                 if bit & required == required {
                     self.complete(key, idx, kg, &msg.tracking_number, pending, t, out);
                 } else {

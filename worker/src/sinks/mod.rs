@@ -4,11 +4,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// An append-only JSON-lines file that knows how many bytes it holds.
 pub struct JsonLinesFile {
-    path: PathBuf,
     writer: BufWriter<File>,
     len: u64,
 }
@@ -33,7 +32,6 @@ impl JsonLinesFile {
         let mut file = file;
         std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len))?;
         Ok(JsonLinesFile {
-            path: path.to_path_buf(),
             writer: BufWriter::with_capacity(1 << 20, file),
             len,
         })
@@ -50,17 +48,5 @@ impl JsonLinesFile {
     pub fn flush(&mut self) -> std::io::Result<u64> {
         self.writer.flush()?;
         Ok(self.len)
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }

@@ -1,8 +1,8 @@
 //! JSON-lines input for local mode: a file (resumable at a byte offset) or standard input.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::Path;
 
 /// Where a line came from, for dead letters and checkpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -15,8 +15,6 @@ pub struct Position {
 
 /// A JSON-lines reader that knows the byte offset of every line.
 pub struct LineReader {
-    pub source: String,
-    pub path: Option<PathBuf>,
     reader: Box<dyn BufRead + Send>,
     position: Position,
     buf: Vec<u8>,
@@ -25,8 +23,8 @@ pub struct LineReader {
 
 impl LineReader {
     /// Opens a file at a saved position (`None` for stdin, which cannot be resumed).
-    pub fn open(source: &str, path: Option<PathBuf>, at: &Position) -> std::io::Result<LineReader> {
-        let reader: Box<dyn BufRead + Send> = match &path {
+    pub fn open(path: Option<&Path>, at: &Position) -> std::io::Result<LineReader> {
+        let reader: Box<dyn BufRead + Send> = match path {
             Some(p) => {
                 let mut file = File::open(p)?;
                 file.seek(SeekFrom::Start(at.offset))?;
@@ -35,25 +33,11 @@ impl LineReader {
             None => Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())),
         };
         Ok(LineReader {
-            source: source.to_string(),
-            path,
             reader,
             position: at.clone(),
             buf: Vec::with_capacity(4096),
             done: false,
         })
-    }
-
-    /// Reads an input from any reader (tests, generated data).
-    pub fn from_reader(source: &str, reader: impl Read + Send + 'static) -> LineReader {
-        LineReader {
-            source: source.to_string(),
-            path: None,
-            reader: Box::new(BufReader::with_capacity(1 << 20, reader)),
-            position: Position::default(),
-            buf: Vec::with_capacity(4096),
-            done: false,
-        }
     }
 
     /// The next line without its line ending, the byte offset it starts at and its 1-based
@@ -85,9 +69,5 @@ impl LineReader {
 
     pub fn position(&self) -> &Position {
         &self.position
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.done
     }
 }

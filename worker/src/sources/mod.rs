@@ -30,19 +30,6 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 10] = [
-        DeadLetterReason::NotJson,
-        DeadLetterReason::Oversized,
-        DeadLetterReason::NoTrackingNumber,
-        DeadLetterReason::NoEventTime,
-        DeadLetterReason::BadEventTime,
-        DeadLetterReason::ImplausibleEventTime,
-        DeadLetterReason::FutureEventTime,
-        DeadLetterReason::NoDiscriminator,
-        DeadLetterReason::UnknownDiscriminator,
-        DeadLetterReason::Late,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             DeadLetterReason::NotJson => "not-json",

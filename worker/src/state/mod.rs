@@ -119,46 +119,6 @@ impl Store {
             })
             .sum()
     }
-
-    /// Bytes of live state, including what is still in memtables.
-    pub fn live_bytes(&self) -> u64 {
-        [CF_JOIN, CF_TIMERS]
-            .iter()
-            .filter_map(|name| self.db.cf_handle(name))
-            .map(|cf| {
-                let sst = self
-                    .db
-                    .property_int_value_cf(cf, "rocksdb.estimate-live-data-size")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
-                let mem = self
-                    .db
-                    .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
-                sst + mem
-            })
-            .sum()
-    }
-
-    /// Number of entries in the join family (exact count; for tests and reports).
-    pub fn count_entries(&self) -> Result<u64, StateError> {
-        let mut n = 0;
-        for item in self.db.iterator_cf(self.cf(CF_JOIN)?, IteratorMode::Start) {
-            item.map_err(store_err)?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    pub fn flush(&self) -> Result<(), StateError> {
-        for name in [CF_JOIN, CF_TIMERS, CF_META] {
-            self.db.flush_cf(self.cf(name)?).map_err(store_err)?;
-        }
-        Ok(())
-    }
 }
 
 impl ColdStore for Store {
