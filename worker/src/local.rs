@@ -443,7 +443,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             };
             counters.events += 1;
             let rejection = match plan.extract(raw) {
-                Ok(Extracted::Message(msg)) => match engine.process(&msg, &store, &mut outputs) {
+                Ok(Extracted::Message(msg)) => match engine.process(msg, &store, &mut outputs) {
                     Ok(()) => None,
                     Err(JoinError::Rejected(r)) => Some(r),
                     Err(e) => return Err(e.into()),

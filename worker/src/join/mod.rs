@@ -49,7 +49,12 @@ pub fn part_bit(part: Part) -> u8 {
     1 << (part as u8)
 }
 
-const EMPTY_PENDING_BYTES: usize = 32;
+// The hot tier's budget counts what the memory really costs: the hash table's and heaps'
+// spare capacity (both grow by doubling, so about half again on average) and the
+// allocator's overhead per allocation, not only the payload.
+const ALLOCATION_OVERHEAD: usize = 16;
+const SLOT_BYTES: usize = std::mem::size_of::<(StateKey, Slot)>() * 3 / 2 + 1;
+const TIMER_BYTES: usize = std::mem::size_of::<Timer>() * 3 / 2;
 
 /// Moves a resolved pending entry out of its slot (leaving an empty one to be overwritten)
 /// and takes its parts' bytes off the hot tier's account.
@@ -61,7 +66,7 @@ fn take_pending(pending: &mut Pending, hot_bytes: &mut usize) -> Pending {
             parts: [None, None, None],
         },
     );
-    *hot_bytes = hot_bytes.saturating_sub(taken.bytes() - EMPTY_PENDING_BYTES);
+    *hot_bytes = hot_bytes.saturating_sub(taken.bytes() - pending.bytes());
     taken
 }
 
@@ -99,14 +104,16 @@ impl Pending {
             .unwrap_or(self.deadline)
     }
 
-    /// Approximate memory held, for the hot tier's budget.
+    /// Memory held on the heap (the boxed entry and its parts' fields), for the hot tier's
+    /// budget.
     fn bytes(&self) -> usize {
         self.parts
             .iter()
             .flatten()
-            .map(|p| p.fields.len() + 40)
+            .map(|p| p.fields.len() + ALLOCATION_OVERHEAD)
             .sum::<usize>()
-            + EMPTY_PENDING_BYTES
+            + std::mem::size_of::<Pending>()
+            + ALLOCATION_OVERHEAD
     }
 }
 
@@ -129,7 +136,7 @@ pub struct Done {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
-    Pending(Pending),
+    Pending(Box<Pending>),
     Done(Done),
 }
 
@@ -145,18 +152,124 @@ impl Entry {
     fn bytes(&self) -> usize {
         match self {
             Entry::Pending(p) => p.bytes(),
-            Entry::Done(_) => 24,
+            // Held in the slot itself.
+            Entry::Done(_) => 0,
         }
     }
 }
 
-/// State key: the key group (big-endian u16) then the tracking number, so a key group's
-/// state is one contiguous key range.
-pub fn state_key(key_group: u16, tracking_number: &str) -> Box<[u8]> {
-    let mut key = Vec::with_capacity(2 + tracking_number.len());
-    key.extend_from_slice(&key_group.to_be_bytes());
-    key.extend_from_slice(tracking_number.as_bytes());
-    key.into_boxed_slice()
+/// Longest state key kept inline (key group and tracking number), without a heap allocation.
+const INLINE_KEY: usize = 30;
+
+/// A state key: the key group (big-endian u16) then the tracking number, so a key group's
+/// state is one contiguous key range. Short keys (all real tracking numbers) live inline:
+/// the hot map and the timer heaps copy keys instead of allocating them.
+#[derive(Clone)]
+pub enum StateKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl StateKey {
+    pub fn new(bytes: &[u8]) -> StateKey {
+        if bytes.len() <= INLINE_KEY {
+            let mut inline = [0u8; INLINE_KEY];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            StateKey::Inline {
+                len: bytes.len() as u8,
+                bytes: inline,
+            }
+        } else {
+            StateKey::Heap(bytes.into())
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            StateKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            StateKey::Heap(bytes) => bytes,
+        }
+    }
+
+    /// Memory held outside the key itself.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            StateKey::Inline { .. } => 0,
+            StateKey::Heap(b) => b.len() + 16,
+        }
+    }
+}
+
+impl std::ops::Deref for StateKey {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+// Hash and equality are the byte slice's, so the map can be asked with a `&[u8]`.
+impl std::hash::Hash for StateKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for StateKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for StateKey {}
+
+impl PartialOrd for StateKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for StateKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl AsRef<[u8]> for StateKey {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for StateKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kg, tn) = split_key(self);
+        write!(f, "{kg}/{tn}")
+    }
+}
+
+/// The state key of a tracking number in a key group.
+pub fn state_key(key_group: u16, tracking_number: &str) -> StateKey {
+    let tn = tracking_number.as_bytes();
+    if 2 + tn.len() <= INLINE_KEY {
+        let mut bytes = [0u8; INLINE_KEY];
+        bytes[..2].copy_from_slice(&key_group.to_be_bytes());
+        bytes[2..2 + tn.len()].copy_from_slice(tn);
+        StateKey::Inline {
+            len: (2 + tn.len()) as u8,
+            bytes,
+        }
+    } else {
+        let mut key = Vec::with_capacity(2 + tn.len());
+        key.extend_from_slice(&key_group.to_be_bytes());
+        key.extend_from_slice(tn);
+        StateKey::Heap(key.into_boxed_slice())
+    }
 }
 
 /// The key group and tracking number of a state key.
@@ -250,12 +363,12 @@ pub struct JoinStats {
 pub enum Change {
     /// Store the entry and its timer; delete the timer of the previous version.
     Put {
-        key: Box<[u8]>,
+        key: StateKey,
         entry: Entry,
         old_deadline: Option<i64>,
     },
     /// Delete the entry and its timer.
-    Delete { key: Box<[u8]>, deadline: i64 },
+    Delete { key: StateKey, deadline: i64 },
 }
 
 struct Slot {
@@ -266,13 +379,13 @@ struct Slot {
     dirty: bool,
 }
 
-type Timer = Reverse<(i64, Box<[u8]>)>;
+type Timer = Reverse<(i64, StateKey)>;
 
 /// The join state machine for a range of key groups.
 pub struct JoinEngine {
     config: JoinConfig,
     owned: KeyGroupRange,
-    slots: FxHashMap<Box<[u8]>, Slot>,
+    slots: FxHashMap<StateKey, Slot>,
     timers: Vec<BinaryHeap<Timer>>,
     watermarks: Vec<i64>,
     cold_next: Vec<Option<i64>>,
@@ -350,7 +463,7 @@ impl JoinEngine {
     /// state or time.
     pub fn process(
         &mut self,
-        msg: &Message<'_>,
+        msg: Message<'_>,
         cold: &impl ColdStore,
         out: &mut impl JoinOutput,
     ) -> Result<(), JoinError> {
@@ -406,11 +519,10 @@ impl JoinEngine {
                     self.stats.duplicates += 1;
                     return Ok(());
                 }
-                let fields: Box<str> = msg.fields.as_str().into();
-                self.hot_bytes += fields.len() + 40;
+                self.hot_bytes += msg.fields.len() + ALLOCATION_OVERHEAD;
                 pending.parts[part] = Some(PartState {
                     event_time: t,
-                    fields,
+                    fields: msg.fields,
                 });
                 *dirty = true;
                 if pending.mask() & required == required {
@@ -433,13 +545,13 @@ impl JoinEngine {
                 };
                 pending.parts[part] = Some(PartState {
                     event_time: t,
-                    fields: msg.fields.as_str().into(),
+                    fields: msg.fields,
                 });
                 if bit & required == required {
                     self.complete(key, idx, kg, &msg.tracking_number, pending, t, out);
                 } else {
-                    self.timers[idx].push(Reverse((pending.deadline, key.clone())));
-                    self.store(key, Entry::Pending(pending));
+                    self.push_timer(idx, pending.deadline, key.clone());
+                    self.store(key, Entry::Pending(Box::new(pending)));
                 }
             }
         }
@@ -467,7 +579,7 @@ impl JoinEngine {
     #[allow(clippy::too_many_arguments)]
     fn complete(
         &mut self,
-        key: Box<[u8]>,
+        key: StateKey,
         idx: usize,
         kg: u16,
         tn: &str,
@@ -481,7 +593,7 @@ impl JoinEngine {
     }
 
     /// Replaces a resolved entry by its dedupe marker.
-    fn finish_entry(&mut self, key: Box<[u8]>, idx: usize, pending: &Pending, outcome: Outcome) {
+    fn finish_entry(&mut self, key: StateKey, idx: usize, pending: &Pending, outcome: Outcome) {
         if self.slots.get(&key).is_some_and(|s| s.persisted.is_some()) {
             self.stats.actions_persisted += 1;
         }
@@ -491,8 +603,13 @@ impl JoinEngine {
             outcome,
             parts: pending.mask(),
         };
-        self.timers[idx].push(Reverse((until, key.clone())));
+        self.push_timer(idx, until, key.clone());
         self.store(key, Entry::Done(done));
+    }
+
+    fn push_timer(&mut self, idx: usize, deadline: i64, key: StateKey) {
+        self.hot_bytes += TIMER_BYTES;
+        self.timers[idx].push(Reverse((deadline, key)));
     }
 
     /// Brings a key's entry from the cold tier into memory (clean), if it is there. Unless
@@ -508,9 +625,10 @@ impl JoinEngine {
             return Ok(());
         }
         if let Some(entry) = cold.get(key)? {
-            self.hot_bytes += entry.bytes() + key.len() + 48;
+            let key = StateKey::new(key);
+            self.hot_bytes += entry.bytes() + SLOT_BYTES + key.heap_bytes();
             self.slots.insert(
-                key.into(),
+                key,
                 Slot {
                     persisted: Some(entry.deadline()),
                     entry: Some(entry),
@@ -521,7 +639,7 @@ impl JoinEngine {
         Ok(())
     }
 
-    fn store(&mut self, key: Box<[u8]>, entry: Entry) {
+    fn store(&mut self, key: StateKey, entry: Entry) {
         let added = entry.bytes();
         match self.slots.get_mut(&key) {
             Some(slot) => {
@@ -531,7 +649,7 @@ impl JoinEngine {
                 slot.dirty = true;
             }
             None => {
-                self.hot_bytes += added + key.len() + 48;
+                self.hot_bytes += added + SLOT_BYTES + key.heap_bytes();
                 self.slots.insert(
                     key,
                     Slot {
@@ -553,9 +671,10 @@ impl JoinEngine {
             slot.entry = None;
             slot.dirty = true;
             self.hot_bytes = self.hot_bytes.saturating_sub(bytes);
-        } else {
-            self.hot_bytes = self.hot_bytes.saturating_sub(bytes + key.len() + 48);
-            self.slots.remove(key);
+        } else if let Some((key, _)) = self.slots.remove_entry(key) {
+            self.hot_bytes = self
+                .hot_bytes
+                .saturating_sub(bytes + SLOT_BYTES + key.heap_bytes());
         }
     }
 
@@ -570,20 +689,22 @@ impl JoinEngine {
         let wm = self.watermarks[idx];
         let kg = self.owned.start + idx as u16;
         loop {
-            let mut due: Vec<(i64, Box<[u8]>)> = Vec::new();
+            // (deadline, key, whether the timer came from the cold tier)
+            let mut due: Vec<(i64, StateKey, bool)> = Vec::new();
             while let Some(Reverse((deadline, _))) = self.timers[idx].peek() {
                 if *deadline >= wm {
                     break;
                 }
-                if let Some(Reverse(timer)) = self.timers[idx].pop() {
-                    due.push(timer);
+                if let Some(Reverse((deadline, key))) = self.timers[idx].pop() {
+                    self.hot_bytes = self.hot_bytes.saturating_sub(TIMER_BYTES);
+                    due.push((deadline, key, false));
                 }
             }
             if self.cold_next[idx].is_some_and(|d| d < wm) {
                 due.extend(
                     cold.due(kg, self.cold_scanned[idx], wm)?
                         .into_iter()
-                        .map(|(d, k)| (d, k.into_boxed_slice())),
+                        .map(|(d, k)| (d, StateKey::new(&k), true)),
                 );
                 self.cold_scanned[idx] = wm;
                 self.cold_next[idx] = cold.next_deadline(kg, wm)?;
@@ -592,9 +713,12 @@ impl JoinEngine {
                 return Ok(());
             }
             due.sort_unstable();
-            due.dedup();
-            for (deadline, key) in due {
-                self.load_cold(&key, idx, cold, true)?;
+            due.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+            for (deadline, key, from_cold) in due {
+                // A hot timer's entry is in memory (eviction drops the hot timers with it).
+                if from_cold {
+                    self.load_cold(&key, idx, cold, true)?;
+                }
                 // A timer is stale when its entry changed since it was set.
                 let Some(slot) = self.slots.get_mut(&key) else {
                     continue;
@@ -640,7 +764,7 @@ impl JoinEngine {
                                 deadline,
                             });
                         }
-                        freed += key.len() + 48;
+                        freed += SLOT_BYTES + key.heap_bytes();
                         return false;
                     }
                 }

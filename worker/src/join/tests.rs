@@ -38,7 +38,7 @@ fn msg(tn: &str, part: Part, t: i64) -> Message<'static> {
         part,
         tracking_number: tn.to_string().into(),
         event_time: t,
-        fields: format!("\"p\":\"{part}\""),
+        fields: format!("\"p\":\"{part}\"").into(),
     }
 }
 
@@ -117,7 +117,7 @@ fn a_triple_completes_once_in_any_order_and_leaves_only_a_marker() {
     let mut out = Recorded::default();
     for part in [Part::Tracking, Part::Request, Part::Response] {
         engine
-            .process(&msg("tn-1", part, T0), &NoCold, &mut out)
+            .process(msg("tn-1", part, T0), &NoCold, &mut out)
             .unwrap();
     }
     assert_eq!(out.complete, [("tn-1".to_string(), 0b111)]);
@@ -131,19 +131,19 @@ fn duplicates_before_and_after_completion_are_dropped_and_counted() {
     let mut engine = all(120);
     let mut out = Recorded::default();
     engine
-        .process(&msg("tn-1", Part::Request, T0), &NoCold, &mut out)
+        .process(msg("tn-1", Part::Request, T0), &NoCold, &mut out)
         .unwrap();
     engine
-        .process(&msg("tn-1", Part::Request, T0 + 5), &NoCold, &mut out)
+        .process(msg("tn-1", Part::Request, T0 + 5), &NoCold, &mut out)
         .unwrap();
     engine
-        .process(&msg("tn-1", Part::Response, T0 + 10), &NoCold, &mut out)
+        .process(msg("tn-1", Part::Response, T0 + 10), &NoCold, &mut out)
         .unwrap();
     engine
-        .process(&msg("tn-1", Part::Tracking, T0 + 20), &NoCold, &mut out)
+        .process(msg("tn-1", Part::Tracking, T0 + 20), &NoCold, &mut out)
         .unwrap();
     engine
-        .process(&msg("tn-1", Part::Tracking, T0 + L / 2), &NoCold, &mut out)
+        .process(msg("tn-1", Part::Tracking, T0 + L / 2), &NoCold, &mut out)
         .unwrap();
     engine.finish(&NoCold, &mut out).unwrap();
     assert_eq!(out.complete.len(), 1);
@@ -159,21 +159,21 @@ fn lateness_expires_an_entry_as_incomplete_and_a_straggler_is_late() {
     let mut engine = all(1);
     let mut out = Recorded::default();
     engine
-        .process(&msg("a", Part::Request, T0), &NoCold, &mut out)
+        .process(msg("a", Part::Request, T0), &NoCold, &mut out)
         .unwrap();
     engine
-        .process(&msg("a", Part::Response, T0 + 1), &NoCold, &mut out)
+        .process(msg("a", Part::Response, T0 + 1), &NoCold, &mut out)
         .unwrap();
     // Time moves on in the same key group: the bound passes.
     engine
-        .process(&msg("b", Part::Request, T0 + L + 1), &NoCold, &mut out)
+        .process(msg("b", Part::Request, T0 + L + 1), &NoCold, &mut out)
         .unwrap();
     assert_eq!(
         out.incomplete,
         [("a".to_string(), part_bit(Part::Tracking))]
     );
     let late = engine
-        .process(&msg("a", Part::Tracking, T0 + L + 2), &NoCold, &mut out)
+        .process(msg("a", Part::Tracking, T0 + L + 2), &NoCold, &mut out)
         .unwrap_err();
     assert!(
         matches!(late, JoinError::Rejected(ref r) if r.reason == DeadLetterReason::Late),
@@ -181,7 +181,7 @@ fn lateness_expires_an_entry_as_incomplete_and_a_straggler_is_late() {
     );
     // A part more than the lateness behind the watermark opens nothing.
     let stale = engine
-        .process(&msg("c", Part::Request, T0 - 1), &NoCold, &mut out)
+        .process(msg("c", Part::Request, T0 - 1), &NoCold, &mut out)
         .unwrap_err();
     assert!(matches!(stale, JoinError::Rejected(ref r) if r.reason == DeadLetterReason::Late));
 }
@@ -191,10 +191,10 @@ fn a_timestamp_far_ahead_of_the_watermark_is_refused_without_moving_time() {
     let mut engine = all(1);
     let mut out = Recorded::default();
     engine
-        .process(&msg("a", Part::Request, T0), &NoCold, &mut out)
+        .process(msg("a", Part::Request, T0), &NoCold, &mut out)
         .unwrap();
     let err = engine
-        .process(&msg("b", Part::Request, T0 + 10 * L), &NoCold, &mut out)
+        .process(msg("b", Part::Request, T0 + 10 * L), &NoCold, &mut out)
         .unwrap_err();
     assert!(
         matches!(err, JoinError::Rejected(ref r) if r.reason == DeadLetterReason::FutureEventTime)
@@ -213,13 +213,13 @@ fn markers_are_dropped_after_the_dedupe_horizon() {
     let mut out = Recorded::default();
     for part in Part::ALL {
         engine
-            .process(&msg("a", part, T0), &NoCold, &mut out)
+            .process(msg("a", part, T0), &NoCold, &mut out)
             .unwrap();
     }
     for step in 1..=10 {
         engine
             .process(
-                &msg(&format!("x{step}"), Part::Request, T0 + step * L / 4),
+                msg(&format!("x{step}"), Part::Request, T0 + step * L / 4),
                 &NoCold,
                 &mut out,
             )
@@ -238,21 +238,21 @@ fn optional_parts_ride_along_but_never_hold_an_action_back() {
     let mut engine = JoinEngine::new(cfg, KeyGroupRange { start: 0, end: 120 });
     let mut out = Recorded::default();
     engine
-        .process(&msg("a", Part::Tracking, T0), &NoCold, &mut out)
+        .process(msg("a", Part::Tracking, T0), &NoCold, &mut out)
         .unwrap();
     engine
-        .process(&msg("a", Part::Request, T0), &NoCold, &mut out)
+        .process(msg("a", Part::Request, T0), &NoCold, &mut out)
         .unwrap();
     engine
-        .process(&msg("a", Part::Response, T0), &NoCold, &mut out)
+        .process(msg("a", Part::Response, T0), &NoCold, &mut out)
         .unwrap();
     engine
-        .process(&msg("b", Part::Request, T0), &NoCold, &mut out)
+        .process(msg("b", Part::Request, T0), &NoCold, &mut out)
         .unwrap();
     engine
-        .process(&msg("b", Part::Response, T0), &NoCold, &mut out)
+        .process(msg("b", Part::Response, T0), &NoCold, &mut out)
         .unwrap();
-    let late = engine.process(&msg("b", Part::Tracking, T0), &NoCold, &mut out);
+    let late = engine.process(msg("b", Part::Tracking, T0), &NoCold, &mut out);
     assert!(matches!(late, Err(JoinError::Rejected(ref r)) if r.reason == DeadLetterReason::Late));
     assert_eq!(
         out.complete,
@@ -266,19 +266,19 @@ fn evicted_entries_resolve_from_the_cold_tier() {
     let mut engine = all(4);
     let mut out = Recorded::default();
     engine
-        .process(&msg("a", Part::Request, T0), &cold, &mut out)
+        .process(msg("a", Part::Request, T0), &cold, &mut out)
         .unwrap();
     engine
-        .process(&msg("b", Part::Request, T0), &cold, &mut out)
+        .process(msg("b", Part::Request, T0), &cold, &mut out)
         .unwrap();
     cold.apply(engine.checkpoint_changes(true));
     assert_eq!(engine.hot_entries(), 0);
     assert_eq!(engine.hot_bytes(), 0);
     engine
-        .process(&msg("a", Part::Response, T0 + 1), &cold, &mut out)
+        .process(msg("a", Part::Response, T0 + 1), &cold, &mut out)
         .unwrap();
     engine
-        .process(&msg("a", Part::Tracking, T0 + 2), &cold, &mut out)
+        .process(msg("a", Part::Tracking, T0 + 2), &cold, &mut out)
         .unwrap();
     assert_eq!(out.complete, [("a".to_string(), 0b111)]);
     engine.finish(&cold, &mut out).unwrap();
@@ -356,7 +356,7 @@ fn run(msgs: &[Message<'static>], key_groups: u16, splits: u32, evict_at: &[usiz
             .iter_mut()
             .find(|(e, _)| e.owned.contains(kg))
             .unwrap();
-        engine.process(m, cold, &mut out).unwrap();
+        engine.process(m.clone(), cold, &mut out).unwrap();
         if evict_at.contains(&i) {
             for (engine, cold) in &mut engines {
                 cold.apply(engine.checkpoint_changes(true));

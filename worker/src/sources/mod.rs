@@ -4,13 +4,15 @@
 
 pub mod event_time;
 pub mod files;
+pub mod scan;
 
 use std::borrow::Cow;
 use std::fmt;
 
-use sonic_rs::{JsonValueTrait, LazyValue, PointerTree};
 use weft_crds::Part;
 use weft_crds::join_pipeline::{EventTimeFormat, FilterOperator, SourceSpec};
+
+use scan::PointerSet;
 
 /// Why a message went to the dead-letter output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,7 +79,7 @@ pub struct Message<'a> {
     pub event_time: i64,
     /// The projected fields as the members of a JSON object, without braces:
     /// `"path":"/cc/apply","status":200` (empty when nothing is projected).
-    pub fields: String,
+    pub fields: Box<str>,
 }
 
 /// The outcome of reading one message.
@@ -101,10 +103,10 @@ struct FilterPlan {
     values: Vec<String>,
 }
 
-/// A source compiled for reading: every pointer it needs, in one tree for a single pass.
+/// A source compiled for reading: every pointer it needs, in one set for a single pass.
 pub struct SourcePlan {
     pub name: String,
-    tree: PointerTree,
+    pointers: PointerSet,
     tracking_number: usize,
     event_time: usize,
     event_time_format: EventTimeFormat,
@@ -120,23 +122,17 @@ fn part_bit(part: Part) -> u8 {
     1 << (part as u8)
 }
 
+/// Slots for a scan without a heap allocation in the usual case of few pointers.
+const STACK_SLOTS: usize = 24;
+
 impl SourcePlan {
     pub fn new(spec: &SourceSpec) -> SourcePlan {
-        let mut pointers: Vec<Vec<String>> = Vec::new();
-        let mut index_of = |pointer: &weft_crds::JsonPointer| -> usize {
-            let segments = pointer.segments().to_vec();
-            if let Some(i) = pointers.iter().position(|p| *p == segments) {
-                i
-            } else {
-                pointers.push(segments);
-                pointers.len() - 1
-            }
-        };
-        let tracking_number = index_of(&spec.tracking_number);
-        let event_time = index_of(&spec.event_time.pointer);
+        let mut pointers = PointerSet::default();
+        let tracking_number = pointers.add(spec.tracking_number.segments());
+        let event_time = pointers.add(spec.event_time.pointer.segments());
         let discriminator = spec.discriminator.as_ref().map(|d| {
             (
-                index_of(&d.pointer),
+                pointers.add(d.pointer.segments()),
                 d.values.iter().map(|(v, p)| (v.clone(), *p)).collect(),
             )
         });
@@ -144,7 +140,7 @@ impl SourcePlan {
             .filter
             .iter()
             .map(|f| FilterPlan {
-                value: index_of(&f.pointer),
+                value: pointers.add(f.pointer.segments()),
                 operator: f.operator,
                 values: f.values.clone(),
             })
@@ -154,7 +150,7 @@ impl SourcePlan {
             .iter()
             .map(|f| FieldPlan {
                 name_prefix: format!("{}:", serde_json::Value::String(f.name.clone())),
-                value: index_of(&f.pointer),
+                value: pointers.add(f.pointer.segments()),
                 parts: if f.parts.is_empty() {
                     0b111
                 } else {
@@ -162,13 +158,9 @@ impl SourcePlan {
                 },
             })
             .collect();
-        let mut tree = PointerTree::new();
-        for pointer in &pointers {
-            tree.add_path(pointer.iter().map(String::as_str));
-        }
         SourcePlan {
             name: spec.name.clone(),
-            tree,
+            pointers,
             tracking_number,
             event_time,
             event_time_format: spec.event_time.format,
@@ -202,19 +194,18 @@ impl SourcePlan {
                 "not a JSON object",
             ));
         }
-        let values = sonic_rs::get_many(text, &self.tree)
-            .map_err(|e| Rejection::new(DeadLetterReason::NotJson, format!("invalid JSON: {e}")))?;
-        // get_many stops once every wanted pointer is found; the rest must still be valid JSON
-        // for the message to count as JSON at all.
-        if !is_complete_json(text) {
-            return Err(Rejection::new(DeadLetterReason::NotJson, "invalid JSON"));
-        }
-        let value = |i: usize| {
-            values
-                .get(i)
-                .and_then(Option::as_ref)
-                .filter(|v| !is_null(v))
+        let mut stack: [Option<&'a str>; STACK_SLOTS] = [None; STACK_SLOTS];
+        let mut heap: Vec<Option<&'a str>>;
+        let values: &mut [Option<&'a str>] = if self.pointers.len() <= STACK_SLOTS {
+            &mut stack[..self.pointers.len()]
+        } else {
+            heap = vec![None; self.pointers.len()];
+            &mut heap
         };
+        self.pointers
+            .scan(text, values)
+            .map_err(|e| Rejection::new(DeadLetterReason::NotJson, format!("invalid JSON: {e}")))?;
+        let value = |i: usize| values.get(i).copied().flatten().filter(|v| *v != "null");
 
         for filter in &self.filters {
             let found = value(filter.value);
@@ -262,15 +253,17 @@ impl SourcePlan {
         };
 
         let tracking_number = match value(self.tracking_number) {
-            Some(v) => match v.get_type() {
-                sonic_rs::JsonType::String | sonic_rs::JsonType::Number => text_of(v),
-                _ => {
-                    return Err(Rejection::new(
-                        DeadLetterReason::NoTrackingNumber,
-                        "tracking number is not a string or number",
-                    ));
-                }
-            },
+            Some(v)
+                if v.starts_with(['"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) =>
+            {
+                text_of(v)
+            }
+            Some(_) => {
+                return Err(Rejection::new(
+                    DeadLetterReason::NoTrackingNumber,
+                    "tracking number is not a string or number",
+                ));
+            }
             None => {
                 return Err(Rejection::new(
                     DeadLetterReason::NoTrackingNumber,
@@ -287,17 +280,12 @@ impl SourcePlan {
 
         let raw_time = value(self.event_time)
             .ok_or_else(|| Rejection::new(DeadLetterReason::NoEventTime, "event time missing"))?;
-        let event_time = event_time::parse(raw_time.as_raw_str(), self.event_time_format)
-            .ok_or_else(|| {
-                Rejection::new(
-                    DeadLetterReason::BadEventTime,
-                    format!(
-                        "{} is not a {:?} time",
-                        raw_time.as_raw_str(),
-                        self.event_time_format
-                    ),
-                )
-            })?;
+        let event_time = event_time::parse(raw_time, self.event_time_format).ok_or_else(|| {
+            Rejection::new(
+                DeadLetterReason::BadEventTime,
+                format!("{raw_time} is not a {:?} time", self.event_time_format),
+            )
+        })?;
         if !(event_time::PLAUSIBLE_FROM_MS..event_time::PLAUSIBLE_UNTIL_MS).contains(&event_time) {
             return Err(Rejection::new(
                 DeadLetterReason::ImplausibleEventTime,
@@ -305,60 +293,60 @@ impl SourcePlan {
             ));
         }
 
-        let mut fields = String::new();
+        // Sized first, so the projection is one exact allocation that the join keeps as is.
         let bit = part_bit(part);
-        for field in &self.fields {
-            if field.parts & bit == 0 {
-                continue;
-            }
-            if let Some(v) = value(field.value) {
-                if !fields.is_empty() {
-                    fields.push(',');
-                }
-                fields.push_str(&field.name_prefix);
-                fields.push_str(v.as_raw_str());
-            }
-        }
-        if self.keep_payload {
-            let inner = trimmed
+        let projected = || {
+            self.fields
+                .iter()
+                .filter(move |f| f.parts & bit != 0)
+                .filter_map(|f| value(f.value).map(|v| (f.name_prefix.as_str(), v)))
+        };
+        let payload = if self.keep_payload {
+            trimmed
                 .trim_end()
                 .strip_prefix('{')
                 .and_then(|r| r.strip_suffix('}'))
                 .unwrap_or_default()
-                .trim();
-            if !inner.is_empty() {
-                if !fields.is_empty() {
-                    fields.push(',');
-                }
-                fields.push_str(inner);
+                .trim()
+        } else {
+            ""
+        };
+        let pieces = projected().count() + usize::from(!payload.is_empty());
+        let size = projected()
+            .map(|(name, v)| name.len() + v.len())
+            .sum::<usize>()
+            + payload.len()
+            + pieces.saturating_sub(1);
+        let mut fields = String::with_capacity(size);
+        for (name, v) in projected() {
+            if !fields.is_empty() {
+                fields.push(',');
             }
+            fields.push_str(name);
+            fields.push_str(v);
+        }
+        if !payload.is_empty() {
+            if !fields.is_empty() {
+                fields.push(',');
+            }
+            fields.push_str(payload);
         }
         Ok(Extracted::Message(Message {
             part,
             tracking_number,
             event_time,
-            fields,
+            fields: fields.into_boxed_str(),
         }))
     }
 }
 
-fn is_null(v: &LazyValue<'_>) -> bool {
-    v.as_raw_str() == "null"
-}
-
 /// A value as text for comparisons and keys: a string's content, or the raw JSON otherwise.
-fn text_of<'a>(v: &LazyValue<'a>) -> Cow<'a, str> {
-    if v.is_str() {
-        match v.as_raw_cow() {
-            Cow::Borrowed(raw) if !raw.contains('\\') => Cow::Borrowed(&raw[1..raw.len() - 1]),
-            _ => Cow::Owned(v.as_str().unwrap_or_default().to_string()),
+fn text_of(v: &str) -> Cow<'_, str> {
+    match v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(content) if content.contains('\\') => {
+            Cow::Owned(String::from_utf8_lossy(&scan::unescape(content.as_bytes())).into_owned())
         }
-    } else {
-        v.as_raw_cow()
+        Some(content) => Cow::Borrowed(content),
+        None => Cow::Borrowed(v),
     }
-}
-
-/// Whether the text is one complete, valid JSON value (validated without building a DOM).
-fn is_complete_json(text: &str) -> bool {
-    sonic_rs::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }

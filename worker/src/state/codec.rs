@@ -112,7 +112,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
                     });
                 }
             }
-            Ok(Entry::Pending(Pending { deadline, parts }))
+            Ok(Entry::Pending(Box::new(Pending { deadline, parts })))
         }
         TAG_DONE => {
             let until = r.i64()?;
@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        let pending = Entry::Pending(Pending {
+        let pending = Entry::Pending(Box::new(Pending {
             deadline: -5,
             parts: [
                 Some(PartState {
@@ -150,7 +150,7 @@ mod tests {
                     fields: "".into(),
                 }),
             ],
-        });
+        }));
         let done = Entry::Done(Done {
             until: 1 << 40,
             outcome: Outcome::Expired,
