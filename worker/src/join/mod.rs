@@ -14,6 +14,8 @@ pub mod record;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use std::collections::hash_map::Entry as HashEntry;
+
 use rustc_hash::FxHashMap;
 use weft_crds::Part;
 use weft_crds::join_pipeline::JoinSpec;
@@ -371,6 +373,34 @@ pub enum Change {
     Delete { key: StateKey, deadline: i64 },
 }
 
+/// The engine's fields that resolving an entry touches besides its slot, borrowed apart from
+/// the hot map.
+struct Books<'e> {
+    config: &'e JoinConfig,
+    timers: &'e mut BinaryHeap<Timer>,
+    hot_bytes: &'e mut usize,
+    stats: &'e mut JoinStats,
+}
+
+impl Books<'_> {
+    /// Replaces a resolved entry by its dedupe marker, in place.
+    fn finish(&mut self, slot: &mut Slot, key: &StateKey, pending: &Pending, outcome: Outcome) {
+        if slot.persisted.is_some() {
+            self.stats.actions_persisted += 1;
+        }
+        let until = pending.deadline - self.config.lateness + self.config.dedupe;
+        let removed = slot.entry.as_ref().map_or(0, Entry::bytes);
+        *self.hot_bytes = (*self.hot_bytes + TIMER_BYTES).saturating_sub(removed);
+        self.timers.push(Reverse((until, key.clone())));
+        slot.entry = Some(Entry::Done(Done {
+            until,
+            outcome,
+            parts: pending.mask(),
+        }));
+        slot.dirty = true;
+    }
+}
+
 struct Slot {
     /// `None`: removed since the last checkpoint (a tombstone for a persisted entry).
     entry: Option<Entry>,
@@ -487,14 +517,35 @@ impl JoinEngine {
         if self.cold_next[idx].is_some() {
             self.load_cold(&key, idx, cold, false)?;
         }
+        let too_late = wm != i64::MIN && t.saturating_add(self.config.lateness) < wm;
+        let late = || {
+            JoinError::Rejected(Rejection::new(
+                DeadLetterReason::Late,
+                format!("event time {t} is more than the lateness behind the watermark {wm}"),
+            ))
+        };
         let required = self.config.required;
-        match self.slots.get_mut(&key) {
-            Some(Slot {
-                entry: Some(Entry::Done(done)),
-                ..
-            }) => {
+        let lateness = self.config.lateness;
+        let (slots, mut books) = self.split(idx);
+        // One hash lookup per message: the slot is created, updated and resolved in place.
+        let slot = match slots.entry(key.clone()) {
+            HashEntry::Occupied(o) => o.into_mut(),
+            HashEntry::Vacant(v) => {
+                if too_late {
+                    return Err(late());
+                }
+                *books.hot_bytes += SLOT_BYTES + key.heap_bytes();
+                v.insert(Slot {
+                    entry: None,
+                    persisted: None,
+                    dirty: true,
+                })
+            }
+        };
+        match &mut slot.entry {
+            Some(Entry::Done(done)) => {
                 if done.parts & bit != 0 {
-                    self.stats.duplicates += 1;
+                    books.stats.duplicates += 1;
                     return Ok(());
                 }
                 let what = if done.outcome == Outcome::Completed {
@@ -510,37 +561,32 @@ impl JoinEngine {
                     ),
                 )));
             }
-            Some(Slot {
-                entry: Some(Entry::Pending(pending)),
-                dirty,
-                ..
-            }) => {
+            Some(Entry::Pending(pending)) => {
                 if pending.parts[part].is_some() {
-                    self.stats.duplicates += 1;
+                    books.stats.duplicates += 1;
                     return Ok(());
                 }
-                self.hot_bytes += msg.fields.len() + ALLOCATION_OVERHEAD;
+                *books.hot_bytes += msg.fields.len() + ALLOCATION_OVERHEAD;
                 pending.parts[part] = Some(PartState {
                     event_time: t,
                     fields: msg.fields,
                 });
-                *dirty = true;
+                slot.dirty = true;
                 if pending.mask() & required == required {
-                    let pending = take_pending(pending, &mut self.hot_bytes);
-                    self.complete(key, idx, kg, &msg.tracking_number, pending, t, out);
+                    let pending = take_pending(pending, books.hot_bytes);
+                    out.action(kg, &msg.tracking_number, &pending, t);
+                    books.stats.complete += 1;
+                    books.finish(slot, &key, &pending, Outcome::Completed);
                 }
             }
-            _ => {
-                if wm != i64::MIN && t.saturating_add(self.config.lateness) < wm {
-                    return Err(JoinError::Rejected(Rejection::new(
-                        DeadLetterReason::Late,
-                        format!(
-                            "event time {t} is more than the lateness behind the watermark {wm}"
-                        ),
-                    )));
+            // A new tracking number (or one whose persisted entry was removed since the
+            // last checkpoint).
+            None => {
+                if too_late {
+                    return Err(late());
                 }
                 let mut pending = Pending {
-                    deadline: t.saturating_add(self.config.lateness),
+                    deadline: t.saturating_add(lateness),
                     parts: [None, None, None],
                 };
                 pending.parts[part] = Some(PartState {
@@ -548,10 +594,14 @@ impl JoinEngine {
                     fields: msg.fields,
                 });
                 if bit & required == required {
-                    self.complete(key, idx, kg, &msg.tracking_number, pending, t, out);
+                    out.action(kg, &msg.tracking_number, &pending, t);
+                    books.stats.complete += 1;
+                    books.finish(slot, &key, &pending, Outcome::Completed);
                 } else {
-                    self.push_timer(idx, pending.deadline, key.clone());
-                    self.store(key, Entry::Pending(Box::new(pending)));
+                    *books.hot_bytes += pending.bytes() + TIMER_BYTES;
+                    books.timers.push(Reverse((pending.deadline, key)));
+                    slot.entry = Some(Entry::Pending(Box::new(pending)));
+                    slot.dirty = true;
                 }
             }
         }
@@ -576,40 +626,17 @@ impl JoinEngine {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn complete(
-        &mut self,
-        key: StateKey,
-        idx: usize,
-        kg: u16,
-        tn: &str,
-        pending: Pending,
-        at: i64,
-        out: &mut impl JoinOutput,
-    ) {
-        out.action(kg, tn, &pending, at);
-        self.stats.complete += 1;
-        self.finish_entry(key, idx, &pending, Outcome::Completed);
-    }
-
-    /// Replaces a resolved entry by its dedupe marker.
-    fn finish_entry(&mut self, key: StateKey, idx: usize, pending: &Pending, outcome: Outcome) {
-        if self.slots.get(&key).is_some_and(|s| s.persisted.is_some()) {
-            self.stats.actions_persisted += 1;
-        }
-        let until = pending.deadline - self.config.lateness + self.config.dedupe;
-        let done = Done {
-            until,
-            outcome,
-            parts: pending.mask(),
-        };
-        self.push_timer(idx, until, key.clone());
-        self.store(key, Entry::Done(done));
-    }
-
-    fn push_timer(&mut self, idx: usize, deadline: i64, key: StateKey) {
-        self.hot_bytes += TIMER_BYTES;
-        self.timers[idx].push(Reverse((deadline, key)));
+    /// The hot map, and everything else resolving an entry in place touches.
+    fn split(&mut self, idx: usize) -> (&mut FxHashMap<StateKey, Slot>, Books<'_>) {
+        (
+            &mut self.slots,
+            Books {
+                config: &self.config,
+                timers: &mut self.timers[idx],
+                hot_bytes: &mut self.hot_bytes,
+                stats: &mut self.stats,
+            },
+        )
     }
 
     /// Brings a key's entry from the cold tier into memory (clean), if it is there. Unless
@@ -637,29 +664,6 @@ impl JoinEngine {
             );
         }
         Ok(())
-    }
-
-    fn store(&mut self, key: StateKey, entry: Entry) {
-        let added = entry.bytes();
-        match self.slots.get_mut(&key) {
-            Some(slot) => {
-                let removed = slot.entry.as_ref().map_or(0, Entry::bytes);
-                self.hot_bytes = (self.hot_bytes + added).saturating_sub(removed);
-                slot.entry = Some(entry);
-                slot.dirty = true;
-            }
-            None => {
-                self.hot_bytes += added + SLOT_BYTES + key.heap_bytes();
-                self.slots.insert(
-                    key,
-                    Slot {
-                        entry: Some(entry),
-                        persisted: None,
-                        dirty: true,
-                    },
-                );
-            }
-        }
     }
 
     fn remove(&mut self, key: &[u8]) {
@@ -719,18 +723,19 @@ impl JoinEngine {
                 if from_cold {
                     self.load_cold(&key, idx, cold, true)?;
                 }
+                let required = self.config.required;
+                let (slots, mut books) = self.split(idx);
                 // A timer is stale when its entry changed since it was set.
-                let Some(slot) = self.slots.get_mut(&key) else {
+                let Some(slot) = slots.get_mut(&key) else {
                     continue;
                 };
                 match &mut slot.entry {
                     Some(Entry::Pending(pending)) if pending.deadline == deadline => {
-                        let pending = take_pending(pending, &mut self.hot_bytes);
+                        let pending = take_pending(pending, books.hot_bytes);
                         let (_, tn) = split_key(&key);
-                        let missing = self.config.required & !pending.mask();
-                        out.incomplete(kg, tn, &pending, missing);
-                        self.stats.incomplete += 1;
-                        self.finish_entry(key, idx, &pending, Outcome::Expired);
+                        out.incomplete(kg, tn, &pending, required & !pending.mask());
+                        books.stats.incomplete += 1;
+                        books.finish(slot, &key, &pending, Outcome::Expired);
                     }
                     Some(Entry::Done(done)) if done.until == deadline => self.remove(&key),
                     _ => {}

@@ -25,9 +25,12 @@ struct Node {
 
 impl Node {
     fn child(&self, name: &[u8]) -> Option<&Node> {
+        // Length and first byte first: most member names are not wanted, and this avoids a
+        // memcmp call per candidate (5% of local mode's time before).
+        let first = name.first();
         self.children
             .iter()
-            .find(|(n, _)| **n == *name)
+            .find(|(n, _)| n.len() == name.len() && n.first() == first && **n == *name)
             .map(|(_, c)| c)
     }
 }
