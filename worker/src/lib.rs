@@ -1,9 +1,10 @@
-//! The Weft stream worker: sources, the join, state and checkpoints, local mode, and the
+//! The Weft stream worker: sources, the join, the process stage, state and checkpoints, local mode, and the
 //! traffic generator.
 
 pub mod generate;
 pub mod join;
 pub mod local;
+pub mod process;
 pub mod sinks;
 pub mod sources;
 pub mod state;

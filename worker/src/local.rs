@@ -19,6 +19,7 @@ use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 
 use crate::join::record::{push_json_string, write_action, write_incomplete};
 use crate::join::{JoinConfig, JoinEngine, JoinError, JoinOutput, JoinStats, Pending};
+use crate::process::{ProcessEngine, ProcessMeta, ProcessOutput, ProcessPlan, Totals};
 use crate::sinks::JsonLinesFile;
 use crate::sources::files::{LineReader, Position};
 use crate::sources::{Extracted, Rejection, SourcePlan};
@@ -76,6 +77,10 @@ struct Checkpoint {
     join: JoinStats,
     counters: Counters,
     finished: bool,
+    #[serde(default)]
+    processes: Vec<ProcessMeta>,
+    #[serde(default)]
+    process_watermarks: Vec<i64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -114,6 +119,118 @@ pub struct Summary {
     pub state: StateSummary,
     pub checkpoints: u64,
     pub restarts: u64,
+    /// Per ProcessDefinition.
+    pub processes: BTreeMap<String, ProcessSummary>,
+}
+
+/// The `processes` section of summary.json for one definition.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessSummary {
+    pub actions: u64,
+    /// Actions that matched no step.
+    pub unmatched: u64,
+    pub no_instance_key: u64,
+    pub duplicates: u64,
+    /// Actions for an instance that had ended before them.
+    pub after_end: u64,
+    pub instances: InstanceCounts,
+    pub steps: BTreeMap<String, StepSummary>,
+    pub returns: BTreeMap<String, i64>,
+    /// Instances that did not start at the first step or jumped over one.
+    pub skipped_steps: i64,
+    pub outcomes: BTreeMap<String, i64>,
+    /// Outcome count / instances started.
+    pub outcome_rates: BTreeMap<String, f64>,
+    pub sla_breaches: BTreeMap<String, i64>,
+    /// The most common step sequences of ended instances, most common first (top 10).
+    pub variants: Vec<VariantCount>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceCounts {
+    pub started: i64,
+    pub completed: i64,
+    pub abandoned: i64,
+    pub in_progress: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepSummary {
+    pub entered: i64,
+    /// Instances in the step now.
+    pub in_progress: i64,
+    /// Time in the step, over the instances that left it.
+    pub left: i64,
+    pub mean_seconds: Option<f64>,
+    pub p50_seconds: Option<f64>,
+    pub p90_seconds: Option<f64>,
+    pub p99_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VariantCount {
+    pub steps: String,
+    pub count: i64,
+}
+
+impl ProcessSummary {
+    pub fn new(step_names: &[String], totals: &Totals) -> ProcessSummary {
+        let steps = step_names
+            .iter()
+            .map(|name| {
+                let sketch = totals.durations.get(name);
+                (
+                    name.clone(),
+                    StepSummary {
+                        entered: totals.entered.get(name).copied().unwrap_or(0),
+                        in_progress: totals.wip.get(name).copied().unwrap_or(0),
+                        left: sketch.map_or(0, |s| s.count),
+                        mean_seconds: sketch.and_then(|s| s.mean()),
+                        p50_seconds: sketch.and_then(|s| s.quantile(0.5)),
+                        p90_seconds: sketch.and_then(|s| s.quantile(0.9)),
+                        p99_seconds: sketch.and_then(|s| s.quantile(0.99)),
+                    },
+                )
+            })
+            .collect();
+        let mut variants: Vec<VariantCount> = totals
+            .variants
+            .iter()
+            .map(|(steps, count)| VariantCount {
+                steps: steps.clone(),
+                count: *count,
+            })
+            .collect();
+        variants.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.steps.cmp(&b.steps)));
+        variants.truncate(10);
+        ProcessSummary {
+            actions: totals.actions,
+            unmatched: totals.unmatched,
+            no_instance_key: totals.no_instance_key,
+            duplicates: totals.duplicates,
+            after_end: totals.after_end,
+            instances: InstanceCounts {
+                started: totals.started,
+                completed: totals.completed,
+                abandoned: totals.abandoned,
+                in_progress: totals.started - totals.completed - totals.abandoned,
+            },
+            steps,
+            returns: totals.returns.clone(),
+            skipped_steps: totals.skipped_steps,
+            outcomes: totals.outcomes.clone(),
+            outcome_rates: totals
+                .outcomes
+                .iter()
+                .map(|(name, n)| (name.clone(), *n as f64 / totals.started.max(1) as f64))
+                .collect(),
+            sla_breaches: totals.sla_breaches.clone(),
+            variants,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -139,6 +256,25 @@ struct Outputs {
     dead_letters: JsonLinesFile,
     buf: Vec<u8>,
     error: Option<std::io::Error>,
+    /// Action records (complete and incomplete) not yet given to the process stage.
+    for_process: Vec<u8>,
+    process: ProcessSinks,
+}
+
+/// The process stage's outputs.
+struct ProcessSinks {
+    metrics: JsonLinesFile,
+    alerts: JsonLinesFile,
+    error: Option<std::io::Error>,
+}
+
+impl ProcessOutput for ProcessSinks {
+    fn metric(&mut self, record: &[u8]) {
+        Outputs::write(&mut self.metrics, record, &mut self.error);
+    }
+    fn alert(&mut self, record: &[u8]) {
+        Outputs::write(&mut self.alerts, record, &mut self.error);
+    }
 }
 
 impl Outputs {
@@ -182,14 +318,31 @@ impl Outputs {
     }
 
     fn flush(&mut self) -> std::io::Result<BTreeMap<String, u64>> {
-        if let Some(e) = self.error.take() {
+        if let Some(e) = self.error.take().or_else(|| self.process.error.take()) {
             return Err(e);
         }
         Ok(BTreeMap::from([
             ("actions".to_string(), self.actions.flush()?),
             ("incomplete".to_string(), self.incomplete.flush()?),
             ("deadLetters".to_string(), self.dead_letters.flush()?),
+            ("metrics".to_string(), self.process.metrics.flush()?),
+            ("alerts".to_string(), self.process.alerts.flush()?),
         ]))
+    }
+
+    /// Gives the actions the join emitted to the process stage.
+    fn feed_process(&mut self, engine: &mut ProcessEngine) -> anyhow::Result<()> {
+        if self.for_process.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.for_process);
+        for line in records.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let text = std::str::from_utf8(line).context("action record")?;
+            engine.apply(text, &mut self.process)?;
+        }
+        self.for_process = records;
+        self.for_process.clear();
+        Ok(())
     }
 }
 
@@ -210,6 +363,7 @@ impl JoinOutput for Outputs {
             completed_at,
         );
         Self::write(&mut self.actions, &self.buf, &mut self.error);
+        self.for_process.extend_from_slice(&self.buf);
     }
 
     fn incomplete(
@@ -222,6 +376,7 @@ impl JoinOutput for Outputs {
         self.buf.clear();
         write_incomplete(&mut self.buf, key_group, tracking_number, pending, missing);
         Self::write(&mut self.incomplete, &self.buf, &mut self.error);
+        self.for_process.extend_from_slice(&self.buf);
     }
 }
 
@@ -282,7 +437,23 @@ pub fn load_pipeline(
 /// Runs local mode to the end of its inputs and returns the summary (also in summary.json).
 pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let (pipeline, _processes) = load_pipeline(&options.resources, options.pipeline.as_deref())?;
+    let (pipeline, processes) = load_pipeline(&options.resources, options.pipeline.as_deref())?;
+    let process_plans = processes
+        .iter()
+        .map(|(name, spec)| {
+            ProcessPlan::compile(name, spec)
+                .map_err(|e| anyhow::anyhow!("ProcessDefinition/{name} {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let step_names: Vec<(String, Vec<String>)> = process_plans
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                p.steps.iter().map(|s| s.name.clone()).collect(),
+            )
+        })
+        .collect();
     let name = pipeline.metadata.name.clone().unwrap_or_default();
     let spec = &pipeline.spec;
 
@@ -318,6 +489,8 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             "actions.jsonl",
             "incomplete.jsonl",
             "dead-letters.jsonl",
+            "metrics.jsonl",
+            "alerts.jsonl",
             "summary.json",
         ] {
             let _ = std::fs::remove_file(options.output.join(file));
@@ -370,6 +543,18 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         )?,
         buf: Vec::with_capacity(4096),
         error: None,
+        for_process: Vec::with_capacity(4096),
+        process: ProcessSinks {
+            metrics: JsonLinesFile::open(
+                &options.output.join("metrics.jsonl"),
+                output_len("metrics"),
+            )?,
+            alerts: JsonLinesFile::open(
+                &options.output.join("alerts.jsonl"),
+                output_len("alerts"),
+            )?,
+            error: None,
+        },
     };
 
     let owned = KeyGroupRange {
@@ -378,6 +563,19 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
     };
     let mut engine = JoinEngine::new(JoinConfig::new(&spec.join, spec.key_groups), owned);
     engine.restore(&checkpoint.watermarks, checkpoint.join.clone(), &store)?;
+    let mut process_engine = ProcessEngine::new(
+        process_plans,
+        spec.key_groups,
+        owned,
+        i64::try_from(spec.join.lateness.as_millis()).unwrap_or(i64::MAX / 4),
+    );
+    process_engine
+        .restore(
+            checkpoint.processes.clone(),
+            &checkpoint.process_watermarks,
+            store.process_instances()?,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
 
     let mut readers = Vec::new();
     for ((index, path), position) in bindings.iter().zip(&checkpoint.inputs) {
@@ -403,6 +601,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
     let mut since_check = 0u32;
 
     let do_checkpoint = |engine: &mut JoinEngine,
+                         process_engine: &mut ProcessEngine,
                          outputs: &mut Outputs,
                          readers: &[(usize, LineReader)],
                          cursor: usize,
@@ -421,9 +620,12 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             join: engine.stats.clone(),
             counters: counters.clone(),
             finished,
+            processes: process_engine.meta(),
+            process_watermarks: process_engine.watermarks().to_vec(),
         };
         let changes = engine.checkpoint_changes(evict);
-        store.write_checkpoint(&changes, &serde_json::to_vec(&record)?)?;
+        let instances = process_engine.checkpoint_changes();
+        store.write_checkpoint(&changes, &instances, &serde_json::to_vec(&record)?)?;
         Ok(())
     };
 
@@ -444,7 +646,10 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             counters.events += 1;
             let rejection = match plan.extract(raw) {
                 Ok(Extracted::Message(msg)) => match engine.process(msg, &store, &mut outputs) {
-                    Ok(()) => None,
+                    Ok(()) => {
+                        outputs.feed_process(&mut process_engine)?;
+                        None
+                    }
                     Err(JoinError::Rejected(r)) => Some(r),
                     Err(e) => return Err(e.into()),
                 },
@@ -478,6 +683,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
                 if over_budget || last_checkpoint.elapsed() >= interval {
                     do_checkpoint(
                         &mut engine,
+                        &mut process_engine,
                         &mut outputs,
                         &readers,
                         cursor,
@@ -503,9 +709,12 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         }
         // End of input: time runs out for everything still pending.
         engine.finish(&store, &mut outputs)?;
+        outputs.feed_process(&mut process_engine)?;
+        process_engine.finish(&mut outputs.process);
         counters.note_peaks(&engine);
         do_checkpoint(
             &mut engine,
+            &mut process_engine,
             &mut outputs,
             &readers,
             cursor,
@@ -551,6 +760,11 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         },
         checkpoints: counters.checkpoints,
         restarts: counters.restarts,
+        processes: step_names
+            .iter()
+            .zip(&process_engine.processes)
+            .map(|((name, steps), state)| (name.clone(), ProcessSummary::new(steps, &state.totals)))
+            .collect(),
     };
     let tmp = options.output.join("summary.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&summary)?).context("writing summary.json")?;

@@ -277,7 +277,13 @@ fn killed_runs_resume_and_end_with_the_uninterrupted_outputs() {
     );
     assert!(summary["restarts"].as_u64().unwrap() >= 2, "{summary}");
 
-    for file in ["actions.jsonl", "incomplete.jsonl", "dead-letters.jsonl"] {
+    for file in [
+        "actions.jsonl",
+        "incomplete.jsonl",
+        "dead-letters.jsonl",
+        "metrics.jsonl",
+        "alerts.jsonl",
+    ] {
         let got = lines(&out.join(file));
         let want = lines(&reference.join(file));
         assert_eq!(got.len(), want.len(), "{file}: every record exactly once");
@@ -287,7 +293,18 @@ fn killed_runs_resume_and_end_with_the_uninterrupted_outputs() {
             "{file}"
         );
     }
-    for key in ["events", "actions", "duplicates", "deadLetters", "filtered"] {
+    assert!(
+        !lines(&reference.join("metrics.jsonl")).is_empty(),
+        "the process stage ran"
+    );
+    for key in [
+        "events",
+        "actions",
+        "duplicates",
+        "deadLetters",
+        "filtered",
+        "processes",
+    ] {
         assert_eq!(summary[key], expected[key], "{key}");
     }
     assert!(

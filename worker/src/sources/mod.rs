@@ -341,7 +341,7 @@ impl SourcePlan {
 }
 
 /// A value as text for comparisons and keys: a string's content, or the raw JSON otherwise.
-fn text_of(v: &str) -> Cow<'_, str> {
+pub(crate) fn text_of(v: &str) -> Cow<'_, str> {
     match v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
         Some(content) if content.contains('\\') => {
             Cow::Owned(String::from_utf8_lossy(&scan::unescape(content.as_bytes())).into_owned())

@@ -5,6 +5,8 @@
 //!   dedupe marker.
 //! - `timers`: key group BE u16 + deadline (order-preserving u64) + tracking number, empty
 //!   value: the cold entries' timers in deadline order per key group.
+//! - `process`: one process instance per key: key group BE u16 + definition index BE u16 +
+//!   instance key; the value is the instance (JSON).
 //! - `meta`: the checkpoint record (input positions, output lengths, counters, watermarks).
 //!
 //! Every key starts with the key group, so a key group's state is a contiguous range in each
@@ -24,6 +26,7 @@ use crate::join::{Change, ColdStore, Entry, StateError};
 const CF_JOIN: &str = "join";
 const CF_TIMERS: &str = "timers";
 const CF_META: &str = "meta";
+const CF_PROCESS: &str = "process";
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 
 /// One worker's RocksDB.
@@ -53,8 +56,12 @@ impl Store {
             }
             ColumnFamilyDescriptor::new(name, cf)
         };
-        let db = DB::open_cf_descriptors(&opts, path, [CF_JOIN, CF_TIMERS, CF_META].map(family))
-            .map_err(store_err)?;
+        let db = DB::open_cf_descriptors(
+            &opts,
+            path,
+            [CF_JOIN, CF_TIMERS, CF_META, CF_PROCESS].map(family),
+        )
+        .map_err(store_err)?;
         Ok(Store { db })
     }
 
@@ -71,9 +78,16 @@ impl Store {
             .map_err(store_err)
     }
 
-    /// Writes the state changes and the checkpoint record in one atomic batch.
-    pub fn write_checkpoint(&self, changes: &[Change], record: &[u8]) -> Result<(), StateError> {
+    /// Writes the join's and the process stage's state changes and the checkpoint record in
+    /// one atomic batch. `instances`: (key, Some(value) | None to delete).
+    pub fn write_checkpoint(
+        &self,
+        changes: &[Change],
+        instances: &[(Vec<u8>, Option<Vec<u8>>)],
+        record: &[u8],
+    ) -> Result<(), StateError> {
         let join = self.cf(CF_JOIN)?;
+        let process = self.cf(CF_PROCESS)?;
         let timers = self.cf(CF_TIMERS)?;
         let mut batch = WriteBatch::default();
         let mut buf = Vec::new();
@@ -98,6 +112,12 @@ impl Store {
                 }
             }
         }
+        for (key, value) in instances {
+            match value {
+                Some(v) => batch.put_cf(process, key, v),
+                None => batch.delete_cf(process, key),
+            }
+        }
         batch.put_cf(self.cf(CF_META)?, CHECKPOINT_KEY, record);
         let mut options = WriteOptions::default();
         // The WAL reaches the OS before write() returns: a killed process loses nothing;
@@ -108,7 +128,7 @@ impl Store {
 
     /// Bytes of SST files (what state costs on disk after flushes and compactions).
     pub fn sst_bytes(&self) -> u64 {
-        [CF_JOIN, CF_TIMERS, CF_META]
+        [CF_JOIN, CF_TIMERS, CF_META, CF_PROCESS]
             .iter()
             .filter_map(|name| self.db.cf_handle(name))
             .filter_map(|cf| {
@@ -118,6 +138,22 @@ impl Store {
                     .flatten()
             })
             .sum()
+    }
+}
+
+/// A stored key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+impl Store {
+    /// Every stored process instance, as (key, value).
+    pub fn process_instances(&self) -> Result<Vec<KeyValue>, StateError> {
+        self.db
+            .iterator_cf(self.cf(CF_PROCESS)?, IteratorMode::Start)
+            .map(|item| {
+                item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(store_err)
+            })
+            .collect()
     }
 }
 

@@ -1,0 +1,190 @@
+//! A process instance and what it contributes to the metrics, derived from its history.
+//!
+//! Actions reach the process stage in completion order, not event-time order: a part that
+//! arrives 40 minutes late completes its action 40 minutes late. So an instance keeps its
+//! applied actions sorted by event time, and its metrics are a pure function of that history
+//! ([`Instance::contributions`]). When an action lands in the middle of the history, the
+//! stage takes back what the old history contributed and adds what the new one does; all
+//! aggregates are sums, so taking back is adding with a negative weight. The results are
+//! those of processing the actions in event-time order, whatever order they came in.
+
+use serde::{Deserialize, Serialize};
+
+use super::Metric;
+use super::plan::StepPlan;
+
+/// One action applied to an instance.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Applied {
+    pub time: i64,
+    pub tracking_number: String,
+    pub step: u16,
+    /// Bit per outcome the action satisfies.
+    pub outcomes: u64,
+}
+
+/// A stay in one step: consecutive actions of the same step are one visit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Visit {
+    pub step: u16,
+    pub entered: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub key: String,
+    pub key_group: u16,
+    /// Sorted by (time, tracking number).
+    pub actions: Vec<Applied>,
+    /// Dimension value ids (per dimension, an index into its value table).
+    pub dimensions: Vec<u32>,
+    /// The id of that combination.
+    pub combo: u32,
+    /// When `instanceTimeout` passed without an action (unless it completed).
+    pub abandoned: Option<i64>,
+    /// Entry time of the visit whose SLA breach was alerted.
+    pub sla_alerted: Option<i64>,
+}
+
+/// One contribution to the metrics, with a sign: +1 adds, -1 (for a WIP decrement) subtracts.
+pub type Contribution = (Metric, i64, Option<i64>, i8);
+
+impl Instance {
+    pub fn visits(&self) -> Vec<Visit> {
+        let mut visits: Vec<Visit> = Vec::new();
+        for a in &self.actions {
+            if visits.last().is_none_or(|v| v.step != a.step) {
+                visits.push(Visit {
+                    step: a.step,
+                    entered: a.time,
+                });
+            }
+        }
+        visits
+    }
+
+    pub fn last_action(&self) -> i64 {
+        self.actions.last().map_or(i64::MIN, |a| a.time)
+    }
+
+    /// When the instance completed: its latest visit is to a final step.
+    pub fn completed(&self, steps: &[StepPlan]) -> Option<i64> {
+        let last = self.visits().last().copied()?;
+        steps
+            .get(usize::from(last.step))
+            .is_some_and(|s| s.is_final)
+            .then_some(last.entered)
+    }
+
+    pub fn ended(&self, steps: &[StepPlan]) -> Option<i64> {
+        self.completed(steps).or(self.abandoned)
+    }
+
+    /// The step sequence, `apply>review>apply>review>issue`.
+    pub fn variant(&self, steps: &[StepPlan]) -> String {
+        self.visits()
+            .iter()
+            .map(|v| {
+                steps
+                    .get(usize::from(v.step))
+                    .map_or("?", |s| s.name.as_str())
+            })
+            .collect::<Vec<_>>()
+            .join(">")
+    }
+
+    /// Everything the instance contributes, sorted. `variant` interns a step sequence.
+    pub fn contributions(
+        &self,
+        steps: &[StepPlan],
+        outcomes: usize,
+        variant: &mut impl FnMut(String) -> u32,
+    ) -> Vec<Contribution> {
+        let visits = self.visits();
+        let Some(first) = visits.first() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Contribution> = vec![(Metric::Started, first.entered, None, 1)];
+        let completed = self.completed(steps);
+        let ended = completed.or(self.abandoned);
+        let mut skipped = false;
+        for (i, visit) in visits.iter().enumerate() {
+            out.push((Metric::Entered(visit.step), visit.entered, None, 1));
+            let next = visits.get(i + 1);
+            let is_completing = completed.is_some() && i + 1 == visits.len();
+            if !is_completing {
+                out.push((Metric::Wip(visit.step), visit.entered, None, 1));
+                if let Some(left) = next.map(|n| n.entered).or(ended) {
+                    out.push((Metric::Wip(visit.step), left, None, -1));
+                }
+            }
+            if let Some(next) = next {
+                let millis = next.entered - visit.entered;
+                out.push((Metric::Duration(visit.step), next.entered, Some(millis), 1));
+                out.push((
+                    Metric::Transition(visit.step, next.step),
+                    next.entered,
+                    Some(millis),
+                    1,
+                ));
+                if next.step < visit.step {
+                    out.push((Metric::Return(visit.step, next.step), next.entered, None, 1));
+                }
+                skipped |= next.step > visit.step + 1;
+            }
+        }
+        skipped |= first.step > 0;
+        if skipped {
+            out.push((Metric::SkippedSteps, first.entered, None, 1));
+        }
+        for o in 0..outcomes.min(64) {
+            if let Some(a) = self.actions.iter().find(|a| a.outcomes & (1 << o) != 0) {
+                out.push((Metric::Outcome(o as u16), a.time, None, 1));
+            }
+        }
+        if let Some(end) = ended {
+            let how = if completed.is_some() {
+                Metric::Completed
+            } else {
+                Metric::Abandoned
+            };
+            out.push((how, end, None, 1));
+            out.push((Metric::Variant(variant(self.variant(steps))), end, None, 1));
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+/// What changes from `old` to `new` (both sorted): the contributions to take back (weight
+/// -1) and to add (weight +1), leaving out those in both.
+pub fn difference(old: &[Contribution], new: &[Contribution]) -> Vec<(Contribution, i64)> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                out.push((*a, -1));
+                i += 1;
+            }
+            (Some(_), Some(b)) => {
+                out.push((*b, 1));
+                j += 1;
+            }
+            (Some(a), None) => {
+                out.push((*a, -1));
+                i += 1;
+            }
+            (None, Some(b)) => {
+                out.push((*b, 1));
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    out
+}

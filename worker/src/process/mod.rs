@@ -1,0 +1,796 @@
+//! The process stage: joined actions → process instances → step metrics, returns, outcomes,
+//! variants and SLA alerts, as tumbling-window partial aggregates per key group.
+//!
+//! Pure logic: no I/O. An instance lives in the key group of its instance key (an
+//! application number), so everything about one instance happens in one key group, and a key
+//! group's results depend only on its own actions in arrival order. Time is event time (an
+//! action's first event time), per key group, like the join.
+//!
+//! Per action and definition: the first step whose predicate matches is the action's step
+//! (none: the action is *unmatched*); the instance key is the first present `instanceKey`
+//! field. An instance's metrics are derived from its actions in event-time order (see
+//! [`instance`]): entering a different step closes the current one (its duration goes into
+//! the step's sketch) and counts a transition, and a *return* when the new step comes
+//! earlier in the definition. A final step completes the instance; `instanceTimeout` without
+//! actions abandons it. An action whose tracking number the instance already has is ignored.
+//!
+//! Windows: each contribution goes to the tumbling window of its event time, per key group.
+//! A window's changed aggregates are emitted once the key group's time passes the window's
+//! end plus one window, again (same idempotent key, full value) whenever a late action
+//! changes them, and the window is dropped after the retention.
+
+pub mod instance;
+pub mod plan;
+pub mod predicate;
+pub mod record;
+pub mod sketch;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use weft_crds::keygroup::{KeyGroupRange, key_group};
+
+pub use instance::{Applied, Instance};
+pub use plan::{Classified, ProcessPlan};
+use sketch::Sketch;
+
+/// The value a dimension takes once its distinct values are used up.
+pub const OTHER: &str = "other";
+/// Actions kept per instance; later ones are counted and ignored.
+const ACTION_LIMIT: usize = 256;
+
+/// A metric of the stage; the key of a partial aggregate with the dimension values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Metric {
+    Started,
+    Completed,
+    Abandoned,
+    /// Net change, within the window, of the instances in a step (WIP is the running sum).
+    Wip(u16),
+    Entered(u16),
+    /// Time from entering a step to leaving it.
+    Duration(u16),
+    Transition(u16, u16),
+    Return(u16, u16),
+    Outcome(u16),
+    SlaBreach(u16),
+    /// Instances whose first step is not the first, or that jump over a step.
+    SkippedSteps,
+    /// An ended instance's step sequence (an index into the definition's variant table).
+    Variant(u32),
+}
+
+/// A partial aggregate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub count: i64,
+    /// Sum of durations in milliseconds (durations and transitions).
+    pub sum_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sketch: Option<Sketch>,
+    /// Changed since it was last emitted.
+    #[serde(default)]
+    pub dirty: bool,
+}
+
+/// One key group's partial aggregates of one window, by metric and dimension combination.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Window {
+    #[serde(with = "as_pairs")]
+    aggregates: BTreeMap<(Metric, u32), Aggregate>,
+    /// Some aggregate changed since it was last emitted.
+    dirty: bool,
+}
+
+/// Values interned to small ids (dimension combinations, variants): aggregate keys stay
+/// `Copy`, and a record names the values.
+#[derive(Clone, Debug, Default)]
+struct Interner<T: std::hash::Hash + Eq + Clone> {
+    values: Vec<T>,
+    ids: FxHashMap<T, u32>,
+}
+
+impl<T: std::hash::Hash + Eq + Clone> Interner<T> {
+    fn id(&mut self, value: &T) -> u32 {
+        if let Some(id) = self.ids.get(value) {
+            return *id;
+        }
+        self.values.push(value.clone());
+        let id = (self.values.len() - 1) as u32;
+        self.ids.insert(value.clone(), id);
+        id
+    }
+
+    fn from_values(values: Vec<T>) -> Self {
+        let ids = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.clone(), i as u32))
+            .collect();
+        Interner { values, ids }
+    }
+}
+
+/// Totals over the whole run, per definition (the summary's `processes` section): the sum
+/// of every contribution, whatever window it went to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub actions: u64,
+    pub unmatched: u64,
+    pub no_instance_key: u64,
+    pub duplicates: u64,
+    /// Actions for an instance that had already ended before their time.
+    pub after_end: u64,
+    /// Actions beyond the per-instance limit.
+    pub over_limit: u64,
+    pub started: i64,
+    pub completed: i64,
+    pub abandoned: i64,
+    pub skipped_steps: i64,
+    pub entered: BTreeMap<String, i64>,
+    pub wip: BTreeMap<String, i64>,
+    pub durations: BTreeMap<String, Sketch>,
+    pub returns: BTreeMap<String, i64>,
+    pub outcomes: BTreeMap<String, i64>,
+    pub variants: BTreeMap<String, i64>,
+    pub sla_breaches: BTreeMap<String, i64>,
+    /// Contributions to windows already dropped (in the totals, in no window).
+    pub late_metric_updates: u64,
+}
+
+fn bump(map: &mut BTreeMap<String, i64>, name: &str, by: i64) {
+    match map.get_mut(name) {
+        Some(n) => {
+            *n += by;
+            if *n == 0 {
+                map.remove(name);
+            }
+        }
+        None => {
+            map.insert(name.to_string(), by);
+        }
+    }
+}
+
+/// Where the stage's records go.
+pub trait ProcessOutput {
+    fn metric(&mut self, record: &[u8]);
+    fn alert(&mut self, record: &[u8]);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum TimerKind {
+    Sla,
+    Timeout,
+    Forget,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("key group {0} is not owned by this worker")]
+    NotOwned(u16),
+    #[error("{0}")]
+    BadAction(String),
+}
+
+/// The state of one definition over the owned key groups.
+pub struct ProcessState {
+    pub plan: ProcessPlan,
+    instances: FxHashMap<String, Instance>,
+    /// Changed since the last checkpoint: instance key → its key group.
+    dirty: BTreeMap<String, u16>,
+    timers: Vec<BTreeSet<(i64, TimerKind, String)>>,
+    windows: BTreeMap<(u16, i64), Window>,
+    dimension_values: Vec<Vec<String>>,
+    dimension_ids: Vec<FxHashMap<String, u32>>,
+    combos: Interner<Vec<u32>>,
+    variants: Interner<String>,
+    pub totals: Totals,
+}
+
+/// What a checkpoint stores besides instances: small, written whole.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProcessMeta {
+    #[serde(with = "as_pairs")]
+    windows: BTreeMap<(u16, i64), Window>,
+    dimension_values: Vec<Vec<String>>,
+    combos: Vec<Vec<u32>>,
+    variants: Vec<String>,
+    totals: Totals,
+}
+
+impl ProcessState {
+    fn new(plan: ProcessPlan, owned: KeyGroupRange) -> ProcessState {
+        let dims = plan.dimensions.len();
+        ProcessState {
+            plan,
+            instances: FxHashMap::default(),
+            dirty: BTreeMap::new(),
+            timers: (0..owned.len()).map(|_| BTreeSet::new()).collect(),
+            windows: BTreeMap::new(),
+            dimension_values: vec![Vec::new(); dims],
+            dimension_ids: vec![FxHashMap::default(); dims],
+            combos: Interner::default(),
+            variants: Interner::default(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// The id of a dimension value; once `maxValues` distinct values are taken, new ones are
+    /// `other`. A missing value is `other` too.
+    fn dimension_id(&mut self, dim: usize, value: Option<&str>) -> u32 {
+        let value = value.unwrap_or(OTHER);
+        if let Some(id) = self.dimension_ids[dim].get(value) {
+            return *id;
+        }
+        let full = self.dimension_values[dim].len() >= self.plan.dimensions[dim].max_values;
+        let value = if full { OTHER } else { value };
+        if let Some(id) = self.dimension_ids[dim].get(value) {
+            return *id;
+        }
+        self.dimension_values[dim].push(value.to_string());
+        let id = (self.dimension_values[dim].len() - 1) as u32;
+        self.dimension_ids[dim].insert(value.to_string(), id);
+        id
+    }
+
+    /// The dimension value ids of a combination.
+    pub fn combo(&self, id: u32) -> &[u32] {
+        self.combos
+            .values
+            .get(id as usize)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    pub fn variant(&self, id: u32) -> &str {
+        self.variants
+            .values
+            .get(id as usize)
+            .map_or("?", String::as_str)
+    }
+
+    pub fn dimension_value(&self, dim: usize, id: u32) -> &str {
+        self.dimension_values
+            .get(dim)
+            .and_then(|v| v.get(id as usize))
+            .map_or(OTHER, String::as_str)
+    }
+
+    /// How long an ended instance is kept (a late action may still belong to it) and a window
+    /// kept after it was emitted: at least the join's lateness, and ten windows.
+    fn retention(&self, lateness: i64) -> i64 {
+        (self.plan.window * 10).max(lateness)
+    }
+
+    fn contributions(&mut self, instance: &Instance) -> Vec<instance::Contribution> {
+        let variants = &mut self.variants;
+        instance.contributions(
+            &self.plan.steps,
+            self.plan.outcomes.len(),
+            &mut |v: String| variants.id(&v),
+        )
+    }
+
+    /// Adds one contribution `weight` times, to its window and to the totals.
+    fn apply(
+        &mut self,
+        kg: u16,
+        wm: i64,
+        lateness: i64,
+        combo: u32,
+        (metric, t, millis, sign): instance::Contribution,
+        weight: i64,
+    ) {
+        let weight = weight * i64::from(sign);
+        let plan = &self.plan;
+        let step_name = |step: u16| {
+            plan.steps
+                .get(usize::from(step))
+                .map_or("?", |s| s.name.as_str())
+        };
+        match metric {
+            Metric::Started => self.totals.started += weight,
+            Metric::Completed => self.totals.completed += weight,
+            Metric::Abandoned => self.totals.abandoned += weight,
+            Metric::SkippedSteps => self.totals.skipped_steps += weight,
+            Metric::Wip(s) => bump(&mut self.totals.wip, step_name(s), weight),
+            Metric::Entered(s) => bump(&mut self.totals.entered, step_name(s), weight),
+            Metric::Duration(s) => {
+                let name = step_name(s).to_string();
+                let sketch = self.totals.durations.entry(name.clone()).or_default();
+                sketch.add_weighted(millis.unwrap_or(0), weight);
+                if sketch.is_empty() {
+                    self.totals.durations.remove(&name);
+                }
+            }
+            Metric::Transition(..) => {}
+            Metric::Return(a, b) => {
+                let name = format!("{}->{}", step_name(a), step_name(b));
+                bump(&mut self.totals.returns, &name, weight);
+            }
+            Metric::Outcome(o) => {
+                let name = self
+                    .plan
+                    .outcomes
+                    .get(usize::from(o))
+                    .map_or("?".to_string(), |(n, _)| n.clone());
+                bump(&mut self.totals.outcomes, &name, weight);
+            }
+            Metric::SlaBreach(s) => bump(&mut self.totals.sla_breaches, step_name(s), weight),
+            Metric::Variant(v) => {
+                let name = self.variant(v).to_string();
+                bump(&mut self.totals.variants, &name, weight);
+            }
+        }
+
+        let size = self.plan.window;
+        let start = t.div_euclid(size) * size;
+        // A window past its retention was dropped: the change stays in the totals only.
+        if start < wm.saturating_sub(size + self.retention(lateness))
+            && !self.windows.contains_key(&(kg, start))
+        {
+            self.totals.late_metric_updates += 1;
+            return;
+        }
+        let window = self.windows.entry((kg, start)).or_default();
+        window.dirty = true;
+        let agg = window.aggregates.entry((metric, combo)).or_default();
+        agg.dirty = true;
+        agg.count += weight;
+        if let Some(ms) = millis {
+            agg.sum_ms += ms * weight;
+            if matches!(metric, Metric::Duration(_)) {
+                let sketch = agg.sketch.get_or_insert_with(Sketch::default);
+                sketch.add_weighted(ms, weight);
+            }
+        }
+    }
+
+    /// Sets the timers of an instance after it changed.
+    fn set_timers(&mut self, idx: usize, instance: &Instance, lateness: i64) {
+        let key = &instance.key;
+        if let Some(ended) = instance.ended(&self.plan.steps) {
+            let forget = ended.saturating_add(self.retention(lateness));
+            self.timers[idx].insert((forget, TimerKind::Forget, key.clone()));
+            return;
+        }
+        if let Some(last) = instance.visits().last()
+            && let Some(sla) = self
+                .plan
+                .steps
+                .get(usize::from(last.step))
+                .and_then(|s| s.sla)
+            && instance.sla_alerted != Some(last.entered)
+        {
+            let due = last.entered.saturating_add(sla);
+            self.timers[idx].insert((due, TimerKind::Sla, key.clone()));
+        }
+        let timeout = instance
+            .last_action()
+            .saturating_add(self.plan.instance_timeout);
+        self.timers[idx].insert((timeout, TimerKind::Timeout, key.clone()));
+    }
+}
+
+/// The process stage for a range of key groups.
+pub struct ProcessEngine {
+    owned: KeyGroupRange,
+    key_groups: u16,
+    /// The join's lateness: how late an action may come (ended instances and emitted
+    /// windows are kept at least this long).
+    lateness: i64,
+    pub processes: Vec<ProcessState>,
+    watermarks: Vec<i64>,
+    buf: Vec<u8>,
+}
+
+impl ProcessEngine {
+    pub fn new(
+        plans: Vec<ProcessPlan>,
+        key_groups: u16,
+        owned: KeyGroupRange,
+        lateness: i64,
+    ) -> ProcessEngine {
+        ProcessEngine {
+            owned,
+            key_groups,
+            lateness,
+            processes: plans
+                .into_iter()
+                .map(|p| ProcessState::new(p, owned))
+                .collect(),
+            watermarks: vec![i64::MIN; usize::from(owned.len())],
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    pub fn watermarks(&self) -> &[i64] {
+        &self.watermarks
+    }
+
+    /// Applies one action record to every definition.
+    pub fn apply(
+        &mut self,
+        action: &str,
+        out: &mut impl ProcessOutput,
+    ) -> Result<(), ProcessError> {
+        for p in 0..self.processes.len() {
+            let classified = self.processes[p]
+                .plan
+                .classify(action)
+                .map_err(ProcessError::BadAction)?;
+            self.apply_classified(p, classified, out)?;
+        }
+        Ok(())
+    }
+
+    /// Applies an action already classified for definition `p`.
+    pub fn apply_classified(
+        &mut self,
+        p: usize,
+        c: Classified,
+        out: &mut impl ProcessOutput,
+    ) -> Result<(), ProcessError> {
+        let state = &mut self.processes[p];
+        state.totals.actions += 1;
+        let Some(step) = c.step else {
+            state.totals.unmatched += 1;
+            return Ok(());
+        };
+        let (Some(key), Some(t)) = (c.instance, c.time) else {
+            state.totals.no_instance_key += 1;
+            return Ok(());
+        };
+        let kg = key_group(key.as_bytes(), self.key_groups);
+        if !self.owned.contains(kg) {
+            return Err(ProcessError::NotOwned(kg));
+        }
+        let idx = usize::from(kg - self.owned.start);
+        // Time first: whatever was due before this action happens before it.
+        if t > self.watermarks[idx] {
+            self.watermarks[idx] = t;
+            self.fire(idx, out);
+        }
+        let wm = self.watermarks[idx];
+        let lateness = self.lateness;
+        let state = &mut self.processes[p];
+        let tracking_number = c.tracking_number.unwrap_or_default();
+        let dims: Vec<u32> = c
+            .dimensions
+            .iter()
+            .enumerate()
+            .map(|(d, v)| state.dimension_id(d, v.as_deref()))
+            .collect();
+        let applied = Applied {
+            time: t,
+            tracking_number,
+            step: step as u16,
+            outcomes: c.outcomes,
+        };
+
+        // Taken out of the map while it changes, and put back: no clone per action.
+        let (mut instance, old) = match state.instances.remove(&key) {
+            Some(i) => {
+                let duplicate = !applied.tracking_number.is_empty()
+                    && i.actions
+                        .iter()
+                        .any(|a| a.tracking_number == applied.tracking_number);
+                let after_end = i.ended(&state.plan.steps).is_some_and(|e| t > e);
+                if duplicate || after_end || i.actions.len() >= ACTION_LIMIT {
+                    if duplicate {
+                        state.totals.duplicates += 1;
+                    } else if after_end {
+                        state.totals.after_end += 1;
+                    } else {
+                        state.totals.over_limit += 1;
+                    }
+                    state.instances.insert(key, i);
+                    return Ok(());
+                }
+                let old = state.contributions(&i);
+                (i, Some(old))
+            }
+            None => (
+                Instance {
+                    key: key.clone(),
+                    key_group: kg,
+                    actions: Vec::new(),
+                    dimensions: dims.clone(),
+                    combo: state.combos.id(&dims),
+                    abandoned: None,
+                    sla_alerted: None,
+                },
+                None,
+            ),
+        };
+        let at = instance.actions.partition_point(|a| *a < applied);
+        instance.actions.insert(at, applied);
+        // An instance takes each dimension from the first action that has it.
+        let old_combo = instance.combo;
+        for (d, id) in dims.iter().enumerate() {
+            let other = state.dimension_ids[d].get(OTHER).copied();
+            if c.dimensions[d].is_some() && Some(instance.dimensions[d]) == other {
+                instance.dimensions[d] = *id;
+            }
+        }
+        instance.combo = state.combos.id(&instance.dimensions);
+        let new = state.contributions(&instance);
+        match old {
+            Some(old) if old_combo == instance.combo => {
+                for (c, w) in instance::difference(&old, &new) {
+                    state.apply(kg, wm, lateness, instance.combo, c, w);
+                }
+            }
+            Some(old) => {
+                for c in old {
+                    state.apply(kg, wm, lateness, old_combo, c, -1);
+                }
+                for c in new {
+                    state.apply(kg, wm, lateness, instance.combo, c, 1);
+                }
+            }
+            None => {
+                for c in new {
+                    state.apply(kg, wm, lateness, instance.combo, c, 1);
+                }
+            }
+        }
+        state.set_timers(idx, &instance, lateness);
+        state.dirty.insert(key.clone(), kg);
+        state.instances.insert(key, instance);
+        self.close_windows(idx, out);
+        Ok(())
+    }
+
+    /// Fires the SLA, timeout and forget timers of key group `idx` that its time has passed.
+    fn fire(&mut self, idx: usize, out: &mut impl ProcessOutput) {
+        let wm = self.watermarks[idx];
+        let kg = self.owned.start + idx as u16;
+        let lateness = self.lateness;
+        for state in &mut self.processes {
+            while let Some(first) = state.timers[idx].first() {
+                if first.0 >= wm {
+                    break;
+                }
+                let Some((deadline, kind, key)) = state.timers[idx].pop_first() else {
+                    break;
+                };
+                // A timer is stale when its instance moved on since it was set.
+                let Some(mut instance) = state.instances.remove(&key) else {
+                    continue;
+                };
+                let ended = instance.ended(&state.plan.steps);
+                let current = instance.visits().last().copied();
+                let sla = current
+                    .and_then(|v| state.plan.steps.get(usize::from(v.step)))
+                    .and_then(|s| s.sla);
+                match (kind, current, sla) {
+                    (TimerKind::Sla, Some(visit), Some(sla))
+                        if ended.is_none()
+                            && visit.entered.saturating_add(sla) == deadline
+                            && instance.sla_alerted != Some(visit.entered) =>
+                    {
+                        instance.sla_alerted = Some(visit.entered);
+                        let breach = (Metric::SlaBreach(visit.step), deadline, None, 1);
+                        state.apply(kg, wm, lateness, instance.combo, breach, 1);
+                        self.buf.clear();
+                        record::write_alert(&mut self.buf, state, &instance, &visit, deadline, sla);
+                        out.alert(&self.buf);
+                        state.dirty.insert(key.clone(), kg);
+                    }
+                    (TimerKind::Timeout, ..)
+                        if ended.is_none()
+                            && instance
+                                .last_action()
+                                .saturating_add(state.plan.instance_timeout)
+                                == deadline =>
+                    {
+                        let old = state.contributions(&instance);
+                        instance.abandoned = Some(deadline);
+                        let new = state.contributions(&instance);
+                        for (c, w) in instance::difference(&old, &new) {
+                            state.apply(kg, wm, lateness, instance.combo, c, w);
+                        }
+                        state.set_timers(idx, &instance, lateness);
+                        state.dirty.insert(key.clone(), kg);
+                    }
+                    (TimerKind::Forget, ..)
+                        if ended.is_some_and(|e| {
+                            e.saturating_add(state.retention(lateness)) == deadline
+                        }) =>
+                    {
+                        state.dirty.insert(key, kg);
+                        continue;
+                    }
+                    _ => {}
+                }
+                state.instances.insert(key, instance);
+            }
+        }
+        self.close_windows(idx, out);
+    }
+
+    /// Emits the changed aggregates of the windows of key group `idx` that its time has
+    /// closed, and drops the windows past their retention.
+    fn close_windows(&mut self, idx: usize, out: &mut impl ProcessOutput) {
+        let wm = self.watermarks[idx];
+        let kg = self.owned.start + idx as u16;
+        for state in &mut self.processes {
+            let size = state.plan.window;
+            let retention = state.retention(self.lateness);
+            let closing: Vec<i64> = state
+                .windows
+                .range((kg, i64::MIN)..(kg, wm.saturating_sub(2 * size).saturating_add(1)))
+                .filter(|(_, w)| w.dirty)
+                .map(|((_, start), _)| *start)
+                .collect();
+            for start in closing {
+                emit_window(state, kg, start, &mut self.buf, out);
+            }
+            let expired: Vec<(u16, i64)> = state
+                .windows
+                .range((kg, i64::MIN)..(kg, wm.saturating_sub(size + retention)))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in expired {
+                state.windows.remove(&k);
+            }
+        }
+    }
+
+    /// End of a finite input: every changed aggregate is emitted. Instances stay as they are
+    /// (in progress); time does not run out for them as it does for the join's pending parts.
+    pub fn finish(&mut self, out: &mut impl ProcessOutput) {
+        for state in &mut self.processes {
+            let dirty: Vec<(u16, i64)> = state
+                .windows
+                .iter()
+                .filter(|(_, w)| w.dirty)
+                .map(|(k, _)| *k)
+                .collect();
+            for (kg, start) in dirty {
+                emit_window(state, kg, start, &mut self.buf, out);
+            }
+        }
+    }
+
+    /// Instances changed since the last checkpoint, as (state key, Some(value) | None to
+    /// delete). Keys: the instance's key group (BE u16), the definition's index (BE u16), the
+    /// instance key.
+    pub fn checkpoint_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut changes = Vec::new();
+        for (p, state) in self.processes.iter_mut().enumerate() {
+            for (key, kg) in std::mem::take(&mut state.dirty) {
+                let value = state
+                    .instances
+                    .get(&key)
+                    .and_then(|i| serde_json::to_vec(i).ok());
+                changes.push((instance_key(kg, p as u16, &key), value));
+            }
+        }
+        changes
+    }
+
+    /// Everything but the instances, for the checkpoint record.
+    pub fn meta(&self) -> Vec<ProcessMeta> {
+        self.processes
+            .iter()
+            .map(|s| ProcessMeta {
+                windows: s.windows.clone(),
+                dimension_values: s.dimension_values.clone(),
+                combos: s.combos.values.clone(),
+                variants: s.variants.values.clone(),
+                totals: s.totals.clone(),
+            })
+            .collect()
+    }
+
+    /// Restores from a checkpoint: the record's meta and watermarks, and every stored
+    /// instance (key, value) of the owned key groups.
+    pub fn restore(
+        &mut self,
+        meta: Vec<ProcessMeta>,
+        watermarks: &[i64],
+        instances: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), String> {
+        for (i, wm) in watermarks.iter().enumerate().take(self.watermarks.len()) {
+            self.watermarks[i] = *wm;
+        }
+        for (state, m) in self.processes.iter_mut().zip(meta) {
+            state.windows = m.windows;
+            state.dimension_ids = m
+                .dimension_values
+                .iter()
+                .map(|values| {
+                    values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (v.clone(), i as u32))
+                        .collect()
+                })
+                .collect();
+            state.dimension_values = m.dimension_values;
+            state.combos = Interner::from_values(m.combos);
+            state.variants = Interner::from_values(m.variants);
+            state.totals = m.totals;
+        }
+        for (key, value) in instances {
+            let p = usize::from(u16::from_be_bytes([
+                key.get(2).copied().unwrap_or(0),
+                key.get(3).copied().unwrap_or(0),
+            ]));
+            let instance: Instance = serde_json::from_slice(&value)
+                .map_err(|e| format!("corrupt process instance {key:?}: {e}"))?;
+            let idx = usize::from(instance.key_group.wrapping_sub(self.owned.start));
+            let Some(state) = self.processes.get_mut(p) else {
+                continue;
+            };
+            if idx >= state.timers.len() {
+                continue;
+            }
+            state.set_timers(idx, &instance, self.lateness);
+            state.instances.insert(instance.key.clone(), instance);
+        }
+        Ok(())
+    }
+}
+
+/// The state key of an instance.
+pub fn instance_key(kg: u16, process: u16, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&kg.to_be_bytes());
+    k.extend_from_slice(&process.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn emit_window(
+    state: &mut ProcessState,
+    kg: u16,
+    start: i64,
+    buf: &mut Vec<u8>,
+    out: &mut impl ProcessOutput,
+) {
+    let Some(mut window) = state.windows.remove(&(kg, start)) else {
+        return;
+    };
+    // Only what changed: every aggregate has its own idempotent key.
+    for ((metric, combo), agg) in &mut window.aggregates {
+        if agg.dirty {
+            buf.clear();
+            record::write_metric(buf, state, kg, start, metric, *combo, agg);
+            out.metric(buf);
+            agg.dirty = false;
+        }
+    }
+    window.dirty = false;
+    state.windows.insert((kg, start), window);
+}
+
+/// Serializes a map with non-string keys as a list of pairs.
+mod as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

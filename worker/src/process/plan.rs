@@ -1,0 +1,160 @@
+//! A ProcessDefinition compiled for the stage, and the classification of one action: its
+//! step, instance key, time, outcomes and dimension values.
+
+use weft_crds::ProcessDefinitionSpec;
+
+use super::predicate::{Fields, Predicate};
+use crate::sources::scan::PointerSet;
+use crate::sources::text_of;
+
+/// One step of a compiled definition.
+pub struct StepPlan {
+    pub name: String,
+    pub predicate: Predicate,
+    pub sla: Option<i64>,
+    pub is_final: bool,
+}
+
+/// A ProcessDefinition compiled for the stage.
+pub struct ProcessPlan {
+    pub name: String,
+    pointers: PointerSet,
+    first_time: usize,
+    tracking_number: usize,
+    pub steps: Vec<StepPlan>,
+    pub outcomes: Vec<(String, Predicate)>,
+    instance_key: Vec<usize>,
+    pub dimensions: Vec<DimensionPlan>,
+    pub instance_timeout: i64,
+    pub window: i64,
+}
+
+pub struct DimensionPlan {
+    pub name: String,
+    slot: usize,
+    pub max_values: usize,
+}
+
+fn ms(d: weft_crds::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+impl ProcessPlan {
+    /// Compiles a definition; an error names the field (`spec.steps[2].match: ...`).
+    pub fn compile(name: &str, spec: &ProcessDefinitionSpec) -> Result<ProcessPlan, String> {
+        let mut pointers = PointerSet::default();
+        let first_time = pointers.add(&["firstEventTime"]);
+        let tracking_number = pointers.add(&["trackingNumber"]);
+        let last = spec.steps.len().saturating_sub(1);
+        let steps = spec
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Ok(StepPlan {
+                    name: s.name.clone(),
+                    predicate: Predicate::compile(&s.match_, &mut pointers)
+                        .map_err(|e| format!("spec.steps[{i}].match: {e}"))?,
+                    sla: s.sla.map(ms),
+                    is_final: s.r#final || i == last,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let outcomes = spec
+            .outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                Ok((
+                    o.name.clone(),
+                    Predicate::compile(&o.match_, &mut pointers)
+                        .map_err(|e| format!("spec.outcomes[{i}].match: {e}"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let instance_key = spec
+            .instance_key
+            .fields
+            .iter()
+            .map(|p| pointers.add(p.segments()))
+            .collect();
+        let dimensions = spec
+            .dimensions
+            .iter()
+            .map(|d| DimensionPlan {
+                name: d.name.clone(),
+                slot: pointers.add(d.field.segments()),
+                max_values: d.max_values as usize,
+            })
+            .collect();
+        Ok(ProcessPlan {
+            name: name.to_string(),
+            pointers,
+            first_time,
+            tracking_number,
+            steps,
+            outcomes,
+            instance_key,
+            dimensions,
+            instance_timeout: ms(spec.instance_timeout),
+            window: ms(spec.metrics_window).max(1),
+        })
+    }
+}
+
+/// What one action is, for a definition.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Classified {
+    pub step: Option<usize>,
+    pub instance: Option<String>,
+    pub time: Option<i64>,
+    pub tracking_number: Option<String>,
+    pub outcomes: u64,
+    pub dimensions: Vec<Option<String>>,
+}
+
+impl ProcessPlan {
+    /// Reads an action record (JSON) and evaluates the predicates. `Err` for a record that is
+    /// not JSON.
+    pub fn classify(&self, action: &str) -> Result<Classified, String> {
+        const STACK: usize = 32;
+        let mut stack: [Option<&str>; STACK] = [None; STACK];
+        let mut heap: Vec<Option<&str>>;
+        let values: &mut [Option<&str>] = if self.pointers.len() <= STACK {
+            &mut stack[..self.pointers.len()]
+        } else {
+            heap = vec![None; self.pointers.len()];
+            &mut heap
+        };
+        self.pointers
+            .scan(action, values)
+            .map_err(|e| format!("action is not JSON: {e}"))?;
+        let values: &[Option<&str>] = values;
+        let fields = Fields { values, action };
+        let get = |slot: usize| values.get(slot).copied().flatten().filter(|v| *v != "null");
+        let step = self.steps.iter().position(|s| s.predicate.matches(&fields));
+        let outcomes = self
+            .outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, p))| p.matches(&fields))
+            .fold(0u64, |m, (i, _)| m | (1 << i.min(63)));
+        Ok(Classified {
+            step,
+            instance: self
+                .instance_key
+                .iter()
+                .find_map(|s| get(*s))
+                .map(|v| text_of(v).into_owned())
+                .filter(|k| !k.is_empty()),
+            time: get(self.first_time).and_then(|v| v.parse().ok()),
+            tracking_number: get(self.tracking_number).map(|v| text_of(v).into_owned()),
+            outcomes,
+            dimensions: self
+                .dimensions
+                .iter()
+                .map(|d| get(d.slot).map(|v| text_of(v).into_owned()))
+                .collect(),
+        })
+    }
+}

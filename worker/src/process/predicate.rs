@@ -1,0 +1,489 @@
+//! Step and outcome predicates: CEL over a joined action (`request.path == '/cc/apply' &&
+//! response.status == 200`).
+//!
+//! The predicates business users write are comparisons of fields with literals joined by
+//! `&&`, `||` and `!`. That subset is compiled into a small tree evaluated directly on the
+//! raw JSON values the scanner found, with no per-action allocation: `==` `!=` `<` `<=` `>`
+//! `>=`, `in [literals]`, `has(a.b)`, `startsWith` `endsWith` `contains`, literals, and bare
+//! boolean fields. Any other CEL (arithmetic, macros, conditionals, functions) is compiled by
+//! `cel-interpreter` and runs on a map built from the action, about 30× slower
+//! (docs/benchmarks.md), so the fast subset is what definitions should use.
+//!
+//! Semantics follow CEL: a field that is missing, or a comparison of different types, is an
+//! error; `&&`/`||` absorb errors when the other side decides (`false && error` is false);
+//! a predicate whose result is an error or not a boolean does not match.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use cel_parser::ast::operators;
+use cel_parser::ast::{Expr, IdedExpr};
+
+use crate::sources::scan::{PointerSet, unescape};
+
+/// A literal of the subset.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Literal {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+    Null,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compare {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StrTest {
+    StartsWith,
+    EndsWith,
+    Contains,
+}
+
+#[derive(Clone, Debug)]
+enum Operand {
+    Field(usize),
+    Literal(Literal),
+}
+
+#[derive(Clone, Debug)]
+enum Node {
+    Const(bool),
+    And(Vec<Node>),
+    Or(Vec<Node>),
+    Not(Box<Node>),
+    Compare(Compare, Operand, Operand),
+    In(Operand, Vec<Literal>),
+    Has(usize),
+    Str(StrTest, Operand, Operand),
+    Bool(usize),
+    /// Outside the subset: the whole predicate runs in cel-interpreter.
+    Interpreted(Arc<cel_interpreter::Program>),
+}
+
+/// A compiled predicate.
+#[derive(Clone, Debug)]
+pub struct Predicate {
+    node: Node,
+    pub source: String,
+}
+
+/// A value as the subset sees it.
+#[derive(Debug, PartialEq)]
+enum Value<'a> {
+    Str(Cow<'a, str>),
+    Num(f64),
+    Bool(bool),
+    Null,
+    /// An object or array: only `has` and equality-as-error apply.
+    Composite,
+}
+
+fn value_of(raw: &str) -> Value<'_> {
+    match raw.as_bytes().first() {
+        Some(b'"') => {
+            let content = &raw[1..raw.len() - 1];
+            if content.contains('\\') {
+                Value::Str(Cow::Owned(
+                    String::from_utf8_lossy(&unescape(content.as_bytes())).into_owned(),
+                ))
+            } else {
+                Value::Str(Cow::Borrowed(content))
+            }
+        }
+        Some(b't') => Value::Bool(true),
+        Some(b'f') => Value::Bool(false),
+        Some(b'n') => Value::Null,
+        Some(b'-' | b'0'..=b'9') => raw.parse().map_or(Value::Composite, Value::Num),
+        _ => Value::Composite,
+    }
+}
+
+fn literal_value(l: &Literal) -> Value<'_> {
+    match l {
+        Literal::Str(s) => Value::Str(Cow::Borrowed(s)),
+        Literal::Num(n) => Value::Num(*n),
+        Literal::Bool(b) => Value::Bool(*b),
+        Literal::Null => Value::Null,
+    }
+}
+
+/// Everything a predicate may read from an action: the raw JSON of each field it names, and
+/// the whole action for interpreted predicates.
+pub struct Fields<'a> {
+    pub values: &'a [Option<&'a str>],
+    pub action: &'a str,
+}
+
+impl Predicate {
+    /// Compiles `source`, registering the fields it reads in `pointers`.
+    pub fn compile(source: &str, pointers: &mut PointerSet) -> Result<Predicate, String> {
+        let source_owned = source.to_string();
+        let parsed = weft_crds::cel::guarded(move || {
+            cel_parser::Parser::default()
+                .parse(&source_owned)
+                .map_err(|errors| match errors.errors.first() {
+                    Some(e) => format!("invalid CEL at {}:{}: {}", e.pos.0, e.pos.1, e.msg),
+                    None => "invalid CEL".to_string(),
+                })
+        })
+        .map_err(|e| e.to_string())??;
+        let node = match subset(&parsed, pointers) {
+            Some(node) => node,
+            None => {
+                let source_owned = source.to_string();
+                let program = weft_crds::cel::guarded(move || {
+                    cel_interpreter::Program::compile(&source_owned).map_err(|e| e.to_string())
+                })
+                .map_err(|e| e.to_string())??;
+                Node::Interpreted(Arc::new(program))
+            }
+        };
+        Ok(Predicate {
+            node,
+            source: source.to_string(),
+        })
+    }
+
+    /// Whether the predicate runs in the compiled subset (not the interpreter).
+    pub fn is_compiled(&self) -> bool {
+        !matches!(self.node, Node::Interpreted(_))
+    }
+
+    pub fn matches(&self, fields: &Fields<'_>) -> bool {
+        eval(&self.node, fields) == Some(true)
+    }
+}
+
+/// `request.path` → [request, path]
+fn chain(expr: &IdedExpr) -> Option<Vec<String>> {
+    match &expr.expr {
+        Expr::Ident(name) => Some(vec![name.clone()]),
+        Expr::Select(select) if !select.test => {
+            let mut path = chain(&select.operand)?;
+            path.push(select.field.clone());
+            Some(path)
+        }
+        _ => None,
+    }
+}
+
+fn literal(expr: &IdedExpr) -> Option<Literal> {
+    use cel_parser::reference::Val;
+    match &expr.expr {
+        Expr::Literal(Val::String(s)) => Some(Literal::Str(s.clone())),
+        Expr::Literal(Val::Int(i)) => Some(Literal::Num(*i as f64)),
+        Expr::Literal(Val::UInt(u)) => Some(Literal::Num(*u as f64)),
+        Expr::Literal(Val::Double(d)) => Some(Literal::Num(*d)),
+        Expr::Literal(Val::Boolean(b)) => Some(Literal::Bool(*b)),
+        Expr::Literal(Val::Null) => Some(Literal::Null),
+        _ => None,
+    }
+}
+
+fn operand(expr: &IdedExpr, pointers: &mut PointerSet) -> Option<Operand> {
+    if let Some(l) = literal(expr) {
+        return Some(Operand::Literal(l));
+    }
+    let path = chain(expr)?;
+    // A bare identifier other than a field chain (e.g. a type name) is not in the subset.
+    (path.len() >= 2 || path[0] == "trackingNumber").then(|| Operand::Field(pointers.add(&path)))
+}
+
+/// The subset compilation, or `None` when the expression needs the interpreter.
+fn subset(expr: &IdedExpr, pointers: &mut PointerSet) -> Option<Node> {
+    if let Some(Literal::Bool(b)) = literal(expr) {
+        return Some(Node::Const(b));
+    }
+    if let Some(Operand::Field(slot)) = operand(expr, pointers) {
+        return Some(Node::Bool(slot));
+    }
+    if let Expr::Select(select) = &expr.expr
+        && select.test
+    {
+        let mut path = chain(&select.operand)?;
+        path.push(select.field.clone());
+        return Some(Node::Has(pointers.add(&path)));
+    }
+    let Expr::Call(call) = &expr.expr else {
+        return None;
+    };
+    let args = &call.args;
+    let compare = match call.func_name.as_str() {
+        operators::EQUALS => Some(Compare::Eq),
+        operators::NOT_EQUALS => Some(Compare::Ne),
+        operators::LESS => Some(Compare::Lt),
+        operators::LESS_EQUALS => Some(Compare::Le),
+        operators::GREATER => Some(Compare::Gt),
+        operators::GREATER_EQUALS => Some(Compare::Ge),
+        _ => None,
+    };
+    if let Some(op) = compare {
+        let [a, b] = args.as_slice() else { return None };
+        return Some(Node::Compare(
+            op,
+            operand(a, pointers)?,
+            operand(b, pointers)?,
+        ));
+    }
+    match call.func_name.as_str() {
+        operators::LOGICAL_AND | operators::LOGICAL_OR => {
+            let nodes = args
+                .iter()
+                .map(|a| subset(a, pointers))
+                .collect::<Option<Vec<_>>>()?;
+            Some(if call.func_name == operators::LOGICAL_AND {
+                Node::And(nodes)
+            } else {
+                Node::Or(nodes)
+            })
+        }
+        operators::LOGICAL_NOT => {
+            let [a] = args.as_slice() else { return None };
+            Some(Node::Not(Box::new(subset(a, pointers)?)))
+        }
+        operators::IN => {
+            let [a, b] = args.as_slice() else { return None };
+            let Expr::List(list) = &b.expr else {
+                return None;
+            };
+            let items = list
+                .elements
+                .iter()
+                .map(literal)
+                .collect::<Option<Vec<_>>>()?;
+            Some(Node::In(operand(a, pointers)?, items))
+        }
+        "startsWith" | "endsWith" | "contains" => {
+            let target = call.target.as_deref()?;
+            let [arg] = args.as_slice() else { return None };
+            let test = match call.func_name.as_str() {
+                "startsWith" => StrTest::StartsWith,
+                "endsWith" => StrTest::EndsWith,
+                _ => StrTest::Contains,
+            };
+            Some(Node::Str(
+                test,
+                operand(target, pointers)?,
+                operand(arg, pointers)?,
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn resolve<'a>(operand: &'a Operand, fields: &Fields<'a>) -> Option<Value<'a>> {
+    match operand {
+        Operand::Field(slot) => fields.values.get(*slot).copied().flatten().map(value_of),
+        Operand::Literal(l) => Some(literal_value(l)),
+    }
+}
+
+fn compare(op: Compare, a: &Value<'_>, b: &Value<'_>) -> Option<bool> {
+    use std::cmp::Ordering;
+    let ordering: Option<Ordering> = match (a, b) {
+        (Value::Str(x), Value::Str(y)) => Some(x.as_ref().cmp(y.as_ref())),
+        (Value::Num(x), Value::Num(y)) => x.partial_cmp(y),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        (Value::Null, Value::Null) => Some(Ordering::Equal),
+        // CEL: equality across types is false (heterogeneous equality), ordering is an error.
+        _ => None,
+    };
+    match (op, ordering) {
+        (Compare::Eq, o) => Some(o == Some(Ordering::Equal)),
+        (Compare::Ne, o) => Some(o != Some(Ordering::Equal)),
+        (_, None) => None,
+        (Compare::Lt, Some(o)) => Some(o.is_lt()),
+        (Compare::Le, Some(o)) => Some(o.is_le()),
+        (Compare::Gt, Some(o)) => Some(o.is_gt()),
+        (Compare::Ge, Some(o)) => Some(o.is_ge()),
+    }
+}
+
+fn eval(node: &Node, fields: &Fields<'_>) -> Option<bool> {
+    match node {
+        Node::Const(b) => Some(*b),
+        Node::And(nodes) => {
+            let mut error = false;
+            for n in nodes {
+                match eval(n, fields) {
+                    Some(false) => return Some(false),
+                    None => error = true,
+                    Some(true) => {}
+                }
+            }
+            (!error).then_some(true)
+        }
+        Node::Or(nodes) => {
+            let mut error = false;
+            for n in nodes {
+                match eval(n, fields) {
+                    Some(true) => return Some(true),
+                    None => error = true,
+                    Some(false) => {}
+                }
+            }
+            (!error).then_some(false)
+        }
+        Node::Not(n) => eval(n, fields).map(|b| !b),
+        Node::Compare(op, a, b) => compare(*op, &resolve(a, fields)?, &resolve(b, fields)?),
+        Node::In(a, items) => {
+            let v = resolve(a, fields)?;
+            Some(
+                items
+                    .iter()
+                    .any(|l| compare(Compare::Eq, &v, &literal_value(l)) == Some(true)),
+            )
+        }
+        Node::Has(slot) => Some(fields.values.get(*slot).copied().flatten().is_some()),
+        Node::Str(test, a, b) => match (resolve(a, fields)?, resolve(b, fields)?) {
+            (Value::Str(x), Value::Str(y)) => Some(match test {
+                StrTest::StartsWith => x.starts_with(y.as_ref()),
+                StrTest::EndsWith => x.ends_with(y.as_ref()),
+                StrTest::Contains => x.contains(y.as_ref()),
+            }),
+            _ => None,
+        },
+        Node::Bool(slot) => match resolve(&Operand::Field(*slot), fields)? {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        },
+        Node::Interpreted(program) => interpret(program, fields.action),
+    }
+}
+
+/// Runs an interpreted predicate on the action's parts and tracking number as variables.
+fn interpret(program: &cel_interpreter::Program, action: &str) -> Option<bool> {
+    let json: serde_json::Value = serde_json::from_str(action).ok()?;
+    let mut context = cel_interpreter::Context::default();
+    for name in ["request", "response", "tracking", "trackingNumber"] {
+        if let Some(v) = json.get(name) {
+            context.add_variable_from_value(name, to_cel(v));
+        }
+    }
+    match program.execute(&context) {
+        Ok(cel_interpreter::Value::Bool(b)) => Some(b),
+        _ => None,
+    }
+}
+
+/// JSON to a CEL value; integers are `int` (CEL's JSON mapping would make every number a
+/// double, and serde's would make positive ones `uint`, so `status + 1` would not type).
+fn to_cel(v: &serde_json::Value) -> cel_interpreter::Value {
+    use cel_interpreter::Value as Cel;
+    match v {
+        serde_json::Value::Null => Cel::Null,
+        serde_json::Value::Bool(b) => Cel::Bool(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Cel::Int(i),
+            (None, Some(u)) => Cel::UInt(u),
+            _ => Cel::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Cel::String(Arc::new(s.clone())),
+        serde_json::Value::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
+        serde_json::Value::Object(members) => Cel::from(
+            members
+                .iter()
+                .map(|(k, v)| (k.clone(), to_cel(v)))
+                .collect::<std::collections::HashMap<String, Cel>>(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACTION: &str = r#"{"trackingNumber":"t-1","request":{"eventTime":5,"path":"/cc/apply","amount":1200.5,"vip":true,"q":"a\"b"},"response":{"eventTime":6,"status":200,"decision":"approved"}}"#;
+
+    fn check(source: &str) -> (bool, bool) {
+        let mut pointers = PointerSet::default();
+        let p = Predicate::compile(source, &mut pointers).unwrap();
+        let mut values = vec![None; pointers.len()];
+        pointers.scan(ACTION, &mut values).unwrap();
+        (
+            p.matches(&Fields {
+                values: &values,
+                action: ACTION,
+            }),
+            p.is_compiled(),
+        )
+    }
+
+    #[test]
+    fn the_subset_follows_cel() {
+        for (source, expected) in [
+            (
+                "request.path == '/cc/apply' && response.status == 200",
+                true,
+            ),
+            (
+                "request.path == '/cc/apply' && response.status == 500",
+                false,
+            ),
+            (
+                "request.path != '/cc/apply' || response.status >= 200",
+                true,
+            ),
+            ("!(response.decision == 'returned')", true),
+            ("response.decision in ['approved', 'rejected']", true),
+            ("response.decision in ['returned']", false),
+            ("request.amount > 1000 && request.amount <= 1200.5", true),
+            ("request.vip", true),
+            ("!request.vip", false),
+            ("has(request.path) && !has(tracking.channel)", true),
+            (
+                "request.path.startsWith('/cc/') && request.path.endsWith('apply')",
+                true,
+            ),
+            ("request.path.contains('xx')", false),
+            ("request.q == 'a\"b'", true),
+            ("trackingNumber == 't-1'", true),
+            // A missing field is an error: no match, unless the other side of ||/&& decides.
+            ("tracking.channel == 'web'", false),
+            ("tracking.channel != 'web'", false),
+            ("tracking.channel == 'web' || response.status == 200", true),
+            ("response.status == 200 || tracking.channel == 'web'", true),
+            ("tracking.channel == 'web' && response.status == 500", false),
+            ("!(tracking.channel == 'web')", false),
+            // Different types: equality is false, ordering is an error.
+            ("response.status == '200'", false),
+            ("response.status != '200'", true),
+            ("response.status < '300'", false),
+            ("true", true),
+        ] {
+            let (matched, compiled) = check(source);
+            assert_eq!(matched, expected, "{source}");
+            assert!(compiled, "{source} should be in the subset");
+        }
+    }
+
+    #[test]
+    fn other_cel_runs_in_the_interpreter() {
+        for (source, expected) in [
+            ("response.status + 1 == 201", true),
+            ("size(request.path) == 9", true),
+            ("response.status == 200 ? request.vip : false", true),
+            ("request.path.matches('^/cc/a.*$')", true),
+            ("tracking.channel == 'web'", false),
+        ] {
+            let (matched, _) = check(source);
+            assert_eq!(matched, expected, "{source}");
+        }
+        assert!(!check("response.status + 1 == 201").1);
+    }
+
+    #[test]
+    fn invalid_cel_is_an_error_not_a_panic() {
+        let mut pointers = PointerSet::default();
+        assert!(Predicate::compile("request.path ==", &mut pointers).is_err());
+        assert!(Predicate::compile("request.path == 'x", &mut pointers).is_err());
+    }
+}

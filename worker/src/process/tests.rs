@@ -1,0 +1,369 @@
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use weft_crds::ProcessDefinitionSpec;
+use weft_crds::keygroup::{KeyGroupRange, even_assignment, key_group};
+
+use super::*;
+
+const MIN: i64 = 60_000;
+const T0: i64 = 1_800_000_000_000;
+
+/// apply → review (1h SLA) → issue → activate, and reject as an early end.
+fn definition() -> ProcessDefinitionSpec {
+    serde_json::from_value(json!({
+        "steps": [
+            {"name": "apply", "match": "request.path == '/apply'"},
+            {"name": "review", "match": "request.path == '/review'", "sla": "1h"},
+            {"name": "issue", "match": "request.path == '/issue'"},
+            {"name": "activate", "match": "request.path == '/activate'", "final": true},
+            {"name": "reject", "match": "request.path == '/reject'", "final": true},
+        ],
+        "instanceKey": {"fields": ["/request/app"]},
+        "dimensions": [{"name": "channel", "field": "/tracking/channel"}],
+        "outcomes": [{"name": "approved", "match": "request.path == '/review' && response.decision == 'approved'"}],
+        "metricsWindow": "1m",
+    }))
+    .unwrap()
+}
+
+/// An engine whose windows and ended instances are kept a day: long enough for every
+/// action of these logs, in any order.
+fn engine(key_groups: u16, owned: KeyGroupRange) -> ProcessEngine {
+    let plan = ProcessPlan::compile("cards", &definition()).unwrap();
+    ProcessEngine::new(vec![plan], key_groups, owned, 24 * 60 * MIN)
+}
+
+fn action(tn: &str, app: &str, path: &str, minute: i64, channel: &str, decision: &str) -> String {
+    let t = T0 + minute * MIN;
+    json!({
+        "trackingNumber": tn,
+        "keyGroup": 0,
+        "firstEventTime": t,
+        "request": {"eventTime": t, "path": path, "app": app},
+        "response": {"eventTime": t + 20, "status": 200, "decision": decision},
+        "tracking": {"eventTime": t - 5, "channel": channel},
+    })
+    .to_string()
+}
+
+#[derive(Default)]
+struct Recorded {
+    metrics: Vec<Value>,
+    alerts: Vec<Value>,
+}
+
+impl ProcessOutput for Recorded {
+    fn metric(&mut self, record: &[u8]) {
+        self.metrics.push(serde_json::from_slice(record).unwrap());
+    }
+    fn alert(&mut self, record: &[u8]) {
+        self.alerts.push(serde_json::from_slice(record).unwrap());
+    }
+}
+
+impl Recorded {
+    /// The last value of every metric id (a re-emitted aggregate replaces the earlier one).
+    fn latest(&self) -> BTreeMap<String, Value> {
+        self.metrics
+            .iter()
+            .map(|m| (m["id"].as_str().unwrap().to_string(), m.clone()))
+            .collect()
+    }
+
+    /// Sums of the latest counts by metric and qualifier, over windows, key groups and
+    /// dimension values.
+    fn sums(&self) -> BTreeMap<String, i64> {
+        let mut sums = BTreeMap::new();
+        for m in self.latest().values() {
+            let mut name = m["metric"].as_str().unwrap().to_string();
+            for q in ["step", "from", "to", "outcome", "variant"] {
+                if let Some(v) = m[q].as_str() {
+                    name.push(':');
+                    name.push_str(v);
+                }
+            }
+            *sums.entry(name).or_default() += m["count"].as_i64().unwrap();
+        }
+        sums.retain(|_, v| *v != 0);
+        sums
+    }
+}
+
+/// A hand-built log: every number below is worked out by hand from these actions.
+fn hand_log() -> Vec<String> {
+    vec![
+        // A (web): apply 0, review 10 (approved), issue 65 (left review after 55 min, within
+        // its 1 h SLA), activate 80: completed.
+        action("a1", "A", "/apply", 0, "web", ""),
+        // B (branch): apply 5, review 20 (returned), apply 30 (a return), review 40, then
+        // nothing: its second review breaches the SLA at 100.
+        action("b1", "B", "/apply", 5, "branch", ""),
+        // C (web): apply 6, reject 16: completed early, jumping over three steps.
+        action("c1", "C", "/apply", 6, "web", ""),
+        action("a2", "A", "/review", 10, "web", "approved"),
+        action("c2", "C", "/reject", 16, "web", ""),
+        action("b2", "B", "/review", 20, "branch", "returned"),
+        action("b3", "B", "/apply", 30, "branch", ""),
+        action("b4", "B", "/review", 40, "branch", ""),
+        // A duplicate (same tracking number) changes nothing.
+        action("a2", "A", "/review", 10, "web", "approved"),
+        action("a3", "A", "/issue", 65, "web", ""),
+        action("a4", "A", "/activate", 80, "web", ""),
+        // An action no step matches.
+        action("x1", "A", "/status", 81, "web", ""),
+        // D (mobile) starts at 200; its time carries the key group past B's SLA deadline.
+        action("d1", "D", "/apply", 200, "mobile", ""),
+    ]
+}
+
+#[test]
+fn every_metric_of_a_hand_built_log() {
+    let mut e = engine(1, KeyGroupRange { start: 0, end: 1 });
+    let mut out = Recorded::default();
+    for a in hand_log() {
+        e.apply(&a, &mut out).unwrap();
+    }
+    e.finish(&mut out);
+    let t = &e.processes[0].totals;
+    assert_eq!(t.actions, 13);
+    assert_eq!(t.unmatched, 1);
+    assert_eq!(t.duplicates, 1);
+    assert_eq!((t.started, t.completed, t.abandoned), (4, 2, 0));
+    let map = |pairs: &[(&str, i64)]| -> BTreeMap<String, i64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    };
+    assert_eq!(
+        t.entered,
+        map(&[
+            ("apply", 5),
+            ("review", 3),
+            ("issue", 1),
+            ("activate", 1),
+            ("reject", 1)
+        ])
+    );
+    // In progress: D in apply, B in review.
+    assert_eq!(t.wip, map(&[("apply", 1), ("review", 1)]));
+    assert_eq!(t.returns, map(&[("review->apply", 1)]));
+    assert_eq!(t.outcomes, map(&[("approved", 1)]));
+    assert_eq!(
+        t.variants,
+        map(&[("apply>review>issue>activate", 1), ("apply>reject", 1)])
+    );
+    assert_eq!(t.skipped_steps, 1, "C jumped from apply to reject");
+    assert_eq!(t.sla_breaches, map(&[("review", 1)]));
+
+    // apply: A 10 min, B 15 and 10 min, C 10 min.
+    let apply = &t.durations["apply"];
+    assert_eq!((apply.count, apply.sum_ms), (4, 45 * MIN));
+    assert!((apply.quantile(0.5).unwrap() - 600.0).abs() <= 6.0);
+    assert!((apply.quantile(1.0).unwrap() - 900.0).abs() <= 9.0);
+    // review: A 55 min, B 10 min (B's second review has not ended).
+    let review = &t.durations["review"];
+    assert_eq!((review.count, review.sum_ms), (2, 65 * MIN));
+    assert_eq!(t.durations["issue"].sum_ms, 15 * MIN);
+
+    // One alert, at the breach (B entered review at 40, SLA 1 h), not at the end of input.
+    assert_eq!(out.alerts.len(), 1, "{:?}", out.alerts);
+    let alert = &out.alerts[0];
+    assert_eq!(alert["instance"], "B");
+    assert_eq!(alert["step"], "review");
+    assert_eq!(alert["since"], T0 + 40 * MIN);
+    assert_eq!(alert["breachedAt"], T0 + 100 * MIN);
+    assert_eq!(alert["dimensions"]["channel"], "branch");
+
+    // The windows hold the same numbers as the totals.
+    let sums = out.sums();
+    let expect = [
+        ("started", 4),
+        ("completed", 2),
+        ("entered:apply", 5),
+        ("entered:review", 3),
+        ("stepDuration:apply", 4),
+        ("stepDuration:review", 2),
+        ("transition:review:apply", 1),
+        ("return:review:apply", 1),
+        ("outcome:approved", 1),
+        ("slaBreach:review", 1),
+        ("skippedSteps", 1),
+        ("variant:apply>reject", 1),
+        ("wip:apply", 1),
+        ("wip:review", 1),
+    ];
+    for (name, n) in expect {
+        assert_eq!(sums.get(name), Some(&n), "{name} in {sums:?}");
+    }
+    // Window and dimensions of one record: A's start.
+    let started_a = out
+        .latest()
+        .into_values()
+        .find(|m| m["metric"] == "started" && m["windowStart"] == T0)
+        .unwrap();
+    assert_eq!(started_a["dimensions"]["channel"], "web");
+    assert_eq!(started_a["windowEnd"], T0 + MIN);
+    assert_eq!(started_a["count"], 1);
+}
+
+#[test]
+fn actions_out_of_event_time_order_give_the_same_results() {
+    let log = hand_log();
+    let run = |order: &[usize]| {
+        let mut e = engine(1, KeyGroupRange { start: 0, end: 1 });
+        let mut out = Recorded::default();
+        for i in order {
+            e.apply(&log[*i], &mut out).unwrap();
+        }
+        e.finish(&mut out);
+        let mut totals = e.processes[0].totals.clone();
+        // SLA alerts depend on when time passes the deadline, which the order changes.
+        totals.sla_breaches.clear();
+        let mut sums = out.sums();
+        sums.remove("slaBreach:review");
+        (totals, sums)
+    };
+    let in_order: Vec<usize> = (0..log.len()).collect();
+    // A's activate and issue before its review, B's return before its first review.
+    let shuffled = vec![0, 1, 2, 10, 9, 4, 7, 6, 3, 5, 8, 11, 12];
+    assert_eq!(run(&in_order), run(&shuffled));
+}
+
+#[test]
+fn restored_state_continues_exactly() {
+    let log = hand_log();
+    let owned = KeyGroupRange { start: 0, end: 4 };
+    let mut whole = engine(4, owned);
+    let mut want = Recorded::default();
+    for a in &log {
+        whole.apply(a, &mut want).unwrap();
+    }
+    whole.finish(&mut want);
+
+    let mut first = engine(4, owned);
+    let mut got = Recorded::default();
+    for a in &log[..7] {
+        first.apply(a, &mut got).unwrap();
+    }
+    let meta = first.meta();
+    let watermarks = first.watermarks().to_vec();
+    let stored: Vec<(Vec<u8>, Vec<u8>)> = first
+        .checkpoint_changes()
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+    let mut second = engine(4, owned);
+    second.restore(meta, &watermarks, stored).unwrap();
+    for a in &log[7..] {
+        second.apply(a, &mut got).unwrap();
+    }
+    second.finish(&mut got);
+    assert_eq!(second.processes[0].totals, whole.processes[0].totals);
+    assert_eq!(got.latest(), want.latest());
+    assert_eq!(got.alerts, want.alerts);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Partial aggregates of any split of the key groups over engines add up to what one
+    /// engine owning them all reports.
+    #[test]
+    fn partials_over_any_split_of_key_groups_sum_to_the_whole(
+        steps in proptest::collection::vec((0u8..12, 0u8..6, 0i64..400, 0u8..3), 1..80),
+        splits in 1u32..6,
+    ) {
+        const PATHS: [&str; 6] = ["/apply", "/review", "/issue", "/activate", "/reject", "/other"];
+        const CHANNELS: [&str; 3] = ["web", "branch", "mobile"];
+        let key_groups = 16u16;
+        let log: Vec<String> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, (app, path, minute, channel))| {
+                action(
+                    &format!("t{i}"),
+                    &format!("app-{app}"),
+                    PATHS[usize::from(*path)],
+                    *minute,
+                    CHANNELS[usize::from(*channel)],
+                    if i % 3 == 0 { "approved" } else { "" },
+                )
+            })
+            .collect();
+
+        let mut single = engine(key_groups, KeyGroupRange { start: 0, end: key_groups });
+        let mut whole = Recorded::default();
+        for a in &log {
+            single.apply(a, &mut whole).unwrap();
+        }
+        single.finish(&mut whole);
+
+        let ranges = even_assignment(splits, key_groups);
+        let mut engines: Vec<ProcessEngine> = ranges.iter().map(|r| engine(key_groups, *r)).collect();
+        let mut parts = Recorded::default();
+        for (i, a) in log.iter().enumerate() {
+            let app = format!("app-{}", steps[i].0);
+            let kg = key_group(app.as_bytes(), key_groups);
+            let e = engines.iter_mut().find(|e| e.owned.contains(kg)).unwrap();
+            e.apply(a, &mut parts).unwrap();
+        }
+        for e in &mut engines {
+            e.finish(&mut parts);
+        }
+        // Per metric, window and dimensions, summed over key groups.
+        let by_window = |r: &Recorded| {
+            let mut sums: BTreeMap<String, i64> = BTreeMap::new();
+            for m in r.latest().values() {
+                let key = format!(
+                    "{}|{}|{}|{}|{}|{}",
+                    m["metric"], m["step"], m["from"], m["to"], m["windowStart"], m["dimensions"]
+                );
+                *sums.entry(key).or_default() += m["count"].as_i64().unwrap();
+            }
+            sums.retain(|_, v| *v != 0);
+            sums
+        };
+        proptest::prop_assert_eq!(by_window(&parts), by_window(&whole));
+        let total = |es: &[&ProcessEngine]| es.iter().map(|e| e.processes[0].totals.started).sum::<i64>();
+        proptest::prop_assert_eq!(total(&engines.iter().collect::<Vec<_>>()), total(&[&single]));
+    }
+}
+
+#[test]
+fn dimensions_beyond_max_values_are_other() {
+    let mut spec = definition();
+    spec.dimensions[0].max_values = 2;
+    let plan = ProcessPlan::compile("cards", &spec).unwrap();
+    let mut e = ProcessEngine::new(vec![plan], 1, KeyGroupRange { start: 0, end: 1 }, MIN);
+    let mut out = Recorded::default();
+    for (i, channel) in ["web", "branch", "mobile", "atm", "web"].iter().enumerate() {
+        let a = action(
+            &format!("t{i}"),
+            &format!("I{i}"),
+            "/apply",
+            i as i64,
+            channel,
+            "",
+        );
+        e.apply(&a, &mut out).unwrap();
+    }
+    e.finish(&mut out);
+    let mut channels: BTreeMap<String, i64> = BTreeMap::new();
+    for m in out.latest().values().filter(|m| m["metric"] == "started") {
+        *channels
+            .entry(m["dimensions"]["channel"].as_str().unwrap().to_string())
+            .or_default() += m["count"].as_i64().unwrap();
+    }
+    let want: BTreeMap<String, i64> = [("web", 2), ("branch", 1), ("other", 2)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    assert_eq!(channels, want);
+}
+
+#[test]
+fn invalid_predicates_name_the_field() {
+    let mut spec = definition();
+    spec.steps[2].match_ = "request.path ==".into();
+    let err = ProcessPlan::compile("cards", &spec).err().unwrap();
+    assert!(err.starts_with("spec.steps[2].match: invalid CEL"), "{err}");
+}
