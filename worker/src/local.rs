@@ -574,6 +574,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             checkpoint.processes.clone(),
             &checkpoint.process_watermarks,
             store.process_instances()?,
+            store.process_aggregates()?,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
 
@@ -611,6 +612,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
      -> anyhow::Result<()> {
         counters.checkpoints += 1;
         counters.seconds = previous_seconds + started.elapsed().as_secs_f64();
+        process_engine.emit_updates(&mut outputs.process);
         let lengths = outputs.flush().context("writing outputs")?;
         let record = Checkpoint {
             inputs: readers.iter().map(|(_, r)| r.position().clone()).collect(),
@@ -763,7 +765,9 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         processes: step_names
             .iter()
             .zip(&process_engine.processes)
-            .map(|((name, steps), state)| (name.clone(), ProcessSummary::new(steps, &state.totals)))
+            .map(|((name, steps), state)| {
+                (name.clone(), ProcessSummary::new(steps, &state.totals()))
+            })
             .collect(),
     };
     let tmp = options.output.join("summary.json.tmp");

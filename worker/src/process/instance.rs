@@ -44,6 +44,11 @@ pub struct Instance {
     pub abandoned: Option<i64>,
     /// Entry time of the visit whose SLA breach was alerted.
     pub sla_alerted: Option<i64>,
+    /// Deadlines of the SLA and timeout timers set (timers live in memory only).
+    #[serde(skip)]
+    pub armed_sla: Option<i64>,
+    #[serde(skip)]
+    pub armed_timeout: Option<i64>,
 }
 
 /// One contribution to the metrics, with a sign: +1 adds, -1 (for a WIP decrement) subtracts.

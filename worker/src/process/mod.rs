@@ -68,19 +68,10 @@ pub struct Aggregate {
     /// Sum of durations in milliseconds (durations and transitions).
     pub sum_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sketch: Option<Sketch>,
+    pub sketch: Option<Box<Sketch>>,
     /// Changed since it was last emitted.
     #[serde(default)]
     pub dirty: bool,
-}
-
-/// One key group's partial aggregates of one window, by metric and dimension combination.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Window {
-    #[serde(with = "as_pairs")]
-    aggregates: BTreeMap<(Metric, u32), Aggregate>,
-    /// Some aggregate changed since it was last emitted.
-    dirty: bool,
 }
 
 /// Values interned to small ids (dimension combinations, variants): aggregate keys stay
@@ -112,8 +103,25 @@ impl<T: std::hash::Hash + Eq + Clone> Interner<T> {
     }
 }
 
-/// Totals over the whole run, per definition (the summary's `processes` section): the sum
-/// of every contribution, whatever window it went to.
+/// Running totals of one definition: the sum of every contribution, whatever window it went
+/// to, keyed by metric (names are looked up only for the summary, in [`Totals`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub actions: u64,
+    pub unmatched: u64,
+    pub no_instance_key: u64,
+    pub duplicates: u64,
+    pub after_end: u64,
+    pub over_limit: u64,
+    pub late_metric_updates: u64,
+    #[serde(with = "as_pairs")]
+    pub metrics: BTreeMap<Metric, i64>,
+    /// Per step.
+    pub durations: Vec<Sketch>,
+}
+
+/// Totals over the whole run, per definition, by name (the summary's `processes` section).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
@@ -138,20 +146,6 @@ pub struct Totals {
     pub sla_breaches: BTreeMap<String, i64>,
     /// Contributions to windows already dropped (in the totals, in no window).
     pub late_metric_updates: u64,
-}
-
-fn bump(map: &mut BTreeMap<String, i64>, name: &str, by: i64) {
-    match map.get_mut(name) {
-        Some(n) => {
-            *n += by;
-            if *n == 0 {
-                map.remove(name);
-            }
-        }
-        None => {
-            map.insert(name.to_string(), by);
-        }
-    }
 }
 
 /// Where the stage's records go.
@@ -182,39 +176,69 @@ pub struct ProcessState {
     /// Changed since the last checkpoint: instance key → its key group.
     dirty: BTreeMap<String, u16>,
     timers: Vec<BTreeSet<(i64, TimerKind, String)>>,
-    windows: BTreeMap<(u16, i64), Window>,
+    aggregates: FxHashMap<AggregateKey, Aggregate>,
+    /// The aggregates present per (key group, window start), to drop a window whole.
+    windows: BTreeMap<(u16, i64), Vec<(Metric, u32)>>,
+    /// Aggregates changed since they were last emitted, in window order.
+    unemitted: BTreeSet<AggregateKey>,
+    /// Aggregates changed (or dropped) since the last checkpoint.
+    unsaved: BTreeSet<AggregateKey>,
+    /// Per owned key group: windows starting before this are closed.
+    closed_before: Vec<i64>,
     dimension_values: Vec<Vec<String>>,
     dimension_ids: Vec<FxHashMap<String, u32>>,
     combos: Interner<Vec<u32>>,
     variants: Interner<String>,
-    pub totals: Totals,
+    pub counts: Counts,
 }
 
-/// What a checkpoint stores besides instances: small, written whole.
+/// A partial aggregate's key: key group, window start, metric, dimension combination.
+pub type AggregateKey = (u16, i64, Metric, u32);
+
+/// The first key of a key group's window in [`AggregateKey`] order.
+fn window_floor(kg: u16, start: i64) -> AggregateKey {
+    (kg, start, Metric::Started, 0)
+}
+
+/// What a checkpoint record holds besides instances and aggregates (which go to their own
+/// column families, changes only).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ProcessMeta {
-    #[serde(with = "as_pairs")]
-    windows: BTreeMap<(u16, i64), Window>,
     dimension_values: Vec<Vec<String>>,
     combos: Vec<Vec<u32>>,
     variants: Vec<String>,
-    totals: Totals,
+    counts: Counts,
+}
+
+/// State changes of the process stage for a checkpoint: (key, Some(value) | None to delete).
+#[derive(Debug, Default)]
+pub struct ProcessChanges {
+    pub instances: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub aggregates: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl ProcessState {
     fn new(plan: ProcessPlan, owned: KeyGroupRange) -> ProcessState {
         let dims = plan.dimensions.len();
+        let steps = plan.steps.len();
         ProcessState {
             plan,
             instances: FxHashMap::default(),
             dirty: BTreeMap::new(),
             timers: (0..owned.len()).map(|_| BTreeSet::new()).collect(),
+            aggregates: FxHashMap::default(),
             windows: BTreeMap::new(),
+            unemitted: BTreeSet::new(),
+            unsaved: BTreeSet::new(),
+            closed_before: vec![i64::MIN; usize::from(owned.len())],
             dimension_values: vec![Vec::new(); dims],
             dimension_ids: vec![FxHashMap::default(); dims],
             combos: Interner::default(),
             variants: Interner::default(),
-            totals: Totals::default(),
+            counts: Counts {
+                durations: vec![Sketch::default(); steps],
+                ..Counts::default()
+            },
         }
     }
 
@@ -284,45 +308,15 @@ impl ProcessState {
         weight: i64,
     ) {
         let weight = weight * i64::from(sign);
-        let plan = &self.plan;
-        let step_name = |step: u16| {
-            plan.steps
-                .get(usize::from(step))
-                .map_or("?", |s| s.name.as_str())
-        };
-        match metric {
-            Metric::Started => self.totals.started += weight,
-            Metric::Completed => self.totals.completed += weight,
-            Metric::Abandoned => self.totals.abandoned += weight,
-            Metric::SkippedSteps => self.totals.skipped_steps += weight,
-            Metric::Wip(s) => bump(&mut self.totals.wip, step_name(s), weight),
-            Metric::Entered(s) => bump(&mut self.totals.entered, step_name(s), weight),
-            Metric::Duration(s) => {
-                let name = step_name(s).to_string();
-                let sketch = self.totals.durations.entry(name.clone()).or_default();
-                sketch.add_weighted(millis.unwrap_or(0), weight);
-                if sketch.is_empty() {
-                    self.totals.durations.remove(&name);
-                }
-            }
-            Metric::Transition(..) => {}
-            Metric::Return(a, b) => {
-                let name = format!("{}->{}", step_name(a), step_name(b));
-                bump(&mut self.totals.returns, &name, weight);
-            }
-            Metric::Outcome(o) => {
-                let name = self
-                    .plan
-                    .outcomes
-                    .get(usize::from(o))
-                    .map_or("?".to_string(), |(n, _)| n.clone());
-                bump(&mut self.totals.outcomes, &name, weight);
-            }
-            Metric::SlaBreach(s) => bump(&mut self.totals.sla_breaches, step_name(s), weight),
-            Metric::Variant(v) => {
-                let name = self.variant(v).to_string();
-                bump(&mut self.totals.variants, &name, weight);
-            }
+        let total = self.counts.metrics.entry(metric).or_default();
+        *total += weight;
+        if *total == 0 {
+            self.counts.metrics.remove(&metric);
+        }
+        if let (Metric::Duration(step), Some(ms)) = (metric, millis)
+            && let Some(sketch) = self.counts.durations.get_mut(usize::from(step))
+        {
+            sketch.add_weighted(ms, weight);
         }
 
         let size = self.plan.window;
@@ -331,25 +325,91 @@ impl ProcessState {
         if start < wm.saturating_sub(size + self.retention(lateness))
             && !self.windows.contains_key(&(kg, start))
         {
-            self.totals.late_metric_updates += 1;
+            self.counts.late_metric_updates += 1;
             return;
         }
-        let window = self.windows.entry((kg, start)).or_default();
-        window.dirty = true;
-        let agg = window.aggregates.entry((metric, combo)).or_default();
+        let key = (kg, start, metric, combo);
+        let agg = match self.aggregates.entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.windows
+                    .entry((kg, start))
+                    .or_default()
+                    .push((metric, combo));
+                v.insert(Aggregate::default())
+            }
+        };
         agg.dirty = true;
         agg.count += weight;
         if let Some(ms) = millis {
             agg.sum_ms += ms * weight;
             if matches!(metric, Metric::Duration(_)) {
-                let sketch = agg.sketch.get_or_insert_with(Sketch::default);
+                let sketch = agg.sketch.get_or_insert_with(Box::default);
                 sketch.add_weighted(ms, weight);
             }
         }
+        self.unemitted.insert(key);
+        self.unsaved.insert(key);
+    }
+
+    /// The totals by name.
+    pub fn totals(&self) -> Totals {
+        let step = |s: u16| {
+            self.plan
+                .steps
+                .get(usize::from(s))
+                .map_or("?".to_string(), |p| p.name.clone())
+        };
+        let c = &self.counts;
+        let mut t = Totals {
+            actions: c.actions,
+            unmatched: c.unmatched,
+            no_instance_key: c.no_instance_key,
+            duplicates: c.duplicates,
+            after_end: c.after_end,
+            over_limit: c.over_limit,
+            late_metric_updates: c.late_metric_updates,
+            ..Totals::default()
+        };
+        for (metric, n) in &c.metrics {
+            let n = *n;
+            match *metric {
+                Metric::Started => t.started += n,
+                Metric::Completed => t.completed += n,
+                Metric::Abandoned => t.abandoned += n,
+                Metric::SkippedSteps => t.skipped_steps += n,
+                Metric::Wip(s) => *t.wip.entry(step(s)).or_default() += n,
+                Metric::Entered(s) => *t.entered.entry(step(s)).or_default() += n,
+                Metric::Return(a, b) => {
+                    *t.returns
+                        .entry(format!("{}->{}", step(a), step(b)))
+                        .or_default() += n;
+                }
+                Metric::Outcome(o) => {
+                    let name = self
+                        .plan
+                        .outcomes
+                        .get(usize::from(o))
+                        .map_or("?".to_string(), |(name, _)| name.clone());
+                    *t.outcomes.entry(name).or_default() += n;
+                }
+                Metric::SlaBreach(s) => *t.sla_breaches.entry(step(s)).or_default() += n,
+                Metric::Variant(v) => {
+                    *t.variants.entry(self.variant(v).to_string()).or_default() += n;
+                }
+                Metric::Duration(_) | Metric::Transition(..) => {}
+            }
+        }
+        for (s, sketch) in c.durations.iter().enumerate() {
+            if !sketch.is_empty() {
+                t.durations.insert(step(s as u16), sketch.clone());
+            }
+        }
+        t
     }
 
     /// Sets the timers of an instance after it changed.
-    fn set_timers(&mut self, idx: usize, instance: &Instance, lateness: i64) {
+    fn set_timers(&mut self, idx: usize, instance: &mut Instance, lateness: i64) {
         let key = &instance.key;
         if let Some(ended) = instance.ended(&self.plan.steps) {
             let forget = ended.saturating_add(self.retention(lateness));
@@ -365,12 +425,20 @@ impl ProcessState {
             && instance.sla_alerted != Some(last.entered)
         {
             let due = last.entered.saturating_add(sla);
-            self.timers[idx].insert((due, TimerKind::Sla, key.clone()));
+            if instance.armed_sla != Some(due) {
+                instance.armed_sla = Some(due);
+                self.timers[idx].insert((due, TimerKind::Sla, key.clone()));
+            }
         }
-        let timeout = instance
-            .last_action()
-            .saturating_add(self.plan.instance_timeout);
-        self.timers[idx].insert((timeout, TimerKind::Timeout, key.clone()));
+        // One timeout timer per instance: when it fires early (the instance had actions since
+        // it was set), it is set again for the new deadline.
+        if instance.armed_timeout.is_none() {
+            let timeout = instance
+                .last_action()
+                .saturating_add(self.plan.instance_timeout);
+            instance.armed_timeout = Some(timeout);
+            self.timers[idx].insert((timeout, TimerKind::Timeout, key.clone()));
+        }
     }
 }
 
@@ -434,13 +502,13 @@ impl ProcessEngine {
         out: &mut impl ProcessOutput,
     ) -> Result<(), ProcessError> {
         let state = &mut self.processes[p];
-        state.totals.actions += 1;
+        state.counts.actions += 1;
         let Some(step) = c.step else {
-            state.totals.unmatched += 1;
+            state.counts.unmatched += 1;
             return Ok(());
         };
         let (Some(key), Some(t)) = (c.instance, c.time) else {
-            state.totals.no_instance_key += 1;
+            state.counts.no_instance_key += 1;
             return Ok(());
         };
         let kg = key_group(key.as_bytes(), self.key_groups);
@@ -480,11 +548,11 @@ impl ProcessEngine {
                 let after_end = i.ended(&state.plan.steps).is_some_and(|e| t > e);
                 if duplicate || after_end || i.actions.len() >= ACTION_LIMIT {
                     if duplicate {
-                        state.totals.duplicates += 1;
+                        state.counts.duplicates += 1;
                     } else if after_end {
-                        state.totals.after_end += 1;
+                        state.counts.after_end += 1;
                     } else {
-                        state.totals.over_limit += 1;
+                        state.counts.over_limit += 1;
                     }
                     state.instances.insert(key, i);
                     return Ok(());
@@ -501,6 +569,8 @@ impl ProcessEngine {
                     combo: state.combos.id(&dims),
                     abandoned: None,
                     sla_alerted: None,
+                    armed_sla: None,
+                    armed_timeout: None,
                 },
                 None,
             ),
@@ -537,7 +607,7 @@ impl ProcessEngine {
                 }
             }
         }
-        state.set_timers(idx, &instance, lateness);
+        state.set_timers(idx, &mut instance, lateness);
         state.dirty.insert(key.clone(), kg);
         state.instances.insert(key, instance);
         self.close_windows(idx, out);
@@ -585,6 +655,16 @@ impl ProcessEngine {
                             && instance
                                 .last_action()
                                 .saturating_add(state.plan.instance_timeout)
+                                > deadline =>
+                    {
+                        instance.armed_timeout = None;
+                        state.set_timers(idx, &mut instance, lateness);
+                    }
+                    (TimerKind::Timeout, ..)
+                        if ended.is_none()
+                            && instance
+                                .last_action()
+                                .saturating_add(state.plan.instance_timeout)
                                 == deadline =>
                     {
                         let old = state.contributions(&instance);
@@ -593,7 +673,7 @@ impl ProcessEngine {
                         for (c, w) in instance::difference(&old, &new) {
                             state.apply(kg, wm, lateness, instance.combo, c, w);
                         }
-                        state.set_timers(idx, &instance, lateness);
+                        state.set_timers(idx, &mut instance, lateness);
                         state.dirty.insert(key.clone(), kg);
                     }
                     (TimerKind::Forget, ..)
@@ -612,31 +692,67 @@ impl ProcessEngine {
         self.close_windows(idx, out);
     }
 
-    /// Emits the changed aggregates of the windows of key group `idx` that its time has
-    /// closed, and drops the windows past their retention.
+    /// When key group `idx`'s time crosses a window boundary: emits the changed aggregates
+    /// of the windows that closed (a window closes one window after its end), and drops the
+    /// windows past their retention. Later changes to closed windows wait for
+    /// [`ProcessEngine::emit_updates`], so that many late changes to one aggregate are one
+    /// record.
     fn close_windows(&mut self, idx: usize, out: &mut impl ProcessOutput) {
         let wm = self.watermarks[idx];
         let kg = self.owned.start + idx as u16;
         for state in &mut self.processes {
             let size = state.plan.window;
-            let retention = state.retention(self.lateness);
-            let closing: Vec<i64> = state
-                .windows
-                .range((kg, i64::MIN)..(kg, wm.saturating_sub(2 * size).saturating_add(1)))
-                .filter(|(_, w)| w.dirty)
-                .map(|((_, start), _)| *start)
-                .collect();
-            for start in closing {
-                emit_window(state, kg, start, &mut self.buf, out);
+            let closed = (wm.saturating_sub(size).div_euclid(size)).saturating_mul(size);
+            if closed <= state.closed_before[idx] {
+                continue;
             }
+            state.closed_before[idx] = closed;
+            let due: Vec<AggregateKey> = state
+                .unemitted
+                .range(window_floor(kg, i64::MIN)..window_floor(kg, closed))
+                .copied()
+                .collect();
+            emit(state, &due, &mut self.buf, out);
+            let expired_before = wm.saturating_sub(size + state.retention(self.lateness));
             let expired: Vec<(u16, i64)> = state
                 .windows
-                .range((kg, i64::MIN)..(kg, wm.saturating_sub(size + retention)))
+                .range((kg, i64::MIN)..(kg, expired_before))
                 .map(|(k, _)| *k)
                 .collect();
-            for k in expired {
-                state.windows.remove(&k);
+            for (kg, start) in expired {
+                let pending: Vec<AggregateKey> = state
+                    .unemitted
+                    .range(window_floor(kg, start)..window_floor(kg, start + 1))
+                    .copied()
+                    .collect();
+                emit(state, &pending, &mut self.buf, out);
+                for (metric, combo) in state.windows.remove(&(kg, start)).unwrap_or_default() {
+                    let key = (kg, start, metric, combo);
+                    state.aggregates.remove(&key);
+                    state.unemitted.remove(&key);
+                    state.unsaved.insert(key);
+                }
             }
+        }
+    }
+
+    /// Emits the aggregates of closed windows changed since they were emitted (by late
+    /// actions). Called before every checkpoint.
+    pub fn emit_updates(&mut self, out: &mut impl ProcessOutput) {
+        let start = self.owned.start;
+        for state in &mut self.processes {
+            let due: Vec<AggregateKey> = state
+                .unemitted
+                .iter()
+                .filter(|(kg, window, _, _)| {
+                    state
+                        .closed_before
+                        .get(usize::from(kg.wrapping_sub(start)))
+                        .is_some_and(|closed| window < closed)
+                })
+                .copied()
+                .collect();
+            emit(state, &due, &mut self.buf, out);
         }
     }
 
@@ -644,62 +760,65 @@ impl ProcessEngine {
     /// (in progress); time does not run out for them as it does for the join's pending parts.
     pub fn finish(&mut self, out: &mut impl ProcessOutput) {
         for state in &mut self.processes {
-            let dirty: Vec<(u16, i64)> = state
-                .windows
-                .iter()
-                .filter(|(_, w)| w.dirty)
-                .map(|(k, _)| *k)
-                .collect();
-            for (kg, start) in dirty {
-                emit_window(state, kg, start, &mut self.buf, out);
-            }
+            let due: Vec<AggregateKey> = state.unemitted.iter().copied().collect();
+            emit(state, &due, &mut self.buf, out);
         }
     }
 
-    /// Instances changed since the last checkpoint, as (state key, Some(value) | None to
-    /// delete). Keys: the instance's key group (BE u16), the definition's index (BE u16), the
-    /// instance key.
-    pub fn checkpoint_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        let mut changes = Vec::new();
+    /// Changes since the last checkpoint. Instance keys: the instance's key group (BE u16),
+    /// the definition's index (BE u16), the instance key. Aggregate keys: key group,
+    /// definition, window start (order-preserving), then the metric and combination.
+    pub fn checkpoint_changes(&mut self) -> ProcessChanges {
+        let mut changes = ProcessChanges::default();
         for (p, state) in self.processes.iter_mut().enumerate() {
             for (key, kg) in std::mem::take(&mut state.dirty) {
                 let value = state
                     .instances
                     .get(&key)
                     .and_then(|i| serde_json::to_vec(i).ok());
-                changes.push((instance_key(kg, p as u16, &key), value));
+                changes
+                    .instances
+                    .push((instance_key(kg, p as u16, &key), value));
+            }
+            for key in std::mem::take(&mut state.unsaved) {
+                let value = state
+                    .aggregates
+                    .get(&key)
+                    .and_then(|a| serde_json::to_vec(a).ok());
+                changes
+                    .aggregates
+                    .push((aggregate_key(p as u16, &key), value));
             }
         }
         changes
     }
 
-    /// Everything but the instances, for the checkpoint record.
+    /// Everything but the instances and aggregates, for the checkpoint record.
     pub fn meta(&self) -> Vec<ProcessMeta> {
         self.processes
             .iter()
             .map(|s| ProcessMeta {
-                windows: s.windows.clone(),
                 dimension_values: s.dimension_values.clone(),
                 combos: s.combos.values.clone(),
                 variants: s.variants.values.clone(),
-                totals: s.totals.clone(),
+                counts: s.counts.clone(),
             })
             .collect()
     }
 
     /// Restores from a checkpoint: the record's meta and watermarks, and every stored
-    /// instance (key, value) of the owned key groups.
+    /// instance and aggregate (key, value) of the owned key groups.
     pub fn restore(
         &mut self,
         meta: Vec<ProcessMeta>,
         watermarks: &[i64],
         instances: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+        aggregates: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
     ) -> Result<(), String> {
         for (i, wm) in watermarks.iter().enumerate().take(self.watermarks.len()) {
             self.watermarks[i] = *wm;
         }
         for (state, m) in self.processes.iter_mut().zip(meta) {
-            state.windows = m.windows;
             state.dimension_ids = m
                 .dimension_values
                 .iter()
@@ -714,26 +833,95 @@ impl ProcessEngine {
             state.dimension_values = m.dimension_values;
             state.combos = Interner::from_values(m.combos);
             state.variants = Interner::from_values(m.variants);
-            state.totals = m.totals;
+            state.counts = m.counts;
         }
-        for (key, value) in instances {
-            let p = usize::from(u16::from_be_bytes([
+        let definition = |key: &[u8]| {
+            usize::from(u16::from_be_bytes([
                 key.get(2).copied().unwrap_or(0),
                 key.get(3).copied().unwrap_or(0),
-            ]));
-            let instance: Instance = serde_json::from_slice(&value)
+            ]))
+        };
+        for (key, value) in instances {
+            let mut instance: Instance = serde_json::from_slice(&value)
                 .map_err(|e| format!("corrupt process instance {key:?}: {e}"))?;
             let idx = usize::from(instance.key_group.wrapping_sub(self.owned.start));
-            let Some(state) = self.processes.get_mut(p) else {
+            let Some(state) = self.processes.get_mut(definition(&key)) else {
                 continue;
             };
             if idx >= state.timers.len() {
                 continue;
             }
-            state.set_timers(idx, &instance, self.lateness);
+            // Timers are not stored: set them again.
+            instance.armed_sla = None;
+            instance.armed_timeout = None;
+            state.set_timers(idx, &mut instance, self.lateness);
             state.instances.insert(instance.key.clone(), instance);
         }
+        for (key, value) in aggregates {
+            let parsed = split_aggregate_key(&key);
+            let agg: Option<Aggregate> = serde_json::from_slice(&value).ok();
+            let (Some((kg, start, metric, combo)), Some(agg)) = (parsed, agg) else {
+                return Err(format!("corrupt aggregate {key:?}"));
+            };
+            let Some(state) = self.processes.get_mut(definition(&key)) else {
+                continue;
+            };
+            if !self.owned.contains(kg) {
+                continue;
+            }
+            let k = (kg, start, metric, combo);
+            if agg.dirty {
+                state.unemitted.insert(k);
+            }
+            state
+                .windows
+                .entry((kg, start))
+                .or_default()
+                .push((metric, combo));
+            state.aggregates.insert(k, agg);
+        }
         Ok(())
+    }
+}
+
+/// The state key of an aggregate.
+fn aggregate_key(process: u16, (kg, start, metric, combo): &AggregateKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32);
+    k.extend_from_slice(&kg.to_be_bytes());
+    k.extend_from_slice(&process.to_be_bytes());
+    // Sign bit flipped: byte order is time order.
+    k.extend_from_slice(&((*start as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&serde_json::to_vec(&(metric, combo)).unwrap_or_default());
+    k
+}
+
+fn split_aggregate_key(key: &[u8]) -> Option<AggregateKey> {
+    let kg = u16::from_be_bytes(key.get(0..2)?.try_into().ok()?);
+    let start = (u64::from_be_bytes(key.get(4..12)?.try_into().ok()?) ^ (1 << 63)) as i64;
+    let (metric, combo): (Metric, u32) = serde_json::from_slice(key.get(12..)?).ok()?;
+    Some((kg, start, metric, combo))
+}
+
+/// Emits the given aggregates (each with its own idempotent key) and marks them emitted.
+fn emit(
+    state: &mut ProcessState,
+    keys: &[AggregateKey],
+    buf: &mut Vec<u8>,
+    out: &mut impl ProcessOutput,
+) {
+    for key in keys {
+        state.unemitted.remove(key);
+        let Some(agg) = state.aggregates.get(key) else {
+            continue;
+        };
+        let (kg, start, metric, combo) = *key;
+        buf.clear();
+        record::write_metric(buf, state, kg, start, &metric, combo, agg);
+        out.metric(buf);
+        if let Some(agg) = state.aggregates.get_mut(key) {
+            agg.dirty = false;
+        }
+        state.unsaved.insert(*key);
     }
 }
 
@@ -744,29 +932,6 @@ pub fn instance_key(kg: u16, process: u16, key: &str) -> Vec<u8> {
     k.extend_from_slice(&process.to_be_bytes());
     k.extend_from_slice(key.as_bytes());
     k
-}
-
-fn emit_window(
-    state: &mut ProcessState,
-    kg: u16,
-    start: i64,
-    buf: &mut Vec<u8>,
-    out: &mut impl ProcessOutput,
-) {
-    let Some(mut window) = state.windows.remove(&(kg, start)) else {
-        return;
-    };
-    // Only what changed: every aggregate has its own idempotent key.
-    for ((metric, combo), agg) in &mut window.aggregates {
-        if agg.dirty {
-            buf.clear();
-            record::write_metric(buf, state, kg, start, metric, *combo, agg);
-            out.metric(buf);
-            agg.dirty = false;
-        }
-    }
-    window.dirty = false;
-    state.windows.insert((kg, start), window);
 }
 
 /// Serializes a map with non-string keys as a list of pairs.

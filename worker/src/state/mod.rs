@@ -7,6 +7,8 @@
 //!   value: the cold entries' timers in deadline order per key group.
 //! - `process`: one process instance per key: key group BE u16 + definition index BE u16 +
 //!   instance key; the value is the instance (JSON).
+//! - `aggregates`: the process stage's window partial aggregates: key group BE u16 +
+//!   definition index BE u16 + window start + metric; the value is the aggregate (JSON).
 //! - `meta`: the checkpoint record (input positions, output lengths, counters, watermarks).
 //!
 //! Every key starts with the key group, so a key group's state is a contiguous range in each
@@ -22,11 +24,14 @@ use rocksdb::{
 };
 
 use crate::join::{Change, ColdStore, Entry, StateError};
+use crate::process::ProcessChanges;
 
 const CF_JOIN: &str = "join";
 const CF_TIMERS: &str = "timers";
 const CF_META: &str = "meta";
 const CF_PROCESS: &str = "process";
+const CF_AGGREGATES: &str = "aggregates";
+const FAMILIES: [&str; 5] = [CF_JOIN, CF_TIMERS, CF_META, CF_PROCESS, CF_AGGREGATES];
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 
 /// One worker's RocksDB.
@@ -56,12 +61,7 @@ impl Store {
             }
             ColumnFamilyDescriptor::new(name, cf)
         };
-        let db = DB::open_cf_descriptors(
-            &opts,
-            path,
-            [CF_JOIN, CF_TIMERS, CF_META, CF_PROCESS].map(family),
-        )
-        .map_err(store_err)?;
+        let db = DB::open_cf_descriptors(&opts, path, FAMILIES.map(family)).map_err(store_err)?;
         Ok(Store { db })
     }
 
@@ -83,11 +83,10 @@ impl Store {
     pub fn write_checkpoint(
         &self,
         changes: &[Change],
-        instances: &[(Vec<u8>, Option<Vec<u8>>)],
+        process: &ProcessChanges,
         record: &[u8],
     ) -> Result<(), StateError> {
         let join = self.cf(CF_JOIN)?;
-        let process = self.cf(CF_PROCESS)?;
         let timers = self.cf(CF_TIMERS)?;
         let mut batch = WriteBatch::default();
         let mut buf = Vec::new();
@@ -112,10 +111,16 @@ impl Store {
                 }
             }
         }
-        for (key, value) in instances {
-            match value {
-                Some(v) => batch.put_cf(process, key, v),
-                None => batch.delete_cf(process, key),
+        for (family, changes) in [
+            (CF_PROCESS, &process.instances),
+            (CF_AGGREGATES, &process.aggregates),
+        ] {
+            let cf = self.cf(family)?;
+            for (key, value) in changes {
+                match value {
+                    Some(v) => batch.put_cf(cf, key, v),
+                    None => batch.delete_cf(cf, key),
+                }
             }
         }
         batch.put_cf(self.cf(CF_META)?, CHECKPOINT_KEY, record);
@@ -128,7 +133,7 @@ impl Store {
 
     /// Bytes of SST files (what state costs on disk after flushes and compactions).
     pub fn sst_bytes(&self) -> u64 {
-        [CF_JOIN, CF_TIMERS, CF_META, CF_PROCESS]
+        FAMILIES
             .iter()
             .filter_map(|name| self.db.cf_handle(name))
             .filter_map(|cf| {
@@ -147,8 +152,17 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 impl Store {
     /// Every stored process instance, as (key, value).
     pub fn process_instances(&self) -> Result<Vec<KeyValue>, StateError> {
+        self.all(CF_PROCESS)
+    }
+
+    /// Every stored window aggregate of the process stage, as (key, value).
+    pub fn process_aggregates(&self) -> Result<Vec<KeyValue>, StateError> {
+        self.all(CF_AGGREGATES)
+    }
+
+    fn all(&self, family: &str) -> Result<Vec<KeyValue>, StateError> {
         self.db
-            .iterator_cf(self.cf(CF_PROCESS)?, IteratorMode::Start)
+            .iterator_cf(self.cf(family)?, IteratorMode::Start)
             .map(|item| {
                 item.map(|(k, v)| (k.to_vec(), v.to_vec()))
                     .map_err(store_err)
