@@ -5,6 +5,7 @@ pub mod generate;
 pub mod join;
 pub mod local;
 pub mod process;
+pub mod replay;
 pub mod sinks;
 pub mod sources;
 pub mod state;

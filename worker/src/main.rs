@@ -60,6 +60,27 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Check ProcessDefinitions against recorded events: runs the pipeline over the inputs and
+    /// reports how many actions each step matched, what the unmatched ones look like,
+    /// instances that skip steps or go back, variants and step durations. Exits non-zero only
+    /// when a definition is invalid.
+    Replay {
+        /// Resource files: the ProcessDefinitions and the JoinPipeline.
+        #[arg(short = 'f', long = "filename", required = true)]
+        resources: Vec<PathBuf>,
+        /// Which JoinPipeline, when the files hold several.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// `<source>=<file>`, or just the file when the pipeline has one source.
+        #[arg(short, long = "input", required = true)]
+        inputs: Vec<InputSpec>,
+        /// `text` for people, `json` for machines.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+        /// Keep the run's outputs (actions, metrics ...) here instead of a temporary directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// Write generated credit-card traffic (one JSON line per message, in arrival order) and
     /// <file>.truth.json with the counts a correct run reports.
     Generate {
@@ -153,6 +174,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             eprintln!("outputs in {}", output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            resources,
+            pipeline,
+            inputs,
+            format,
+            keep,
+        } => {
+            let report = weft_worker::replay::run(&weft_worker::replay::ReplayOptions {
+                resources,
+                pipeline,
+                inputs,
+                work_dir: keep,
+            })?;
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", weft_worker::replay::render(&report));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate {
