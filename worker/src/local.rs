@@ -491,6 +491,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             "dead-letters.jsonl",
             "metrics.jsonl",
             "alerts.jsonl",
+            "metrics.prom",
             "summary.json",
         ] {
             let _ = std::fs::remove_file(options.output.join(file));
@@ -770,6 +771,16 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             })
             .collect(),
     };
+    let prom: Vec<(String, Totals, Vec<String>)> = step_names
+        .iter()
+        .zip(&process_engine.processes)
+        .map(|((name, steps), state)| (name.clone(), state.totals(), steps.clone()))
+        .collect();
+    std::fs::write(
+        options.output.join("metrics.prom"),
+        crate::process::exposition::render(&prom),
+    )
+    .context("writing metrics.prom")?;
     let tmp = options.output.join("summary.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&summary)?).context("writing summary.json")?;
     std::fs::rename(&tmp, options.output.join("summary.json")).context("writing summary.json")?;

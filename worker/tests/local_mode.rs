@@ -129,6 +129,40 @@ fn generated_traffic_matches_its_truth() {
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["missing"].as_array().unwrap().len(), 1, "{v}");
     }
+
+    // The process stage ran on the joined actions: every action is matched or unmatched,
+    // the windowed records add up to the summary, and metrics.prom holds the totals.
+    let p = &summary["processes"]["credit-card"];
+    assert_eq!(
+        p["actions"].as_u64().unwrap(),
+        truth["complete"].as_u64().unwrap() + truth["incomplete"].as_u64().unwrap()
+    );
+    let started = p["instances"]["started"].as_i64().unwrap();
+    assert!(started > 0, "{p}");
+    let mut latest: BTreeMap<String, Value> = BTreeMap::new();
+    for line in lines(&out.join("metrics.jsonl")) {
+        let v: Value = serde_json::from_str(&line).unwrap();
+        latest.insert(v["id"].as_str().unwrap().to_string(), v);
+    }
+    let sum = |metric: &str| -> i64 {
+        latest
+            .values()
+            .filter(|v| v["metric"] == metric)
+            .map(|v| v["count"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("started"), started);
+    assert_eq!(
+        sum("completed"),
+        p["instances"]["completed"].as_i64().unwrap()
+    );
+    let prom = std::fs::read_to_string(out.join("metrics.prom")).unwrap();
+    assert!(
+        prom.contains(&format!(
+            "weft_process_instances_started_total{{process=\"credit-card\"}} {started}"
+        )),
+        "{prom}"
+    );
 }
 
 #[test]

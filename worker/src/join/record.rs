@@ -8,6 +8,12 @@ use super::{Pending, part_bit};
 /// Appends a JSON string literal.
 pub fn push_json_string(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
+    push_json_escaped(buf, s);
+    buf.push(b'"');
+}
+
+/// Appends the content of a JSON string literal (escaped, without quotes).
+pub fn push_json_escaped(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -28,7 +34,6 @@ pub fn push_json_string(buf: &mut Vec<u8>, s: &str) {
         start = i + 1;
     }
     buf.extend_from_slice(&bytes[start..]);
-    buf.push(b'"');
 }
 
 fn push_i64(buf: &mut Vec<u8>, n: i64) {

@@ -19,6 +19,7 @@
 //! end plus one window, again (same idempotent key, full value) whenever a late action
 //! changes them, and the window is dropped after the retention.
 
+pub mod exposition;
 pub mod instance;
 pub mod plan;
 pub mod predicate;
@@ -72,6 +73,9 @@ pub struct Aggregate {
     /// Changed since it was last emitted.
     #[serde(default)]
     pub dirty: bool,
+    /// Changed since the last checkpoint.
+    #[serde(skip)]
+    unsaved: bool,
 }
 
 /// Values interned to small ids (dimension combinations, variants): aggregate keys stay
@@ -116,7 +120,7 @@ pub struct Counts {
     pub over_limit: u64,
     pub late_metric_updates: u64,
     #[serde(with = "as_pairs")]
-    pub metrics: BTreeMap<Metric, i64>,
+    pub metrics: FxHashMap<Metric, i64>,
     /// Per step.
     pub durations: Vec<Sketch>,
 }
@@ -179,10 +183,12 @@ pub struct ProcessState {
     aggregates: FxHashMap<AggregateKey, Aggregate>,
     /// The aggregates present per (key group, window start), to drop a window whole.
     windows: BTreeMap<(u16, i64), Vec<(Metric, u32)>>,
-    /// Aggregates changed since they were last emitted, in window order.
-    unemitted: BTreeSet<AggregateKey>,
-    /// Aggregates changed (or dropped) since the last checkpoint.
-    unsaved: BTreeSet<AggregateKey>,
+    /// Per owned key group: aggregates changed since they were last emitted (each once:
+    /// listed when its `dirty` flag is set).
+    unemitted: Vec<Vec<AggregateKey>>,
+    /// Aggregates changed (or dropped) since the last checkpoint (each once).
+    unsaved: Vec<AggregateKey>,
+    first_key_group: u16,
     /// Per owned key group: windows starting before this are closed.
     closed_before: Vec<i64>,
     dimension_values: Vec<Vec<String>>,
@@ -194,11 +200,6 @@ pub struct ProcessState {
 
 /// A partial aggregate's key: key group, window start, metric, dimension combination.
 pub type AggregateKey = (u16, i64, Metric, u32);
-
-/// The first key of a key group's window in [`AggregateKey`] order.
-fn window_floor(kg: u16, start: i64) -> AggregateKey {
-    (kg, start, Metric::Started, 0)
-}
 
 /// What a checkpoint record holds besides instances and aggregates (which go to their own
 /// column families, changes only).
@@ -228,8 +229,9 @@ impl ProcessState {
             timers: (0..owned.len()).map(|_| BTreeSet::new()).collect(),
             aggregates: FxHashMap::default(),
             windows: BTreeMap::new(),
-            unemitted: BTreeSet::new(),
-            unsaved: BTreeSet::new(),
+            unemitted: vec![Vec::new(); usize::from(owned.len())],
+            unsaved: Vec::new(),
+            first_key_group: owned.start,
             closed_before: vec![i64::MIN; usize::from(owned.len())],
             dimension_values: vec![Vec::new(); dims],
             dimension_ids: vec![FxHashMap::default(); dims],
@@ -339,7 +341,19 @@ impl ProcessState {
                 v.insert(Aggregate::default())
             }
         };
-        agg.dirty = true;
+        if !agg.dirty {
+            agg.dirty = true;
+            if let Some(list) = self
+                .unemitted
+                .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))
+            {
+                list.push(key);
+            }
+        }
+        if !agg.unsaved {
+            agg.unsaved = true;
+            self.unsaved.push(key);
+        }
         agg.count += weight;
         if let Some(ms) = millis {
             agg.sum_ms += ms * weight;
@@ -348,8 +362,6 @@ impl ProcessState {
                 sketch.add_weighted(ms, weight);
             }
         }
-        self.unemitted.insert(key);
-        self.unsaved.insert(key);
     }
 
     /// The totals by name.
@@ -707,12 +719,7 @@ impl ProcessEngine {
                 continue;
             }
             state.closed_before[idx] = closed;
-            let due: Vec<AggregateKey> = state
-                .unemitted
-                .range(window_floor(kg, i64::MIN)..window_floor(kg, closed))
-                .copied()
-                .collect();
-            emit(state, &due, &mut self.buf, out);
+            emit_closed(state, idx, &mut self.buf, out);
             let expired_before = wm.saturating_sub(size + state.retention(self.lateness));
             let expired: Vec<(u16, i64)> = state
                 .windows
@@ -720,17 +727,15 @@ impl ProcessEngine {
                 .map(|(k, _)| *k)
                 .collect();
             for (kg, start) in expired {
-                let pending: Vec<AggregateKey> = state
-                    .unemitted
-                    .range(window_floor(kg, start)..window_floor(kg, start + 1))
-                    .copied()
-                    .collect();
-                emit(state, &pending, &mut self.buf, out);
                 for (metric, combo) in state.windows.remove(&(kg, start)).unwrap_or_default() {
                     let key = (kg, start, metric, combo);
-                    state.aggregates.remove(&key);
-                    state.unemitted.remove(&key);
-                    state.unsaved.insert(key);
+                    // A change not emitted yet goes out before the window is dropped.
+                    if state.aggregates.get(&key).is_some_and(|a| a.dirty) {
+                        emit(state, &key, &mut self.buf, out);
+                    }
+                    if state.aggregates.remove(&key).is_some_and(|a| !a.unsaved) {
+                        state.unsaved.push(key);
+                    }
                 }
             }
         }
@@ -739,20 +744,10 @@ impl ProcessEngine {
     /// Emits the aggregates of closed windows changed since they were emitted (by late
     /// actions). Called before every checkpoint.
     pub fn emit_updates(&mut self, out: &mut impl ProcessOutput) {
-        let start = self.owned.start;
         for state in &mut self.processes {
-            let due: Vec<AggregateKey> = state
-                .unemitted
-                .iter()
-                .filter(|(kg, window, _, _)| {
-                    state
-                        .closed_before
-                        .get(usize::from(kg.wrapping_sub(start)))
-                        .is_some_and(|closed| window < closed)
-                })
-                .copied()
-                .collect();
-            emit(state, &due, &mut self.buf, out);
+            for idx in 0..state.unemitted.len() {
+                emit_closed(state, idx, &mut self.buf, out);
+            }
         }
     }
 
@@ -760,8 +755,13 @@ impl ProcessEngine {
     /// (in progress); time does not run out for them as it does for the join's pending parts.
     pub fn finish(&mut self, out: &mut impl ProcessOutput) {
         for state in &mut self.processes {
-            let due: Vec<AggregateKey> = state.unemitted.iter().copied().collect();
-            emit(state, &due, &mut self.buf, out);
+            for idx in 0..state.unemitted.len() {
+                let mut due = std::mem::take(&mut state.unemitted[idx]);
+                due.sort_unstable();
+                for key in due {
+                    emit(state, &key, &mut self.buf, out);
+                }
+            }
         }
     }
 
@@ -781,10 +781,10 @@ impl ProcessEngine {
                     .push((instance_key(kg, p as u16, &key), value));
             }
             for key in std::mem::take(&mut state.unsaved) {
-                let value = state
-                    .aggregates
-                    .get(&key)
-                    .and_then(|a| serde_json::to_vec(a).ok());
+                let value = state.aggregates.get_mut(&key).and_then(|a| {
+                    a.unsaved = false;
+                    serde_json::to_vec(a).ok()
+                });
                 changes
                     .aggregates
                     .push((aggregate_key(p as u16, &key), value));
@@ -870,8 +870,12 @@ impl ProcessEngine {
                 continue;
             }
             let k = (kg, start, metric, combo);
-            if agg.dirty {
-                state.unemitted.insert(k);
+            if agg.dirty
+                && let Some(list) = state
+                    .unemitted
+                    .get_mut(usize::from(kg.wrapping_sub(state.first_key_group)))
+            {
+                list.push(k);
             }
             state
                 .windows
@@ -882,6 +886,15 @@ impl ProcessEngine {
         }
         Ok(())
     }
+}
+
+/// The state key of an instance.
+pub fn instance_key(kg: u16, process: u16, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&kg.to_be_bytes());
+    k.extend_from_slice(&process.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
 }
 
 /// The state key of an aggregate.
@@ -902,54 +915,69 @@ fn split_aggregate_key(key: &[u8]) -> Option<AggregateKey> {
     Some((kg, start, metric, combo))
 }
 
-/// Emits the given aggregates (each with its own idempotent key) and marks them emitted.
-fn emit(
+/// Emits the changed aggregates of key group `idx`'s closed windows, in key order.
+fn emit_closed(
     state: &mut ProcessState,
-    keys: &[AggregateKey],
+    idx: usize,
     buf: &mut Vec<u8>,
     out: &mut impl ProcessOutput,
 ) {
-    for key in keys {
-        state.unemitted.remove(key);
-        let Some(agg) = state.aggregates.get(key) else {
-            continue;
-        };
-        let (kg, start, metric, combo) = *key;
-        buf.clear();
-        record::write_metric(buf, state, kg, start, &metric, combo, agg);
-        out.metric(buf);
-        if let Some(agg) = state.aggregates.get_mut(key) {
-            agg.dirty = false;
-        }
-        state.unsaved.insert(*key);
+    let closed = state.closed_before[idx];
+    let (mut due, open): (Vec<AggregateKey>, Vec<AggregateKey>) =
+        std::mem::take(&mut state.unemitted[idx])
+            .into_iter()
+            .partition(|(_, start, _, _)| *start < closed);
+    state.unemitted[idx] = open;
+    due.sort_unstable();
+    for key in due {
+        emit(state, &key, buf, out);
     }
 }
 
-/// The state key of an instance.
-pub fn instance_key(kg: u16, process: u16, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + key.len());
-    k.extend_from_slice(&kg.to_be_bytes());
-    k.extend_from_slice(&process.to_be_bytes());
-    k.extend_from_slice(key.as_bytes());
-    k
+/// Emits one aggregate (with its own idempotent key) and marks it emitted.
+fn emit(
+    state: &mut ProcessState,
+    key: &AggregateKey,
+    buf: &mut Vec<u8>,
+    out: &mut impl ProcessOutput,
+) {
+    let Some(agg) = state.aggregates.get(key) else {
+        return;
+    };
+    if !agg.dirty {
+        return;
+    }
+    let (kg, start, metric, combo) = *key;
+    buf.clear();
+    record::write_metric(buf, state, kg, start, &metric, combo, agg);
+    out.metric(buf);
+    if let Some(agg) = state.aggregates.get_mut(key) {
+        agg.dirty = false;
+        if !agg.unsaved {
+            agg.unsaved = true;
+            state.unsaved.push(*key);
+        }
+    }
 }
 
 /// Serializes a map with non-string keys as a list of pairs.
 mod as_pairs {
-    use std::collections::BTreeMap;
-
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-        map: &BTreeMap<K, V>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(map.iter())
+    pub fn serialize<'a, M, K, V, S>(map: &'a M, s: S) -> Result<S::Ok, S::Error>
+    where
+        &'a M: IntoIterator<Item = (&'a K, &'a V)>,
+        K: Serialize + 'a,
+        V: Serialize + 'a,
+        S: Serializer,
+    {
+        s.collect_seq(map)
     }
 
-    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    pub fn deserialize<'de, M, K, V, D>(d: D) -> Result<M, D::Error>
     where
-        K: Deserialize<'de> + Ord,
+        M: FromIterator<(K, V)>,
+        K: Deserialize<'de>,
         V: Deserialize<'de>,
         D: Deserializer<'de>,
     {

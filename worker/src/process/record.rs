@@ -5,7 +5,7 @@
 //! re-emitted window overwrites itself in a compacted topic or an upsert table, and the sum
 //! of `count` (or the merge of `sketch`) over key groups is the total for the window.
 
-use crate::join::record::push_json_string;
+use crate::join::record::{push_json_escaped, push_json_string};
 
 use super::instance::Visit;
 use super::{Aggregate, Instance, Metric, ProcessState};
@@ -30,31 +30,38 @@ fn step_name(state: &ProcessState, step: u16) -> &str {
 }
 
 /// The metric's name and its qualifier fields (`"step":..`, `"from":..,"to":..`).
-fn describe(state: &ProcessState, metric: &Metric) -> (&'static str, Vec<(&'static str, String)>) {
-    let step = |s: &u16| step_name(state, *s).to_string();
+fn describe<'s>(
+    state: &'s ProcessState,
+    metric: &Metric,
+) -> (&'static str, [(&'static str, &'s str); 2]) {
+    const NONE: (&str, &str) = ("", "");
+    let step = |s: &u16| step_name(state, *s);
     match metric {
-        Metric::Started => ("started", vec![]),
-        Metric::Completed => ("completed", vec![]),
-        Metric::Abandoned => ("abandoned", vec![]),
-        Metric::Wip(s) => ("wip", vec![("step", step(s))]),
-        Metric::Entered(s) => ("entered", vec![("step", step(s))]),
-        Metric::Duration(s) => ("stepDuration", vec![("step", step(s))]),
-        Metric::Transition(a, b) => ("transition", vec![("from", step(a)), ("to", step(b))]),
-        Metric::Return(a, b) => ("return", vec![("from", step(a)), ("to", step(b))]),
+        Metric::Started => ("started", [NONE, NONE]),
+        Metric::Completed => ("completed", [NONE, NONE]),
+        Metric::Abandoned => ("abandoned", [NONE, NONE]),
+        Metric::SkippedSteps => ("skippedSteps", [NONE, NONE]),
+        Metric::Wip(s) => ("wip", [("step", step(s)), NONE]),
+        Metric::Entered(s) => ("entered", [("step", step(s)), NONE]),
+        Metric::Duration(s) => ("stepDuration", [("step", step(s)), NONE]),
+        Metric::SlaBreach(s) => ("slaBreach", [("step", step(s)), NONE]),
+        Metric::Transition(a, b) => ("transition", [("from", step(a)), ("to", step(b))]),
+        Metric::Return(a, b) => ("return", [("from", step(a)), ("to", step(b))]),
         Metric::Outcome(o) => (
             "outcome",
-            vec![(
-                "outcome",
-                state
-                    .plan
-                    .outcomes
-                    .get(usize::from(*o))
-                    .map_or("?".to_string(), |(n, _)| n.clone()),
-            )],
+            [
+                (
+                    "outcome",
+                    state
+                        .plan
+                        .outcomes
+                        .get(usize::from(*o))
+                        .map_or("?", |(n, _)| n.as_str()),
+                ),
+                NONE,
+            ],
         ),
-        Metric::SlaBreach(s) => ("slaBreach", vec![("step", step(s))]),
-        Metric::SkippedSteps => ("skippedSteps", vec![]),
-        Metric::Variant(v) => ("variant", vec![("variant", state.variant(*v).to_string())]),
+        Metric::Variant(v) => ("variant", [("variant", state.variant(*v)), NONE]),
     }
 }
 
@@ -76,7 +83,8 @@ fn push_dimensions(buf: &mut Vec<u8>, state: &ProcessState, dims: &[u32]) {
     buf.push(b'}');
 }
 
-/// One partial aggregate, and a newline.
+/// One partial aggregate, and a newline. The id is
+/// `<definition>/<metric>[/<qualifier>...]/<window start>/<key group>[/<dimension values>]`.
 pub fn write_metric(
     buf: &mut Vec<u8>,
     state: &ProcessState,
@@ -88,23 +96,29 @@ pub fn write_metric(
 ) {
     let dims = state.combo(combo);
     let (name, qualifiers) = describe(state, metric);
-    let mut id = format!("{}/{name}", state.plan.name);
-    for (_, v) in &qualifiers {
-        id.push('/');
-        id.push_str(v);
+    let qualifiers = qualifiers.iter().filter(|(k, _)| !k.is_empty());
+    buf.extend_from_slice(b"{\"id\":\"");
+    push_json_escaped(buf, &state.plan.name);
+    buf.push(b'/');
+    buf.extend_from_slice(name.as_bytes());
+    for (_, v) in qualifiers.clone() {
+        buf.push(b'/');
+        push_json_escaped(buf, v);
     }
-    id.push_str(&format!("/{window_start}/{kg}"));
+    buf.push(b'/');
+    push_i64(buf, window_start);
+    buf.push(b'/');
+    push_i64(buf, i64::from(kg));
     for (d, v) in dims.iter().enumerate() {
-        id.push(if d == 0 { '/' } else { ',' });
-        id.push_str(state.dimension_value(d, *v));
+        buf.push(if d == 0 { b'/' } else { b',' });
+        push_json_escaped(buf, state.dimension_value(d, *v));
     }
-    buf.extend_from_slice(b"{\"id\":");
-    push_json_string(buf, &id);
-    buf.extend_from_slice(b",\"process\":");
+    buf.extend_from_slice(b"\",\"process\":");
     push_json_string(buf, &state.plan.name);
-    buf.extend_from_slice(b",\"metric\":");
-    push_json_string(buf, name);
-    for (k, v) in &qualifiers {
+    buf.extend_from_slice(b",\"metric\":\"");
+    buf.extend_from_slice(name.as_bytes());
+    buf.push(b'"');
+    for (k, v) in qualifiers {
         buf.extend_from_slice(b",\"");
         buf.extend_from_slice(k.as_bytes());
         buf.extend_from_slice(b"\":");
@@ -138,10 +152,9 @@ pub fn write_metric(
             }
         }
         buf.extend_from_slice(b",\"sketch\":");
-        if let Ok(json) = serde_json::to_vec(sketch) {
-            buf.extend_from_slice(&json);
-        } else {
-            buf.extend_from_slice(b"null");
+        match serde_json::to_vec(sketch) {
+            Ok(json) => buf.extend_from_slice(&json),
+            Err(_) => buf.extend_from_slice(b"null"),
         }
     }
     buf.extend_from_slice(b"}\n");
