@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# End-to-end benchmark of local mode (read, parse, join, write outputs) on generated
-# credit-card traffic, in a release build. Prints one line per size with the median of
-# several runs; docs/benchmarks.md records the results with this exact command.
+# Benchmarks of local mode in a release build, on generated credit-card traffic. For each
+# size: the join alone (read, parse, join, write outputs; `--join-only`), the join and the
+# process stage together, and the process stage alone (the `process_stage` bench binary over
+# the actions the join wrote). Prints medians of several runs; docs/benchmarks.md records the
+# results with this exact command.
 #
 #   bash hack/bench.sh [ACTIONS...]      default: 100000 500000
 #   RUNS=5 bash hack/bench.sh 500000
-#   LOCAL_ARGS="--max-hot-mib 0" bash hack/bench.sh   # state through RocksDB, no hot tier
+#   LOCAL_ARGS="--max-hot-mib 0" bash hack/bench.sh   # join state through RocksDB, no hot tier
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -18,31 +20,47 @@ sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(100000 500000)
 
 log "building release"
-cargo build -q --release --locked -p weft-worker --target-dir "$WEFT_RELEASE_TARGET_DIR"
+cargo build -q --release --locked -p weft-worker --bins --benches --target-dir "$WEFT_RELEASE_TARGET_DIR"
 bin="$WEFT_RELEASE_TARGET_DIR/release/weft-worker"
+process_bench=$(ls -t "$WEFT_RELEASE_TARGET_DIR"/release/deps/process_stage-* | grep -v '\.d$' | head -1)
 work=$(mktemp -d "${TMPDIR:-/tmp}/weft-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 example=manifests/examples/credit-card
 
-printf '%-10s %-10s %-14s %-12s %-12s %-12s %-10s\n' actions lines "events/s(med)" "seconds" "peakRSS_MiB" "sst_MiB" "hot_only"
-for n in "${sizes[@]}"; do
-  "$bin" generate --actions "$n" --seed 1 -o "$work/in-$n.jsonl" >/dev/null
-  results=()
-  for r in $(seq "$runs"); do
-    rm -rf "$work/out"
-    # GNU time reports the peak RSS of the run (KiB).
-    /usr/bin/time -f '%M' -o "$work/rss" "$bin" local -f "$example/processdefinition.yaml" -f "$example/joinpipeline.yaml" \
-      --input "$work/in-$n.jsonl" --output "$work/out" --quiet ${LOCAL_ARGS:-} >"$work/summary.json" 2>"$work/stderr"
-    results+=("$(python3 - "$work/summary.json" "$work/rss" <<'PY'
+# One local run; prints: events/s events seconds peakRSS_MiB sst_MiB hot_only_share
+local_run() {
+  local input=$1 out=$2
+  shift 2
+  rm -rf "$out"
+  # GNU time reports the peak RSS of the run (KiB).
+  /usr/bin/time -f '%M' -o "$work/rss" "$bin" local -f "$example/processdefinition.yaml" -f "$example/joinpipeline.yaml" \
+    --input "$input" --output "$out" --quiet "$@" ${LOCAL_ARGS:-} >"$work/summary.json" 2>"$work/stderr"
+  python3 - "$work/summary.json" "$work/rss" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 rss_kib = int(open(sys.argv[2]).read().split()[-1])
 print(f'{s["eventsPerSecond"]:.0f} {s["events"]} {s["seconds"]:.3f} {rss_kib/1024:.1f} {s["state"]["sstBytes"]/2**20:.1f} {s["state"]["neverPersistedShare"]:.4f}')
 PY
-)")
+}
+
+median() { sort -n | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
+
+printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s\n' actions stages lines "per_second(med)" seconds peakRSS_MiB sst_MiB hot_only
+for n in "${sizes[@]}"; do
+  "$bin" generate --actions "$n" --seed 1 -o "$work/in-$n.jsonl" >/dev/null
+  for stages in join join+process; do
+    flags=()
+    [ "$stages" = join ] && flags=(--join-only)
+    results=()
+    for _ in $(seq "$runs"); do
+      results+=("$(local_run "$work/in-$n.jsonl" "$work/out-$stages" "${flags[@]}")")
+    done
+    read -r rate events seconds rss sst hot < <(printf '%s\n' "${results[@]}" | median)
+    printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s\n' "$n" "$stages" "$events" "$rate" "$seconds" "$rss" "$sst" "$hot"
   done
-  printf '%s\n' "${results[@]}" | sort -n | awk -v n="$n" -v runs="$runs" '
-    { line[NR] = $0 }
-    END { split(line[int((NR + 1) / 2)], m, " ");
-          printf "%-10s %-10s %-14s %-12s %-12s %-12s %-10s\n", n, m[2], m[1], m[3], m[4], m[5], m[6] }'
+  # The process stage alone, over the actions the join-only run wrote (actions per second).
+  line=$("$process_bench" "$work/out-join" "$runs" 2>/dev/null)
+  rate=$(echo "$line" | sed -E 's/.*median ([0-9]+) actions.*/\1/')
+  actions=$(echo "$line" | sed -E 's/.*stage: ([0-9]+) actions.*/\1/')
+  printf '%-10s %-14s %-10s %-16s\n' "$n" "process-alone" "$actions" "$rate"
 done

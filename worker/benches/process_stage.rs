@@ -80,6 +80,13 @@ fn main() {
         }
         engine.finish(&mut sink);
         let seconds = started.elapsed().as_secs_f64();
+        let rss = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .unwrap_or_default()
+            .to_string();
+        eprintln!("{rss}; {}", engine.memory_report());
         rates.push(actions.len() as f64 / seconds);
         eprintln!(
             "{} actions in {seconds:.3} s: {:.0} actions/s, {} records, {} MiB out",

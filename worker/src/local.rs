@@ -64,6 +64,8 @@ pub struct LocalOptions {
     /// Start over: remove the state and outputs of an earlier run in `output`.
     pub fresh: bool,
     pub progress: bool,
+    /// Run the join only: no process stage (no metrics, alerts or processes summary).
+    pub join_only: bool,
 }
 
 /// The checkpoint record of local mode.
@@ -81,6 +83,8 @@ struct Checkpoint {
     processes: Vec<ProcessMeta>,
     #[serde(default)]
     process_watermarks: Vec<i64>,
+    #[serde(default)]
+    join_only: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -258,6 +262,7 @@ struct Outputs {
     error: Option<std::io::Error>,
     /// Action records (complete and incomplete) not yet given to the process stage.
     for_process: Vec<u8>,
+    process_enabled: bool,
     process: ProcessSinks,
 }
 
@@ -363,7 +368,9 @@ impl JoinOutput for Outputs {
             completed_at,
         );
         Self::write(&mut self.actions, &self.buf, &mut self.error);
-        self.for_process.extend_from_slice(&self.buf);
+        if self.process_enabled {
+            self.for_process.extend_from_slice(&self.buf);
+        }
     }
 
     fn incomplete(
@@ -376,7 +383,9 @@ impl JoinOutput for Outputs {
         self.buf.clear();
         write_incomplete(&mut self.buf, key_group, tracking_number, pending, missing);
         Self::write(&mut self.incomplete, &self.buf, &mut self.error);
-        self.for_process.extend_from_slice(&self.buf);
+        if self.process_enabled {
+            self.for_process.extend_from_slice(&self.buf);
+        }
     }
 }
 
@@ -440,6 +449,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
     let (pipeline, processes) = load_pipeline(&options.resources, options.pipeline.as_deref())?;
     let process_plans = processes
         .iter()
+        .filter(|_| !options.join_only)
         .map(|(name, spec)| {
             ProcessPlan::compile(name, spec)
                 .map_err(|e| anyhow::anyhow!("ProcessDefinition/{name} {e}"))
@@ -512,6 +522,17 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
     let resumed = checkpoint.inputs.iter().any(|p| p.offset > 0) || checkpoint.finished;
     if resumed {
         checkpoint.counters.restarts += 1;
+        if checkpoint.join_only != options.join_only {
+            bail!(
+                "{} holds a checkpoint of a run {} --join-only: resume it the same way, or use --fresh",
+                options.output.display(),
+                if checkpoint.join_only {
+                    "with"
+                } else {
+                    "without"
+                }
+            );
+        }
         if bindings.iter().any(|(_, p)| p.is_none()) && !checkpoint.finished {
             bail!(
                 "{} holds a checkpoint of an earlier run, and standard input cannot be resumed: use --fresh",
@@ -545,6 +566,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         buf: Vec::with_capacity(4096),
         error: None,
         for_process: Vec::with_capacity(4096),
+        process_enabled: !options.join_only,
         process: ProcessSinks {
             metrics: JsonLinesFile::open(
                 &options.output.join("metrics.jsonl"),
@@ -625,6 +647,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             finished,
             processes: process_engine.meta(),
             process_watermarks: process_engine.watermarks().to_vec(),
+            join_only: options.join_only,
         };
         let changes = engine.checkpoint_changes(evict);
         let instances = process_engine.checkpoint_changes();

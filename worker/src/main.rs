@@ -59,6 +59,10 @@ enum Command {
         /// No progress line on the terminal.
         #[arg(long)]
         quiet: bool,
+        /// Run the join only, without the process stage (no metrics, alerts or processes
+        /// section). A run resumes only the way it started.
+        #[arg(long)]
+        join_only: bool,
     },
     /// Check ProcessDefinitions against recorded events: runs the pipeline over the inputs and
     /// reports how many actions each step matched, what the unmatched ones look like,
@@ -130,6 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_hot_mib,
             fresh,
             quiet,
+            join_only,
         } => {
             if let Some(actions) = generate {
                 std::fs::create_dir_all(&output)
@@ -171,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_hot_bytes: max_hot_mib.saturating_mul(1 << 20),
                 fresh,
                 progress: !quiet,
+                join_only,
             })?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             eprintln!("outputs in {}", output.display());

@@ -106,6 +106,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<Report> {
         max_hot_bytes: 256 << 20,
         fresh: true,
         progress: false,
+        join_only: false,
     });
     let report = summary.and_then(|summary| analyse(&work, &plans, summary));
     if options.work_dir.is_none() {

@@ -161,7 +161,7 @@ impl Entry {
 }
 
 /// Longest state key kept inline (key group and tracking number), without a heap allocation.
-const INLINE_KEY: usize = 30;
+const INLINE_KEY: usize = 22;
 
 /// A state key: the key group (big-endian u16) then the tracking number, so a key group's
 /// state is one contiguous key range. Short keys (all real tracking numbers) live inline:
@@ -307,6 +307,8 @@ pub trait ColdStore {
     ) -> Result<Vec<(i64, Vec<u8>)>, StateError>;
     /// The earliest cold timer of `key_group` at or after `from`.
     fn next_deadline(&self, key_group: u16, from: i64) -> Result<Option<i64>, StateError>;
+    /// Calls `f` with every stored key (on restore, to know which keys are cold).
+    fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StateError>;
 }
 
 /// A cold tier that holds nothing (tests, and workers that never evicted).
@@ -322,6 +324,16 @@ impl ColdStore for NoCold {
     fn next_deadline(&self, _: u16, _: i64) -> Result<Option<i64>, StateError> {
         Ok(None)
     }
+    fn for_each_key(&self, _: &mut dyn FnMut(&[u8])) -> Result<(), StateError> {
+        Ok(())
+    }
+}
+
+/// A 64-bit fingerprint of a state key, for the set of keys in the store.
+fn fingerprint(key: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    // Seeded apart from the hot map's hash, so the two do not collide together.
+    rustc_hash::FxBuildHasher.hash_one((0x9e37_79b9_7f4a_7c15u64, key))
 }
 
 /// Where joined results go.
@@ -385,7 +397,7 @@ struct Books<'e> {
 impl Books<'_> {
     /// Replaces a resolved entry by its dedupe marker, in place.
     fn finish(&mut self, slot: &mut Slot, key: &StateKey, pending: &Pending, outcome: Outcome) {
-        if slot.persisted.is_some() {
+        if slot.persisted.get().is_some() {
             self.stats.actions_persisted += 1;
         }
         let until = pending.deadline - self.config.lateness + self.config.dedupe;
@@ -401,11 +413,28 @@ impl Books<'_> {
     }
 }
 
+/// The deadline of a stored entry's version, or none: an `Option<i64>` in 8 bytes (no real
+/// deadline is `i64::MIN`), which keeps a hot-map slot at 32 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Persisted(i64);
+
+impl Persisted {
+    const NONE: Persisted = Persisted(i64::MIN);
+
+    fn at(deadline: i64) -> Persisted {
+        Persisted(deadline)
+    }
+
+    fn get(self) -> Option<i64> {
+        (self.0 != i64::MIN).then_some(self.0)
+    }
+}
+
 struct Slot {
     /// `None`: removed since the last checkpoint (a tombstone for a persisted entry).
     entry: Option<Entry>,
     /// Deadline of the version in the store, if any.
-    persisted: Option<i64>,
+    persisted: Persisted,
     dirty: bool,
 }
 
@@ -422,6 +451,10 @@ pub struct JoinEngine {
     /// Cold timers before this deadline have been handed out already.
     cold_scanned: Vec<i64>,
     hot_bytes: usize,
+    /// Fingerprints of the keys in the store, with counts: a key whose fingerprint is absent
+    /// is certainly not in RocksDB, so a new tracking number costs no RocksDB lookup even
+    /// after evictions (a fingerprint collision only costs a lookup).
+    stored: FxHashMap<u64, u32>,
     pub stats: JoinStats,
 }
 
@@ -437,6 +470,7 @@ impl JoinEngine {
             cold_next: vec![None; n],
             cold_scanned: vec![i64::MIN; n],
             hot_bytes: 0,
+            stored: FxHashMap::default(),
             stats: JoinStats::default(),
         }
     }
@@ -474,6 +508,8 @@ impl JoinEngine {
             self.watermarks[i] = *wm;
         }
         self.stats = stats;
+        let stored = &mut self.stored;
+        cold.for_each_key(&mut |key| *stored.entry(fingerprint(key)).or_default() += 1)?;
         for i in 0..self.cold_next.len() {
             self.cold_next[i] = cold.next_deadline(self.owned.start + i as u16, i64::MIN)?;
         }
@@ -537,7 +573,7 @@ impl JoinEngine {
                 *books.hot_bytes += SLOT_BYTES + key.heap_bytes();
                 v.insert(Slot {
                     entry: None,
-                    persisted: None,
+                    persisted: Persisted::NONE,
                     dirty: true,
                 })
             }
@@ -648,7 +684,10 @@ impl JoinEngine {
         cold: &impl ColdStore,
         certain: bool,
     ) -> Result<(), StateError> {
-        if (!certain && self.cold_next[idx].is_none()) || self.slots.contains_key(key) {
+        if (!certain
+            && (self.cold_next[idx].is_none() || !self.stored.contains_key(&fingerprint(key))))
+            || self.slots.contains_key(key)
+        {
             return Ok(());
         }
         if let Some(entry) = cold.get(key)? {
@@ -657,7 +696,7 @@ impl JoinEngine {
             self.slots.insert(
                 key,
                 Slot {
-                    persisted: Some(entry.deadline()),
+                    persisted: Persisted::at(entry.deadline()),
                     entry: Some(entry),
                     dirty: false,
                 },
@@ -671,7 +710,7 @@ impl JoinEngine {
             return;
         };
         let bytes = slot.entry.as_ref().map_or(0, Entry::bytes);
-        if slot.persisted.is_some() {
+        if slot.persisted.get().is_some() {
             slot.entry = None;
             slot.dirty = true;
             self.hot_bytes = self.hot_bytes.saturating_sub(bytes);
@@ -751,6 +790,7 @@ impl JoinEngine {
         let mut changes = Vec::new();
         let mut evicted_deadlines: Vec<Option<i64>> = vec![None; self.timers.len()];
         let mut freed = 0usize;
+        let stored = &mut self.stored;
         self.slots.retain(|key, slot| {
             if slot.dirty {
                 match &slot.entry {
@@ -758,16 +798,26 @@ impl JoinEngine {
                         changes.push(Change::Put {
                             key: key.clone(),
                             entry: entry.clone(),
-                            old_deadline: slot.persisted,
+                            old_deadline: slot.persisted.get(),
                         });
-                        slot.persisted = Some(entry.deadline());
+                        if slot.persisted.get().is_none() {
+                            *stored.entry(fingerprint(key)).or_default() += 1;
+                        }
+                        slot.persisted = Persisted::at(entry.deadline());
                     }
                     None => {
-                        if let Some(deadline) = slot.persisted {
+                        if let Some(deadline) = slot.persisted.get() {
                             changes.push(Change::Delete {
                                 key: key.clone(),
                                 deadline,
                             });
+                            let fp = fingerprint(key);
+                            if let Some(n) = stored.get_mut(&fp) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    stored.remove(&fp);
+                                }
+                            }
                         }
                         freed += SLOT_BYTES + key.heap_bytes();
                         return false;

@@ -99,6 +99,10 @@ impl ColdStore for MemCold {
             .map(|(_, d, _)| *d)
             .min())
     }
+    fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StateError> {
+        self.entries.lock().unwrap().keys().for_each(|k| f(k));
+        Ok(())
+    }
 }
 
 fn all(key_groups: u16) -> JoinEngine {
@@ -418,4 +422,12 @@ proptest! {
         prop_assert_eq!(&run(&msgs, 120, 3, &[]), &baseline);
         prop_assert_eq!(&run(&msgs, 120, 2, &evict_at), &baseline);
     }
+}
+
+#[test]
+fn hot_state_stays_compact() {
+    // The memory per tracking number that the hot tier's budget counts on.
+    assert_eq!(std::mem::size_of::<StateKey>(), 24);
+    assert_eq!(std::mem::size_of::<Slot>(), 32);
+    assert_eq!(std::mem::size_of::<Timer>(), 32);
 }

@@ -490,6 +490,27 @@ impl ProcessEngine {
         &self.watermarks
     }
 
+    /// Sizes of the in-memory state, for benchmarks and logs.
+    pub fn memory_report(&self) -> String {
+        self.processes
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}: {} instances, {} aggregates in {} windows, {} unemitted, {} unsaved, {} timers, {} combos",
+                    s.plan.name,
+                    s.instances.len(),
+                    s.aggregates.len(),
+                    s.windows.len(),
+                    s.unemitted.iter().map(Vec::len).sum::<usize>(),
+                    s.unsaved.len(),
+                    s.timers.iter().map(BTreeSet::len).sum::<usize>(),
+                    s.combos.values.len(),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// Applies one action record to every definition.
     pub fn apply(
         &mut self,

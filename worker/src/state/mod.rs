@@ -53,6 +53,10 @@ impl Store {
         let family = |name: &str| {
             let mut cf = Options::default();
             cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // Memtables count against the worker's memory: 5 families at RocksDB's default
+            // 64 MiB each would be most of a pod's budget.
+            cf.set_write_buffer_size(16 << 20);
+            cf.set_max_write_buffer_number(2);
             if name == CF_JOIN {
                 // Point lookups of tracking numbers: a bloom filter answers most misses from memory.
                 let mut table = rocksdb::BlockBasedOptions::default();
@@ -214,6 +218,14 @@ impl ColdStore for Store {
             due.push((deadline, state_key));
         }
         Ok(due)
+    }
+
+    fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StateError> {
+        for item in self.db.iterator_cf(self.cf(CF_JOIN)?, IteratorMode::Start) {
+            let (key, _) = item.map_err(store_err)?;
+            f(&key);
+        }
+        Ok(())
     }
 
     fn next_deadline(&self, key_group: u16, from: i64) -> Result<Option<i64>, StateError> {
