@@ -18,12 +18,15 @@ use weft_crds::manifest::{Resource, read_file};
 use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 
 use crate::join::record::{push_json_string, write_action, write_incomplete};
-use crate::join::{JoinConfig, JoinEngine, JoinError, JoinOutput, JoinStats, Pending};
+use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinOutput, JoinStats, Pending};
 use crate::process::{ProcessEngine, ProcessMeta, ProcessOutput, ProcessPlan, Totals};
 use crate::sinks::JsonLinesFile;
 use crate::sources::files::{LineReader, Position};
 use crate::sources::{Extracted, Rejection, SourcePlan};
 use crate::state::Store;
+
+/// Entries a checkpoint moves to RocksDB at most when the join is over its memory budget.
+const EVICTION_CHUNK: usize = 200_000;
 
 /// Where one source's messages come from.
 #[derive(Clone, Debug)]
@@ -631,7 +634,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
                          cursor: usize,
                          counters: &mut Counters,
                          finished: bool,
-                         evict: bool|
+                         evict: Evict|
      -> anyhow::Result<()> {
         counters.checkpoints += 1;
         counters.seconds = previous_seconds + started.elapsed().as_secs_f64();
@@ -649,9 +652,9 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             process_watermarks: process_engine.watermarks().to_vec(),
             join_only: options.join_only,
         };
-        let changes = engine.checkpoint_changes(evict);
+        let mut changes = engine.checkpoint_changes(evict);
         let instances = process_engine.checkpoint_changes();
-        store.write_checkpoint(&changes, &instances, &serde_json::to_vec(&record)?)?;
+        store.write_checkpoint(&mut changes, &instances, &serde_json::to_vec(&record)?)?;
         Ok(())
     };
 
@@ -707,16 +710,40 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
                 counters.note_peaks(&engine);
                 let over_budget = engine.hot_bytes() > options.max_hot_bytes;
                 if over_budget || last_checkpoint.elapsed() >= interval {
-                    do_checkpoint(
-                        &mut engine,
-                        &mut process_engine,
-                        &mut outputs,
-                        &readers,
-                        cursor,
-                        &mut counters,
-                        false,
-                        over_budget,
-                    )?;
+                    // Over budget, the dedupe markers go to RocksDB first; when pending
+                    // parts alone still fill more than half the budget, they go too. In
+                    // chunks: each chunk is one checkpoint with a bounded write batch.
+                    let mut evict = if over_budget {
+                        Evict::Markers { max: EVICTION_CHUNK }
+                    } else {
+                        Evict::Nothing
+                    };
+                    loop {
+                        let before = engine.hot_entries();
+                        do_checkpoint(
+                            &mut engine,
+                            &mut process_engine,
+                            &mut outputs,
+                            &readers,
+                            cursor,
+                            &mut counters,
+                            false,
+                            evict,
+                        )?;
+                        let evicted = before.saturating_sub(engine.hot_entries());
+                        if evict == Evict::Nothing
+                            || engine.hot_bytes() <= options.max_hot_bytes / 2
+                            || (evicted == 0 && matches!(evict, Evict::Everything { .. }))
+                        {
+                            break;
+                        }
+                        if evicted < EVICTION_CHUNK {
+                            // No markers left to move: pending parts go too.
+                            evict = Evict::Everything {
+                                max: EVICTION_CHUNK,
+                            };
+                        }
+                    }
                     last_checkpoint = Instant::now();
                 }
                 if interactive && last_progress.elapsed() >= Duration::from_secs(1) {
@@ -746,7 +773,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             cursor,
             &mut counters,
             true,
-            true,
+            Evict::Everything { max: usize::MAX },
         )?;
         if interactive {
             eprintln!();

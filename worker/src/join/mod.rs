@@ -440,6 +440,28 @@ struct Slot {
 
 type Timer = Reverse<(i64, StateKey)>;
 
+/// What leaves memory at a checkpoint (it is in the store afterwards). At most `max`
+/// entries leave at one checkpoint, which bounds the size of its write batch (and of the
+/// RocksDB memtable the batch lands in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evict {
+    Nothing,
+    /// Dedupe markers: most of the state at steady state, and touched again only by a
+    /// duplicate or a late part. Pending parts stay, they are about to join.
+    Markers { max: usize },
+    Everything { max: usize },
+}
+
+impl Evict {
+    fn leaves(self, entry: Option<&Entry>, evicted: usize) -> bool {
+        match self {
+            Evict::Nothing => false,
+            Evict::Markers { max } => evicted < max && matches!(entry, Some(Entry::Done(_))),
+            Evict::Everything { max } => evicted < max,
+        }
+    }
+}
+
 /// The join state machine for a range of key groups.
 pub struct JoinEngine {
     config: JoinConfig,
@@ -786,24 +808,40 @@ impl JoinEngine {
     /// The changes since the last checkpoint, to be written with the input positions in one
     /// batch. Afterwards memory and store agree. With `evict`, every entry leaves memory
     /// (it is in the store now), which keeps memory bounded whatever the lateness.
-    pub fn checkpoint_changes(&mut self, evict: bool) -> Vec<Change> {
+    pub fn checkpoint_changes(&mut self, evict: Evict) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut evicted_deadlines: Vec<Option<i64>> = vec![None; self.timers.len()];
         let mut freed = 0usize;
+        let mut evicted = 0usize;
+        let mut moved = false;
         let stored = &mut self.stored;
         self.slots.retain(|key, slot| {
             if slot.dirty {
                 match &slot.entry {
                     Some(entry) => {
-                        changes.push(Change::Put {
-                            key: key.clone(),
-                            entry: entry.clone(),
-                            old_deadline: slot.persisted.get(),
-                        });
+                        let deadline = entry.deadline();
+                        // An evicted entry moves into the change: no copy of the state at
+                        // the moment memory is fullest.
+                        let leaves = evict.leaves(Some(entry), evicted);
+                        let entry = if leaves {
+                            evicted += 1;
+                            moved = true;
+                            freed += entry.bytes();
+                            slot.entry.take()
+                        } else {
+                            slot.entry.clone()
+                        };
+                        if let Some(entry) = entry {
+                            changes.push(Change::Put {
+                                key: key.clone(),
+                                entry,
+                                old_deadline: slot.persisted.get(),
+                            });
+                        }
                         if slot.persisted.get().is_none() {
                             *stored.entry(fingerprint(key)).or_default() += 1;
                         }
-                        slot.persisted = Persisted::at(entry.deadline());
+                        slot.persisted = Persisted::at(deadline);
                     }
                     None => {
                         if let Some(deadline) = slot.persisted.get() {
@@ -825,27 +863,41 @@ impl JoinEngine {
                 }
                 slot.dirty = false;
             }
-            if evict {
-                if let Some(entry) = &slot.entry {
+            // An entry moved into its change above leaves; a clean one may leave too.
+            let leaves = std::mem::take(&mut moved) || {
+                let clean_leaves = slot.entry.is_some() && evict.leaves(slot.entry.as_ref(), evicted);
+                evicted += usize::from(clean_leaves);
+                clean_leaves
+            };
+            if leaves {
+                freed += slot.entry.as_ref().map_or(0, Entry::bytes);
+                freed += SLOT_BYTES + key.heap_bytes();
+                // It is stored now, at its stored deadline.
+                if let Some(deadline) = slot.persisted.get() {
                     let (kg, _) = split_key(key);
                     let i = usize::from(kg.wrapping_sub(self.owned.start));
                     if let Some(d) = evicted_deadlines.get_mut(i) {
-                        *d = Some(d.map_or(entry.deadline(), |x: i64| x.min(entry.deadline())));
+                        *d = Some(d.map_or(deadline, |x: i64| x.min(deadline)));
                     }
                 }
                 return false;
             }
             true
         });
-        self.hot_bytes = self.hot_bytes.saturating_sub(freed);
-        if evict {
-            self.hot_bytes = 0;
+        if evict != Evict::Nothing {
             for (i, heap) in self.timers.iter_mut().enumerate() {
-                heap.clear();
+                // Timers of entries that left go with them (the store has their timers).
+                let before = heap.len();
+                heap.retain(|Reverse((_, key))| self.slots.contains_key(key));
+                freed += (before - heap.len()) * TIMER_BYTES;
                 if let Some(d) = evicted_deadlines[i] {
                     self.cold_next[i] = Some(self.cold_next[i].map_or(d, |c| c.min(d)));
                 }
             }
+        }
+        self.hot_bytes = self.hot_bytes.saturating_sub(freed);
+        if self.slots.is_empty() {
+            self.hot_bytes = 0;
         }
         changes
     }

@@ -275,7 +275,7 @@ fn evicted_entries_resolve_from_the_cold_tier() {
     engine
         .process(msg("b", Part::Request, T0), &cold, &mut out)
         .unwrap();
-    cold.apply(engine.checkpoint_changes(true));
+    cold.apply(engine.checkpoint_changes(Evict::Everything { max: usize::MAX }));
     assert_eq!(engine.hot_entries(), 0);
     assert_eq!(engine.hot_bytes(), 0);
     engine
@@ -361,9 +361,15 @@ fn run(msgs: &[Message<'static>], key_groups: u16, splits: u32, evict_at: &[usiz
             .find(|(e, _)| e.owned.contains(kg))
             .unwrap();
         engine.process(m.clone(), cold, &mut out).unwrap();
-        if evict_at.contains(&i) {
+        if let Some(n) = evict_at.iter().position(|at| *at == i) {
+            // Alternately markers only and everything.
+            let evict = if n % 2 == 0 {
+                Evict::Markers { max: usize::MAX }
+            } else {
+                Evict::Everything { max: 3 + n }
+            };
             for (engine, cold) in &mut engines {
-                cold.apply(engine.checkpoint_changes(true));
+                cold.apply(engine.checkpoint_changes(evict));
             }
         }
     }
@@ -371,7 +377,7 @@ fn run(msgs: &[Message<'static>], key_groups: u16, splits: u32, evict_at: &[usiz
     for (engine, cold) in &mut engines {
         engine.finish(cold, &mut out).unwrap();
         duplicates += engine.stats.duplicates;
-        cold.apply(engine.checkpoint_changes(false));
+        cold.apply(engine.checkpoint_changes(Evict::Nothing));
         assert_eq!(
             (engine.hot_entries(), engine.hot_bytes()),
             (0, 0),

@@ -86,31 +86,44 @@ impl Store {
     /// one atomic batch. `instances`: (key, Some(value) | None to delete).
     pub fn write_checkpoint(
         &self,
-        changes: &[Change],
+        changes: &mut [Change],
         process: &ProcessChanges,
         record: &[u8],
     ) -> Result<(), StateError> {
         let join = self.cf(CF_JOIN)?;
         let timers = self.cf(CF_TIMERS)?;
+        // Each family's writes in key order: RocksDB's memtable inserts ascending keys far
+        // faster than random ones (an eviction writes the whole hot tier at once). Sorted in
+        // place, encoded straight into the batch: no second copy of the state.
         let mut batch = WriteBatch::default();
         let mut buf = Vec::new();
-        for change in changes {
+        changes.sort_unstable_by(|a, b| change_key(a).cmp(change_key(b)));
+        for change in changes.iter() {
+            match change {
+                Change::Put { key, entry, .. } => {
+                    buf.clear();
+                    codec::encode_entry(entry, &mut buf);
+                    batch.put_cf(join, key, &buf);
+                }
+                Change::Delete { key, .. } => batch.delete_cf(join, key),
+            }
+        }
+        // Timer order (key group, deadline, tracking number), compared without building keys.
+        changes.sort_unstable_by(|a, b| timer_order(a).cmp(&timer_order(b)));
+        for change in changes.iter() {
             match change {
                 Change::Put {
                     key,
                     entry,
                     old_deadline,
                 } => {
+                    // A stale timer goes before the new one (they may be the same key).
                     if let Some(old) = old_deadline {
                         batch.delete_cf(timers, codec::timer_key(key, *old));
                     }
-                    buf.clear();
-                    codec::encode_entry(entry, &mut buf);
-                    batch.put_cf(join, key, &buf);
                     batch.put_cf(timers, codec::timer_key(key, entry.deadline()), []);
                 }
                 Change::Delete { key, deadline } => {
-                    batch.delete_cf(join, key);
                     batch.delete_cf(timers, codec::timer_key(key, *deadline));
                 }
             }
@@ -120,7 +133,9 @@ impl Store {
             (CF_AGGREGATES, &process.aggregates),
         ] {
             let cf = self.cf(family)?;
-            for (key, value) in changes {
+            let mut sorted: Vec<&(Vec<u8>, Option<Vec<u8>>)> = changes.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, value) in sorted {
                 match value {
                     Some(v) => batch.put_cf(cf, key, v),
                     None => batch.delete_cf(cf, key),
@@ -147,6 +162,20 @@ impl Store {
                     .flatten()
             })
             .sum()
+    }
+}
+
+fn timer_order(c: &Change) -> (&[u8], i64, &[u8]) {
+    let (key, deadline) = match c {
+        Change::Put { key, entry, .. } => (key.as_bytes(), entry.deadline()),
+        Change::Delete { key, deadline } => (key.as_bytes(), *deadline),
+    };
+    (key.get(..2).unwrap_or_default(), deadline, key.get(2..).unwrap_or_default())
+}
+
+fn change_key(c: &Change) -> &[u8] {
+    match c {
+        Change::Put { key, .. } | Change::Delete { key, .. } => key,
     }
 }
 
