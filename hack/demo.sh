@@ -19,5 +19,6 @@ log "validating the example resources"
 log "local mode: $actions generated credit-card actions"
 "$bin" local -f manifests/examples/credit-card/processdefinition.yaml -f manifests/examples/credit-card/joinpipeline.yaml \
   --generate "$actions" --output "$out" --fresh
-log "outputs: $out/actions.jsonl, $out/incomplete.jsonl, $out/dead-letters.jsonl, $out/summary.json"
+log "outputs: $out/actions.jsonl, incomplete.jsonl, dead-letters.jsonl, metrics.jsonl, alerts.jsonl, metrics.prom, summary.json"
 head -n 1 "$out/actions.jsonl"
+head -n 1 "$out/metrics.jsonl"

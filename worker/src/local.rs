@@ -652,9 +652,16 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             process_watermarks: process_engine.watermarks().to_vec(),
             join_only: options.join_only,
         };
+        // After the end of input every entry has resolved and every marker expired.
+        let clear_join = finished && engine.holds_nothing();
         let mut changes = engine.checkpoint_changes(evict);
         let instances = process_engine.checkpoint_changes();
-        store.write_checkpoint(&mut changes, &instances, &serde_json::to_vec(&record)?)?;
+        store.write_checkpoint(
+            &mut changes,
+            &instances,
+            &serde_json::to_vec(&record)?,
+            clear_join,
+        )?;
         Ok(())
     };
 
@@ -714,7 +721,9 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
                     // parts alone still fill more than half the budget, they go too. In
                     // chunks: each chunk is one checkpoint with a bounded write batch.
                     let mut evict = if over_budget {
-                        Evict::Markers { max: EVICTION_CHUNK }
+                        Evict::Markers {
+                            max: EVICTION_CHUNK,
+                        }
                     } else {
                         Evict::Nothing
                     };
@@ -761,7 +770,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             }
         }
         // End of input: time runs out for everything still pending.
-        engine.finish(&store, &mut outputs)?;
+        engine.finish_and_forget_store(&store, &mut outputs)?;
         outputs.feed_process(&mut process_engine)?;
         process_engine.finish(&mut outputs.process);
         counters.note_peaks(&engine);

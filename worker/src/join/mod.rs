@@ -448,8 +448,12 @@ pub enum Evict {
     Nothing,
     /// Dedupe markers: most of the state at steady state, and touched again only by a
     /// duplicate or a late part. Pending parts stay, they are about to join.
-    Markers { max: usize },
-    Everything { max: usize },
+    Markers {
+        max: usize,
+    },
+    Everything {
+        max: usize,
+    },
 }
 
 impl Evict {
@@ -477,6 +481,8 @@ pub struct JoinEngine {
     /// is certainly not in RocksDB, so a new tracking number costs no RocksDB lookup even
     /// after evictions (a fingerprint collision only costs a lookup).
     stored: FxHashMap<u64, u32>,
+    /// Set by [`JoinEngine::finish_and_forget_store`].
+    forget_store: bool,
     pub stats: JoinStats,
 }
 
@@ -493,6 +499,7 @@ impl JoinEngine {
             cold_scanned: vec![i64::MIN; n],
             hot_bytes: 0,
             stored: FxHashMap::default(),
+            forget_store: false,
             stats: JoinStats::default(),
         }
     }
@@ -505,6 +512,11 @@ impl JoinEngine {
     /// Entries (pending and markers) held in memory.
     pub fn hot_entries(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Whether no entry is left in either tier (removals may still be unwritten).
+    pub fn holds_nothing(&self) -> bool {
+        self.slots.values().all(|s| s.entry.is_none()) && self.cold_next.iter().all(Option::is_none)
     }
 
     /// Pending tracking numbers held in memory.
@@ -684,6 +696,20 @@ impl JoinEngine {
         Ok(())
     }
 
+    /// [`JoinEngine::finish`] for a caller that then clears the store whole: resolved entries
+    /// leave memory at once instead of waiting as tombstones for the next checkpoint, so the
+    /// cold tier streams through memory instead of coming back into it.
+    pub fn finish_and_forget_store(
+        &mut self,
+        cold: &impl ColdStore,
+        out: &mut impl JoinOutput,
+    ) -> Result<(), StateError> {
+        self.forget_store = true;
+        self.finish(cold, out)?;
+        self.stored.clear();
+        Ok(())
+    }
+
     /// The hot map, and everything else resolving an entry in place touches.
     fn split(&mut self, idx: usize) -> (&mut FxHashMap<StateKey, Slot>, Books<'_>) {
         (
@@ -732,7 +758,7 @@ impl JoinEngine {
             return;
         };
         let bytes = slot.entry.as_ref().map_or(0, Entry::bytes);
-        if slot.persisted.get().is_some() {
+        if slot.persisted.get().is_some() && !self.forget_store {
             slot.entry = None;
             slot.dirty = true;
             self.hot_bytes = self.hot_bytes.saturating_sub(bytes);
@@ -865,7 +891,8 @@ impl JoinEngine {
             }
             // An entry moved into its change above leaves; a clean one may leave too.
             let leaves = std::mem::take(&mut moved) || {
-                let clean_leaves = slot.entry.is_some() && evict.leaves(slot.entry.as_ref(), evicted);
+                let clean_leaves =
+                    slot.entry.is_some() && evict.leaves(slot.entry.as_ref(), evicted);
                 evicted += usize::from(clean_leaves);
                 clean_leaves
             };

@@ -83,12 +83,14 @@ impl Store {
     }
 
     /// Writes the join's and the process stage's state changes and the checkpoint record in
-    /// one atomic batch. `instances`: (key, Some(value) | None to delete).
+    /// one atomic batch. With `clear_join`, the join's state is known to be empty: its
+    /// families are cleared whole (puts in `changes` are still written).
     pub fn write_checkpoint(
         &self,
-        changes: &mut [Change],
+        changes: &mut Vec<Change>,
         process: &ProcessChanges,
         record: &[u8],
+        clear_join: bool,
     ) -> Result<(), StateError> {
         let join = self.cf(CF_JOIN)?;
         let timers = self.cf(CF_TIMERS)?;
@@ -96,6 +98,15 @@ impl Store {
         // faster than random ones (an eviction writes the whole hot tier at once). Sorted in
         // place, encoded straight into the batch: no second copy of the state.
         let mut batch = WriteBatch::default();
+        if clear_join {
+            // The join holds nothing any more (the end of a finite input): two range
+            // tombstones instead of a delete per key, which for an input of millions of
+            // actions would be a write batch of hundreds of MiB.
+            for cf in [join, timers] {
+                batch.delete_range_cf(cf, &[][..], &[0xffu8; 16][..]);
+            }
+            changes.retain(|c| matches!(c, Change::Put { .. }));
+        }
         let mut buf = Vec::new();
         changes.sort_unstable_by(|a, b| change_key(a).cmp(change_key(b)));
         for change in changes.iter() {
@@ -170,7 +181,11 @@ fn timer_order(c: &Change) -> (&[u8], i64, &[u8]) {
         Change::Put { key, entry, .. } => (key.as_bytes(), entry.deadline()),
         Change::Delete { key, deadline } => (key.as_bytes(), *deadline),
     };
-    (key.get(..2).unwrap_or_default(), deadline, key.get(2..).unwrap_or_default())
+    (
+        key.get(..2).unwrap_or_default(),
+        deadline,
+        key.get(2..).unwrap_or_default(),
+    )
 }
 
 fn change_key(c: &Change) -> &[u8] {
