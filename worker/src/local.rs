@@ -555,30 +555,24 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         .inputs
         .resize(bindings.len(), Position::default());
 
-    let output_len = |key: &str| checkpoint.outputs.get(key).copied().unwrap_or(0);
+    // Each output cut back to the length the checkpoint recorded (0 for a fresh run).
+    let open = |file: &str, key: &str| {
+        JsonLinesFile::open(
+            &options.output.join(file),
+            checkpoint.outputs.get(key).copied().unwrap_or(0),
+        )
+    };
     let mut outputs = Outputs {
-        actions: JsonLinesFile::open(&options.output.join("actions.jsonl"), output_len("actions"))?,
-        incomplete: JsonLinesFile::open(
-            &options.output.join("incomplete.jsonl"),
-            output_len("incomplete"),
-        )?,
-        dead_letters: JsonLinesFile::open(
-            &options.output.join("dead-letters.jsonl"),
-            output_len("deadLetters"),
-        )?,
+        actions: open("actions.jsonl", "actions")?,
+        incomplete: open("incomplete.jsonl", "incomplete")?,
+        dead_letters: open("dead-letters.jsonl", "deadLetters")?,
         buf: Vec::with_capacity(4096),
         error: None,
         for_process: Vec::with_capacity(4096),
         process_enabled: !options.join_only,
         process: ProcessSinks {
-            metrics: JsonLinesFile::open(
-                &options.output.join("metrics.jsonl"),
-                output_len("metrics"),
-            )?,
-            alerts: JsonLinesFile::open(
-                &options.output.join("alerts.jsonl"),
-                output_len("alerts"),
-            )?,
+            metrics: open("metrics.jsonl", "metrics")?,
+            alerts: open("alerts.jsonl", "alerts")?,
             error: None,
         },
     };

@@ -154,48 +154,64 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
-    fn object(
+    /// An object or array: `element` reads each member or element (given its index), this
+    /// reads the brackets and separators.
+    fn container(
         &mut self,
-        node: Option<&Node>,
+        close: u8,
         depth: usize,
-        slots: &mut [Option<&'a str>],
+        mut element: impl FnMut(&mut Self, usize) -> Result<(), ScanError>,
     ) -> Result<(), ScanError> {
         if depth >= MAX_DEPTH {
             return Err(self.error("nested too deeply"));
         }
         self.i += 1;
         self.ws();
-        if self.peek() == Some(b'}') {
+        if self.peek() == Some(close) {
             self.i += 1;
             return Ok(());
         }
+        let mut index = 0usize;
         loop {
-            if self.peek() != Some(b'"') {
-                return Err(self.error("expected a member name"));
-            }
-            let (name, escaped) = self.string()?;
-            let child = match node {
-                Some(n) if escaped => n.child(&unescape(name)),
-                Some(n) => n.child(name),
-                None => None,
-            };
-            self.ws();
-            self.expect(b':', "expected ':'")?;
-            self.ws();
-            self.value(child, depth + 1, slots)?;
+            element(self, index)?;
+            index += 1;
             self.ws();
             match self.peek() {
                 Some(b',') => {
                     self.i += 1;
                     self.ws();
                 }
-                Some(b'}') => {
+                Some(c) if c == close => {
                     self.i += 1;
                     return Ok(());
                 }
-                _ => return Err(self.error("expected ',' or '}'")),
+                _ if close == b'}' => return Err(self.error("expected ',' or '}'")),
+                _ => return Err(self.error("expected ',' or ']'")),
             }
         }
+    }
+
+    fn object(
+        &mut self,
+        node: Option<&Node>,
+        depth: usize,
+        slots: &mut [Option<&'a str>],
+    ) -> Result<(), ScanError> {
+        self.container(b'}', depth, |sc, _| {
+            if sc.peek() != Some(b'"') {
+                return Err(sc.error("expected a member name"));
+            }
+            let (name, escaped) = sc.string()?;
+            let child = match node {
+                Some(n) if escaped => n.child(&unescape(name)),
+                Some(n) => n.child(name),
+                None => None,
+            };
+            sc.ws();
+            sc.expect(b':', "expected ':'")?;
+            sc.ws();
+            sc.value(child, depth + 1, slots)
+        })
     }
 
     fn array(
@@ -204,33 +220,10 @@ impl<'a> Scanner<'a> {
         depth: usize,
         slots: &mut [Option<&'a str>],
     ) -> Result<(), ScanError> {
-        if depth >= MAX_DEPTH {
-            return Err(self.error("nested too deeply"));
-        }
-        self.i += 1;
-        self.ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
-            return Ok(());
-        }
-        let mut index = 0usize;
-        loop {
+        self.container(b']', depth, |sc, index| {
             let child = node.and_then(|n| n.child(itoa::Buffer::new().format(index).as_bytes()));
-            self.value(child, depth + 1, slots)?;
-            index += 1;
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err(self.error("expected ',' or ']'")),
-            }
-        }
+            sc.value(child, depth + 1, slots)
+        })
     }
 
     /// A string starting at the opening quote; returns its content (still escaped) and
