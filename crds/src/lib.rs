@@ -79,3 +79,18 @@ pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Er
         serde_yaml::to_string(crd)?
     ))
 }
+
+/// The repository root, for tools and tests that read `manifests/`: from the
+/// `CARGO_MANIFEST_DIR` that cargo sets when it runs a binary or test, else from where this
+/// crate was compiled. (The build cache is shared between checkouts, so a binary may have
+/// been compiled in another one: the run-time value is the right one.)
+pub fn repo_dir() -> std::path::PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    // Every crate of the workspace is one level below the root.
+    crate_dir
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or(crate_dir)
+}

@@ -3,13 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, outside #[test] fns
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use weft_crds::manifest::{Resource, parse_documents, read_file, validate_set};
 use weft_crds::{JoinPipeline, ProcessDefinition};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    weft_crds::repo_dir()
 }
 
 fn example_files() -> Vec<PathBuf> {

@@ -23,8 +23,8 @@ const NS: &str = "default";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn example(path: &str) -> Result<String> {
-    let full = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/examples/").to_string() + path;
-    std::fs::read_to_string(&full).with_context(|| full)
+    let full = weft_crds::repo_dir().join("manifests/examples").join(path);
+    std::fs::read_to_string(&full).with_context(|| full.display().to_string())
 }
 
 fn dynamic_api<K: Resource<DynamicType = ()>>(client: &Client) -> Api<DynamicObject> {
@@ -68,9 +68,8 @@ async fn install_crds(client: &Client) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (file, crd) in weft_crds::crds() {
         // Install the committed YAML (what users apply), not the in-memory type.
-        let text = std::fs::read_to_string(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/crds/").to_string() + file,
-        )?;
+        let text =
+            std::fs::read_to_string(weft_crds::repo_dir().join("manifests/crds").join(file))?;
         let committed: CustomResourceDefinition = serde_yaml::from_str(&text)?;
         let name = committed
             .metadata

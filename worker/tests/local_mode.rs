@@ -11,19 +11,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const EXAMPLE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../manifests/examples/credit-card"
-);
-
-fn worker() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weft-worker"))
-}
+mod common;
+use common::{example, worker};
 
 fn resources() -> Vec<String> {
     ["processdefinition.yaml", "joinpipeline.yaml"]
         .iter()
-        .flat_map(|f| ["-f".to_string(), format!("{EXAMPLE}/{f}")])
+        .flat_map(|f| ["-f".to_string(), format!("{}/{f}", example())])
         .collect()
 }
 

@@ -3,18 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, outside #[test] fns
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-const EXAMPLE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../manifests/examples/credit-card"
-);
-
-fn worker() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weft-worker"))
-}
+mod common;
+use common::{example, worker};
 
 fn traffic(dir: &Path) -> PathBuf {
     let file = dir.join("traffic.jsonl");
@@ -34,7 +28,7 @@ fn replay(definition: &Path, input: &Path, format: &str) -> Output {
         .arg("-f")
         .arg(definition)
         .arg("-f")
-        .arg(format!("{EXAMPLE}/joinpipeline.yaml"))
+        .arg(format!("{}/joinpipeline.yaml", example()))
         .arg("--input")
         .arg(format!("channel-logs={}", input.display()))
         .args(["--format", format])
@@ -56,7 +50,7 @@ fn report(definition: &Path, input: &Path) -> Value {
 fn the_report_accounts_for_every_action() {
     let dir = tempfile::tempdir().unwrap();
     let input = traffic(dir.path());
-    let definition = PathBuf::from(format!("{EXAMPLE}/processdefinition.yaml"));
+    let definition = PathBuf::from(format!("{}/processdefinition.yaml", example()));
     let r = report(&definition, &input);
     let p = &r["processes"]["credit-card"];
     let matched: u64 = p["steps"]
@@ -93,7 +87,7 @@ fn a_missing_step_shows_among_the_unmatched_actions() {
     let dir = tempfile::tempdir().unwrap();
     let input = traffic(dir.path());
     // The definition a user wrote by intuition: no review step.
-    let full = std::fs::read_to_string(format!("{EXAMPLE}/processdefinition.yaml")).unwrap();
+    let full = std::fs::read_to_string(format!("{}/processdefinition.yaml", example())).unwrap();
     let without_review = full.replace(
         "    - name: review\n      match: request.path == '/cc/review' && response.status == 200\n      sla: 48h\n",
         "",
@@ -113,7 +107,7 @@ fn a_missing_step_shows_among_the_unmatched_actions() {
     };
     // Every review action, matched by the full definition or not, is now unmatched.
     let full_report = report(
-        &PathBuf::from(format!("{EXAMPLE}/processdefinition.yaml")),
+        &PathBuf::from(format!("{}/processdefinition.yaml", example())),
         &input,
     );
     let reviews = full_report["processes"]["credit-card"]["steps"][1]["actions"]
@@ -137,7 +131,7 @@ fn a_missing_step_shows_among_the_unmatched_actions() {
 fn an_invalid_definition_fails_with_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let input = traffic(dir.path());
-    let full = std::fs::read_to_string(format!("{EXAMPLE}/processdefinition.yaml")).unwrap();
+    let full = std::fs::read_to_string(format!("{}/processdefinition.yaml", example())).unwrap();
     let broken = full.replace(
         "match: request.path == '/cc/issue' && response.status == 200",
         "match: request.path == '/cc/issue' &&",

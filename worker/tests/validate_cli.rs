@@ -2,18 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, outside #[test] fns
 
-use std::process::Command;
-
-fn worker() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weft-worker"))
-}
-
-const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/examples");
+mod common;
+use common::{examples, worker};
 
 #[test]
 fn the_examples_are_valid() {
     let out = worker()
-        .args(["validate", "-f", EXAMPLES])
+        .args(["validate", "-f"])
+        .arg(examples())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -33,8 +29,8 @@ fn the_examples_are_valid() {
 fn a_bad_field_is_named_and_fails_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let pd =
-        std::fs::read_to_string(format!("{EXAMPLES}/credit-card/processdefinition.yaml")).unwrap();
-    let jp = std::fs::read_to_string(format!("{EXAMPLES}/credit-card/joinpipeline.yaml")).unwrap();
+        std::fs::read_to_string(examples().join("credit-card/processdefinition.yaml")).unwrap();
+    let jp = std::fs::read_to_string(examples().join("credit-card/joinpipeline.yaml")).unwrap();
     let broken = pd.replace("request.path == '/cc/issue'", "request.pth == '/cc/issue'");
     assert_ne!(broken, pd);
     std::fs::write(dir.path().join("pd.yaml"), broken).unwrap();

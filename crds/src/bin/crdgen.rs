@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 
 fn main() -> anyhow::Result<()> {
     let mut check = false;
-    let mut dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/crds"));
+    let mut dir = weft_crds::repo_dir().join("manifests/crds");
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--check" => check = true,

@@ -1,0 +1,23 @@
+//! Helpers shared by the worker's integration tests.
+#![allow(dead_code)] // each test binary uses some of them
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The `weft-worker` binary. nextest names it at run time; the compile-time path may be
+/// another checkout's, since the build cache is shared between checkouts.
+pub fn worker() -> Command {
+    let bin = std::env::var_os("NEXTEST_BIN_EXE_weft-worker")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_weft-worker").into());
+    Command::new(bin)
+}
+
+/// `manifests/examples`.
+pub fn examples() -> PathBuf {
+    weft_crds::repo_dir().join("manifests/examples")
+}
+
+/// The credit-card example's directory, as a string for arguments.
+pub fn example() -> String {
+    examples().join("credit-card").display().to_string()
+}
