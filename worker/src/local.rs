@@ -27,6 +27,8 @@ use crate::state::Store;
 
 /// Entries a checkpoint moves to RocksDB at most when the join is over its memory budget.
 const EVICTION_CHUNK: usize = 200_000;
+/// Process-stage changes (instances and aggregates) that make a checkpoint due.
+const PROCESS_CHANGES_PER_CHECKPOINT: usize = 300_000;
 
 /// Where one source's messages come from.
 #[derive(Clone, Debug)]
@@ -710,7 +712,12 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
                 since_check = 0;
                 counters.note_peaks(&engine);
                 let over_budget = engine.hot_bytes() > options.max_hot_bytes;
-                if over_budget || last_checkpoint.elapsed() >= interval {
+                // The process stage changes many aggregates per action; a checkpoint writes
+                // them in one batch, which RocksDB holds whole in memory (and its memtable
+                // too), so so many changes make a checkpoint due.
+                let due = last_checkpoint.elapsed() >= interval
+                    || process_engine.unsaved() >= PROCESS_CHANGES_PER_CHECKPOINT;
+                if over_budget || due {
                     // Over budget, the dedupe markers go to RocksDB first; when pending
                     // parts alone still fill more than half the budget, they go too. In
                     // chunks: each chunk is one checkpoint with a bounded write batch.

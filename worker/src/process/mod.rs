@@ -19,6 +19,7 @@
 //! end plus one window, again (same idempotent key, full value) whenever a late action
 //! changes them, and the window is dropped after the retention.
 
+pub mod codec;
 pub mod exposition;
 pub mod instance;
 pub mod plan;
@@ -490,6 +491,14 @@ impl ProcessEngine {
         &self.watermarks
     }
 
+    /// Instances and aggregates changed since the last checkpoint: what the next one writes.
+    pub fn unsaved(&self) -> usize {
+        self.processes
+            .iter()
+            .map(|s| s.dirty.len() + s.unsaved.len())
+            .sum()
+    }
+
     /// Sizes of the in-memory state, for benchmarks and logs.
     pub fn memory_report(&self) -> String {
         self.processes
@@ -804,7 +813,9 @@ impl ProcessEngine {
             for key in std::mem::take(&mut state.unsaved) {
                 let value = state.aggregates.get_mut(&key).and_then(|a| {
                     a.unsaved = false;
-                    serde_json::to_vec(a).ok()
+                    let mut buf = Vec::with_capacity(32);
+                    codec::encode_aggregate(a, &mut buf);
+                    Some(buf)
                 });
                 changes
                     .aggregates
@@ -880,7 +891,7 @@ impl ProcessEngine {
         }
         for (key, value) in aggregates {
             let parsed = split_aggregate_key(&key);
-            let agg: Option<Aggregate> = serde_json::from_slice(&value).ok();
+            let agg = codec::decode_aggregate(&value);
             let (Some((kg, start, metric, combo)), Some(agg)) = (parsed, agg) else {
                 return Err(format!("corrupt aggregate {key:?}"));
             };
@@ -925,14 +936,16 @@ fn aggregate_key(process: u16, (kg, start, metric, combo): &AggregateKey) -> Vec
     k.extend_from_slice(&process.to_be_bytes());
     // Sign bit flipped: byte order is time order.
     k.extend_from_slice(&((*start as u64) ^ (1 << 63)).to_be_bytes());
-    k.extend_from_slice(&serde_json::to_vec(&(metric, combo)).unwrap_or_default());
+    codec::encode_metric(metric, &mut k);
+    k.extend_from_slice(&combo.to_be_bytes());
     k
 }
 
 fn split_aggregate_key(key: &[u8]) -> Option<AggregateKey> {
     let kg = u16::from_be_bytes(key.get(0..2)?.try_into().ok()?);
     let start = (u64::from_be_bytes(key.get(4..12)?.try_into().ok()?) ^ (1 << 63)) as i64;
-    let (metric, combo): (Metric, u32) = serde_json::from_slice(key.get(12..)?).ok()?;
+    let metric = codec::decode_metric(key.get(12..21)?)?;
+    let combo = u32::from_be_bytes(key.get(21..25)?.try_into().ok()?);
     Some((kg, start, metric, combo))
 }
 
