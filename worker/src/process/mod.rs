@@ -802,20 +802,21 @@ impl ProcessEngine {
         let mut changes = ProcessChanges::default();
         for (p, state) in self.processes.iter_mut().enumerate() {
             for (key, kg) in std::mem::take(&mut state.dirty) {
-                let value = state
-                    .instances
-                    .get(&key)
-                    .and_then(|i| serde_json::to_vec(i).ok());
+                let value = state.instances.get(&key).map(|i| {
+                    let mut buf = Vec::with_capacity(128);
+                    codec::encode_instance(i, &mut buf);
+                    buf
+                });
                 changes
                     .instances
                     .push((instance_key(kg, p as u16, &key), value));
             }
             for key in std::mem::take(&mut state.unsaved) {
-                let value = state.aggregates.get_mut(&key).and_then(|a| {
+                let value = state.aggregates.get_mut(&key).map(|a| {
                     a.unsaved = false;
                     let mut buf = Vec::with_capacity(32);
                     codec::encode_aggregate(a, &mut buf);
-                    Some(buf)
+                    buf
                 });
                 changes
                     .aggregates
@@ -874,8 +875,8 @@ impl ProcessEngine {
             ]))
         };
         for (key, value) in instances {
-            let mut instance: Instance = serde_json::from_slice(&value)
-                .map_err(|e| format!("corrupt process instance {key:?}: {e}"))?;
+            let mut instance = codec::decode_instance(&value)
+                .ok_or_else(|| format!("corrupt process instance {key:?}"))?;
             let idx = usize::from(instance.key_group.wrapping_sub(self.owned.start));
             let Some(state) = self.processes.get_mut(definition(&key)) else {
                 continue;
