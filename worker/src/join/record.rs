@@ -15,6 +15,11 @@ pub fn push_json_string(buf: &mut Vec<u8>, s: &str) {
 /// Appends the content of a JSON string literal (escaped, without quotes).
 pub fn push_json_escaped(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
+    // Most strings need no escaping: one check the compiler vectorizes, then one copy.
+    if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: Option<&[u8]> = match b {

@@ -179,7 +179,7 @@ pub struct ProcessState {
     pub plan: ProcessPlan,
     instances: FxHashMap<String, Instance>,
     /// Changed since the last checkpoint: instance key → its key group.
-    dirty: BTreeMap<String, u16>,
+    dirty: FxHashMap<String, u16>,
     timers: Vec<BTreeSet<(i64, TimerKind, String)>>,
     aggregates: FxHashMap<AggregateKey, Aggregate>,
     /// The aggregates present per (key group, window start), to drop a window whole.
@@ -226,7 +226,7 @@ impl ProcessState {
         ProcessState {
             plan,
             instances: FxHashMap::default(),
-            dirty: BTreeMap::new(),
+            dirty: FxHashMap::default(),
             timers: (0..owned.len()).map(|_| BTreeSet::new()).collect(),
             aggregates: FxHashMap::default(),
             windows: BTreeMap::new(),
