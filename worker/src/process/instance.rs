@@ -8,13 +8,11 @@
 //! aggregates are sums, so taking back is adding with a negative weight. The results are
 //! those of processing the actions in event-time order, whatever order they came in.
 
-use serde::{Deserialize, Serialize};
-
 use super::Metric;
 use super::plan::StepPlan;
 
 /// One action applied to an instance.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Applied {
     pub time: i64,
     pub tracking_number: String,
@@ -30,7 +28,7 @@ pub struct Visit {
     pub entered: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Instance {
     pub key: String,
     pub key_group: u16,
@@ -45,9 +43,7 @@ pub struct Instance {
     /// Entry time of the visit whose SLA breach was alerted.
     pub sla_alerted: Option<i64>,
     /// Deadlines of the SLA and timeout timers set (timers live in memory only).
-    #[serde(skip)]
     pub armed_sla: Option<i64>,
-    #[serde(skip)]
     pub armed_timeout: Option<i64>,
 }
 

@@ -64,18 +64,15 @@ pub enum Metric {
 }
 
 /// A partial aggregate.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Aggregate {
     pub count: i64,
     /// Sum of durations in milliseconds (durations and transitions).
     pub sum_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sketch: Option<Box<Sketch>>,
     /// Changed since it was last emitted.
-    #[serde(default)]
     pub dirty: bool,
     /// Changed since the last checkpoint.
-    #[serde(skip)]
     unsaved: bool,
 }
 
@@ -159,7 +156,7 @@ pub trait ProcessOutput {
     fn alert(&mut self, record: &[u8]);
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
     Sla,
     Timeout,
