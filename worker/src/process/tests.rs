@@ -375,3 +375,36 @@ fn invalid_predicates_name_the_field() {
     let err = ProcessPlan::compile("cards", &spec).err().unwrap();
     assert!(err.starts_with("spec.steps[2].match: invalid CEL"), "{err}");
 }
+
+#[test]
+fn an_instance_without_actions_for_instance_timeout_is_abandoned() {
+    let mut spec = definition();
+    spec.instance_timeout = "1h".parse().unwrap();
+    let plan = ProcessPlan::compile("cards", &spec).unwrap();
+    let mut e = ProcessEngine::new(vec![plan], 1, KeyGroupRange { start: 0, end: 1 }, MIN);
+    let mut out = Recorded::default();
+    for a in [
+        action("e1", "E", "/apply", 0, "web", ""),
+        action("e2", "E", "/review", 30, "web", ""),
+        // F's actions move time on: E's last action was at 30, so it is abandoned at 90.
+        action("f1", "F", "/apply", 80, "web", ""),
+        action("f2", "F", "/review", 100, "web", ""),
+        // Too late for E: it ended at 90.
+        action("e3", "E", "/issue", 95, "web", ""),
+    ] {
+        e.apply(&a, &mut out).unwrap();
+    }
+    e.finish(&mut out);
+    let t = e.processes[0].totals();
+    assert_eq!((t.started, t.completed, t.abandoned), (2, 0, 1));
+    assert_eq!(t.after_end, 1);
+    assert_eq!(t.variants.get("apply>review"), Some(&1));
+    // Only F is still in a step.
+    assert_eq!(t.wip.values().sum::<i64>(), 1);
+    let abandoned = out
+        .latest()
+        .into_values()
+        .find(|m| m["metric"] == "abandoned")
+        .unwrap();
+    assert_eq!(abandoned["windowStart"], T0 + 90 * MIN);
+}
