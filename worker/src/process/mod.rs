@@ -16,8 +16,8 @@
 //!
 //! Windows: each contribution goes to the tumbling window of its event time, per key group.
 //! A window's changed aggregates are emitted once the key group's time passes the window's
-//! end plus one window, again (same idempotent key, full value) whenever a late action
-//! changes them, and the window is dropped after the retention.
+//! end plus one window, and again (same idempotent key, full value) at the next checkpoint
+//! after a late action changes them; the window is dropped after the retention.
 
 pub mod codec;
 pub mod exposition;
