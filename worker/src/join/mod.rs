@@ -218,7 +218,14 @@ impl std::hash::Hash for StateKey {
 
 impl PartialEq for StateKey {
     fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
+        match (self, other) {
+            // Inline keys are zero-padded: comparing the whole fixed-size arrays is exact, and
+            // compiles to a few vector compares instead of a memcmp call per probe.
+            (StateKey::Inline { len: a, bytes: x }, StateKey::Inline { len: b, bytes: y }) => {
+                a == b && x == y
+            }
+            _ => self.as_bytes() == other.as_bytes(),
+        }
     }
 }
 
