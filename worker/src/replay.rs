@@ -143,11 +143,9 @@ fn analyse(dir: &Path, plans: &[ProcessPlan], summary: Summary) -> anyhow::Resul
                         tally.per_step[step] += 1;
                         if let (Some(key), Some(time)) = (c.instance, c.time) {
                             let instance =
-                                tally
-                                    .instances
-                                    .entry(key.clone())
-                                    .or_insert_with(|| Instance {
-                                        key,
+                                tally.instances.entry(key.to_string()).or_insert_with(|| {
+                                    Instance {
+                                        key: key.into_owned(),
                                         key_group: 0,
                                         actions: Vec::new(),
                                         dimensions: Vec::new(),
@@ -156,10 +154,14 @@ fn analyse(dir: &Path, plans: &[ProcessPlan], summary: Summary) -> anyhow::Resul
                                         sla_alerted: None,
                                         armed_sla: None,
                                         armed_timeout: None,
-                                    });
+                                    }
+                                });
                             let applied = Applied {
                                 time,
-                                tracking_number: c.tracking_number.unwrap_or_default(),
+                                tracking_number: c
+                                    .tracking_number
+                                    .map(std::borrow::Cow::into_owned)
+                                    .unwrap_or_default(),
                                 step: step as u16,
                                 outcomes: 0,
                             };

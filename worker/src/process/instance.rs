@@ -28,7 +28,7 @@ pub struct Visit {
     pub entered: i64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Instance {
     pub key: String,
     pub key_group: u16,

@@ -27,6 +27,7 @@ pub mod predicate;
 pub mod record;
 pub mod sketch;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::FxHashMap;
@@ -537,7 +538,7 @@ impl ProcessEngine {
     pub fn apply_classified(
         &mut self,
         p: usize,
-        c: Classified,
+        c: Classified<'_>,
         out: &mut impl ProcessOutput,
     ) -> Result<(), ProcessError> {
         let state = &mut self.processes[p];
@@ -563,7 +564,7 @@ impl ProcessEngine {
         let wm = self.watermarks[idx];
         let lateness = self.lateness;
         let state = &mut self.processes[p];
-        let tracking_number = c.tracking_number.unwrap_or_default();
+        let tracking_number = c.tracking_number.map(Cow::into_owned).unwrap_or_default();
         let dims: Vec<u32> = c
             .dimensions
             .iter()
@@ -577,8 +578,10 @@ impl ProcessEngine {
             outcomes: c.outcomes,
         };
 
-        // Taken out of the map while it changes, and put back: no clone per action.
-        let (mut instance, old) = match state.instances.remove(&key) {
+        // Taken out of its slot while it changes, and put back: no copy and no key allocation
+        // per action.
+        let taken = state.instances.get_mut(key.as_ref()).map(std::mem::take);
+        let (mut instance, old) = match taken {
             Some(i) => {
                 let duplicate = !applied.tracking_number.is_empty()
                     && i.actions
@@ -593,7 +596,9 @@ impl ProcessEngine {
                     } else {
                         state.counts.over_limit += 1;
                     }
-                    state.instances.insert(key, i);
+                    if let Some(slot) = state.instances.get_mut(key.as_ref()) {
+                        *slot = i;
+                    }
                     return Ok(());
                 }
                 let old = state.contributions(&i);
@@ -601,7 +606,7 @@ impl ProcessEngine {
             }
             None => (
                 Instance {
-                    key: key.clone(),
+                    key: key.to_string(),
                     key_group: kg,
                     actions: Vec::new(),
                     dimensions: dims.clone(),
@@ -618,13 +623,20 @@ impl ProcessEngine {
         instance.actions.insert(at, applied);
         // An instance takes each dimension from the first action that has it.
         let old_combo = instance.combo;
+        let mut changed = false;
         for (d, id) in dims.iter().enumerate() {
             let other = state.dimension_ids[d].get(OTHER).copied();
-            if c.dimensions[d].is_some() && Some(instance.dimensions[d]) == other {
+            if c.dimensions[d].is_some()
+                && Some(instance.dimensions[d]) == other
+                && Some(*id) != other
+            {
                 instance.dimensions[d] = *id;
+                changed = true;
             }
         }
-        instance.combo = state.combos.id(&instance.dimensions);
+        if changed {
+            instance.combo = state.combos.id(&instance.dimensions);
+        }
         let new = state.contributions(&instance);
         match old {
             Some(old) if old_combo == instance.combo => {
@@ -647,8 +659,15 @@ impl ProcessEngine {
             }
         }
         state.set_timers(idx, &mut instance, lateness);
-        state.dirty.insert(key.clone(), kg);
-        state.instances.insert(key, instance);
+        if !state.dirty.contains_key(key.as_ref()) {
+            state.dirty.insert(key.to_string(), kg);
+        }
+        match state.instances.get_mut(key.as_ref()) {
+            Some(slot) => *slot = instance,
+            None => {
+                state.instances.insert(instance.key.clone(), instance);
+            }
+        }
         self.close_windows(idx, out);
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! A ProcessDefinition compiled for the stage, and the classification of one action: its
 //! step, instance key, time, outcomes and dimension values.
 
+use std::borrow::Cow;
+
 use weft_crds::ProcessDefinitionSpec;
 
 use super::predicate::{Fields, Predicate};
@@ -102,25 +104,26 @@ impl ProcessPlan {
     }
 }
 
-/// What one action is, for a definition.
+/// What one action is, for a definition. Text is borrowed from the action record where it
+/// needs no unescaping.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Classified {
+pub struct Classified<'a> {
     pub step: Option<usize>,
-    pub instance: Option<String>,
+    pub instance: Option<Cow<'a, str>>,
     pub time: Option<i64>,
-    pub tracking_number: Option<String>,
+    pub tracking_number: Option<Cow<'a, str>>,
     pub outcomes: u64,
-    pub dimensions: Vec<Option<String>>,
+    pub dimensions: Vec<Option<Cow<'a, str>>>,
 }
 
 impl ProcessPlan {
     /// Reads an action record (JSON) and evaluates the predicates. `Err` for a record that is
     /// not JSON.
-    pub fn classify(&self, action: &str) -> Result<Classified, String> {
+    pub fn classify<'a>(&self, action: &'a str) -> Result<Classified<'a>, String> {
         const STACK: usize = 32;
-        let mut stack: [Option<&str>; STACK] = [None; STACK];
-        let mut heap: Vec<Option<&str>>;
-        let values: &mut [Option<&str>] = if self.pointers.len() <= STACK {
+        let mut stack: [Option<&'a str>; STACK] = [None; STACK];
+        let mut heap: Vec<Option<&'a str>>;
+        let values: &mut [Option<&'a str>] = if self.pointers.len() <= STACK {
             &mut stack[..self.pointers.len()]
         } else {
             heap = vec![None; self.pointers.len()];
@@ -129,7 +132,7 @@ impl ProcessPlan {
         self.pointers
             .scan(action, values)
             .map_err(|e| format!("action is not JSON: {e}"))?;
-        let values: &[Option<&str>] = values;
+        let values: &[Option<&'a str>] = values;
         let fields = Fields { values, action };
         let get = |slot: usize| values.get(slot).copied().flatten().filter(|v| *v != "null");
         let step = self.steps.iter().position(|s| s.predicate.matches(&fields));
@@ -145,15 +148,15 @@ impl ProcessPlan {
                 .instance_key
                 .iter()
                 .find_map(|s| get(*s))
-                .map(|v| text_of(v).into_owned())
+                .map(text_of)
                 .filter(|k| !k.is_empty()),
             time: get(self.first_time).and_then(|v| v.parse().ok()),
-            tracking_number: get(self.tracking_number).map(|v| text_of(v).into_owned()),
+            tracking_number: get(self.tracking_number).map(text_of),
             outcomes,
             dimensions: self
                 .dimensions
                 .iter()
-                .map(|d| get(d.slot).map(|v| text_of(v).into_owned()))
+                .map(|d| get(d.slot).map(text_of))
                 .collect(),
         })
     }
