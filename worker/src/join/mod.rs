@@ -301,17 +301,22 @@ pub enum StateError {
     Corrupt { key: Vec<u8>, detail: String },
 }
 
+/// A timer of a cold entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColdTimer {
+    pub deadline: i64,
+    pub key: Vec<u8>,
+    /// The entry is a dedupe marker (`false`: pending, or not known): a marker expires
+    /// without being read back.
+    pub marker: bool,
+}
+
 /// Entries that were checkpointed and then evicted from memory.
 pub trait ColdStore {
     fn get(&self, key: &[u8]) -> Result<Option<Entry>, StateError>;
-    /// Timers of cold entries of `key_group` with `from <= deadline < before`, as
-    /// (deadline, key), in order.
-    fn due(
-        &self,
-        key_group: u16,
-        from: i64,
-        before: i64,
-    ) -> Result<Vec<(i64, Vec<u8>)>, StateError>;
+    /// Timers of cold entries of `key_group` with `from <= deadline < before`, in
+    /// (deadline, key) order.
+    fn due(&self, key_group: u16, from: i64, before: i64) -> Result<Vec<ColdTimer>, StateError>;
     /// The earliest cold timer of `key_group` at or after `from`.
     fn next_deadline(&self, key_group: u16, from: i64) -> Result<Option<i64>, StateError>;
     /// Calls `f` with every stored key (on restore, to know which keys are cold).
@@ -325,7 +330,7 @@ impl ColdStore for NoCold {
     fn get(&self, _: &[u8]) -> Result<Option<Entry>, StateError> {
         Ok(None)
     }
-    fn due(&self, _: u16, _: i64, _: i64) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+    fn due(&self, _: u16, _: i64, _: i64) -> Result<Vec<ColdTimer>, StateError> {
         Ok(Vec::new())
     }
     fn next_deadline(&self, _: u16, _: i64) -> Result<Option<i64>, StateError> {
@@ -446,6 +451,14 @@ struct Slot {
 }
 
 type Timer = Reverse<(i64, StateKey)>;
+
+/// Where a due timer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerSource {
+    Hot,
+    Cold,
+    ColdMarker,
+}
 
 /// What leaves memory at a checkpoint (it is in the store afterwards). At most `max`
 /// entries leave at one checkpoint, which bounds the size of its write batch (and of the
@@ -787,22 +800,28 @@ impl JoinEngine {
         let wm = self.watermarks[idx];
         let kg = self.owned.start + idx as u16;
         loop {
-            // (deadline, key, whether the timer came from the cold tier)
-            let mut due: Vec<(i64, StateKey, bool)> = Vec::new();
+            let mut due: Vec<(i64, StateKey, TimerSource)> = Vec::new();
             while let Some(Reverse((deadline, _))) = self.timers[idx].peek() {
                 if *deadline >= wm {
                     break;
                 }
                 if let Some(Reverse((deadline, key))) = self.timers[idx].pop() {
                     self.hot_bytes = self.hot_bytes.saturating_sub(TIMER_BYTES);
-                    due.push((deadline, key, false));
+                    due.push((deadline, key, TimerSource::Hot));
                 }
             }
             if self.cold_next[idx].is_some_and(|d| d < wm) {
                 due.extend(
                     cold.due(kg, self.cold_scanned[idx], wm)?
                         .into_iter()
-                        .map(|(d, k)| (d, StateKey::new(&k), true)),
+                        .map(|t| {
+                            let source = if t.marker {
+                                TimerSource::ColdMarker
+                            } else {
+                                TimerSource::Cold
+                            };
+                            (t.deadline, StateKey::new(&t.key), source)
+                        }),
                 );
                 self.cold_scanned[idx] = wm;
                 self.cold_next[idx] = cold.next_deadline(kg, wm)?;
@@ -812,9 +831,26 @@ impl JoinEngine {
             }
             due.sort_unstable();
             due.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
-            for (deadline, key, from_cold) in due {
-                // A hot timer's entry is in memory (eviction drops the hot timers with it).
-                if from_cold {
+            for (deadline, key, source) in due {
+                // A hot timer's entry is in memory (eviction drops the hot timers with it);
+                // a cold one's is in memory only if it was read back since.
+                if source != TimerSource::Hot && !self.slots.contains_key(&key) {
+                    if source == TimerSource::ColdMarker {
+                        // An expired marker only has to go: no read, a tombstone for the
+                        // checkpoint to delete it by (none when the store is cleared whole).
+                        if !self.forget_store {
+                            self.hot_bytes += SLOT_BYTES + key.heap_bytes();
+                            self.slots.insert(
+                                key,
+                                Slot {
+                                    entry: None,
+                                    persisted: Persisted::at(deadline),
+                                    dirty: true,
+                                },
+                            );
+                        }
+                        continue;
+                    }
                     self.load_cold(&key, idx, cold, true)?;
                 }
                 let required = self.config.required;

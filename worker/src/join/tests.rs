@@ -81,12 +81,17 @@ impl ColdStore for MemCold {
     fn get(&self, key: &[u8]) -> Result<Option<Entry>, StateError> {
         Ok(self.entries.lock().unwrap().get(key).cloned())
     }
-    fn due(&self, kg: u16, from: i64, before: i64) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+    fn due(&self, kg: u16, from: i64, before: i64) -> Result<Vec<ColdTimer>, StateError> {
         let timers = self.timers.lock().unwrap();
+        let entries = self.entries.lock().unwrap();
         Ok(timers
             .iter()
             .filter(|(g, d, _)| *g == kg && *d >= from && *d < before)
-            .map(|(_, d, k)| (*d, k.clone()))
+            .map(|(_, d, k)| ColdTimer {
+                deadline: *d,
+                key: k.clone(),
+                marker: matches!(entries.get(k), Some(Entry::Done(_))),
+            })
             .collect())
     }
     fn next_deadline(&self, kg: u16, from: i64) -> Result<Option<i64>, StateError> {

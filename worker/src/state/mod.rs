@@ -23,7 +23,7 @@ use rocksdb::{
     WriteBatch, WriteOptions,
 };
 
-use crate::join::{Change, ColdStore, Entry, StateError};
+use crate::join::{Change, ColdStore, ColdTimer, Entry, StateError};
 use crate::process::ProcessChanges;
 
 const CF_JOIN: &str = "join";
@@ -132,7 +132,9 @@ impl Store {
                     if let Some(old) = old_deadline {
                         batch.delete_cf(timers, codec::timer_key(key, *old));
                     }
-                    batch.put_cf(timers, codec::timer_key(key, entry.deadline()), []);
+                    // The value says whether the entry is a marker (see `ColdTimer`).
+                    let marker = u8::from(matches!(entry, Entry::Done(_)));
+                    batch.put_cf(timers, codec::timer_key(key, entry.deadline()), [marker]);
                 }
                 Change::Delete { key, deadline } => {
                     batch.delete_cf(timers, codec::timer_key(key, *deadline));
@@ -238,12 +240,7 @@ impl ColdStore for Store {
         }
     }
 
-    fn due(
-        &self,
-        key_group: u16,
-        from: i64,
-        before: i64,
-    ) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+    fn due(&self, key_group: u16, from: i64, before: i64) -> Result<Vec<ColdTimer>, StateError> {
         let start = codec::timer_prefix(key_group, from);
         let mut read = ReadOptions::default();
         read.set_iterate_upper_bound(codec::timer_prefix(key_group, before));
@@ -253,13 +250,17 @@ impl ColdStore for Store {
             read,
             IteratorMode::From(&start, Direction::Forward),
         ) {
-            let (key, _) = item.map_err(store_err)?;
+            let (key, value) = item.map_err(store_err)?;
             let (deadline, state_key) =
                 codec::split_timer_key(&key).ok_or_else(|| StateError::Corrupt {
                     key: key.to_vec(),
                     detail: "short timer key".into(),
                 })?;
-            due.push((deadline, state_key));
+            due.push(ColdTimer {
+                deadline,
+                key: state_key,
+                marker: value.first() == Some(&1),
+            });
         }
         Ok(due)
     }
