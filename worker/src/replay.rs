@@ -146,14 +146,7 @@ fn analyse(dir: &Path, plans: &[ProcessPlan], summary: Summary) -> anyhow::Resul
                                 tally.instances.entry(key.to_string()).or_insert_with(|| {
                                     Instance {
                                         key: key.into_owned(),
-                                        key_group: 0,
-                                        actions: Vec::new(),
-                                        dimensions: Vec::new(),
-                                        combo: 0,
-                                        abandoned: None,
-                                        sla_alerted: None,
-                                        armed_sla: None,
-                                        armed_timeout: None,
+                                        ..Instance::default()
                                     }
                                 });
                             let applied = Applied {

@@ -68,13 +68,26 @@ impl Instance {
         self.actions.last().map_or(i64::MIN, |a| a.time)
     }
 
+    /// The latest visit (the trailing run of actions of one step), without building the
+    /// whole list.
+    pub fn last_visit(&self) -> Option<Visit> {
+        let last = self.actions.last()?;
+        let entered = self
+            .actions
+            .iter()
+            .rev()
+            .take_while(|a| a.step == last.step)
+            .last()
+            .map_or(last.time, |a| a.time);
+        Some(Visit {
+            step: last.step,
+            entered,
+        })
+    }
+
     /// When the instance completed: its latest visit is to a final step.
     pub fn completed(&self, steps: &[StepPlan]) -> Option<i64> {
-        let last = self.visits().last().copied()?;
-        steps
-            .get(usize::from(last.step))
-            .is_some_and(|s| s.is_final)
-            .then_some(last.entered)
+        completion(self.last_visit()?, steps)
     }
 
     pub fn ended(&self, steps: &[StepPlan]) -> Option<i64> {
@@ -83,15 +96,7 @@ impl Instance {
 
     /// The step sequence, `apply>review>apply>review>issue`.
     pub fn variant(&self, steps: &[StepPlan]) -> String {
-        self.visits()
-            .iter()
-            .map(|v| {
-                steps
-                    .get(usize::from(v.step))
-                    .map_or("?", |s| s.name.as_str())
-            })
-            .collect::<Vec<_>>()
-            .join(">")
+        variant_of(&self.visits(), steps)
     }
 
     /// Everything the instance contributes, sorted. `variant` interns a step sequence.
@@ -106,7 +111,7 @@ impl Instance {
             return Vec::new();
         };
         let mut out: Vec<Contribution> = vec![(Metric::Started, first.entered, None, 1)];
-        let completed = self.completed(steps);
+        let completed = visits.last().and_then(|v| completion(*v, steps));
         let ended = completed.or(self.abandoned);
         let mut skipped = false;
         for (i, visit) in visits.iter().enumerate() {
@@ -150,11 +155,36 @@ impl Instance {
                 Metric::Abandoned
             };
             out.push((how, end, None, 1));
-            out.push((Metric::Variant(variant(self.variant(steps))), end, None, 1));
+            out.push((
+                Metric::Variant(variant(variant_of(&visits, steps))),
+                end,
+                None,
+                1,
+            ));
         }
         out.sort_unstable();
         out
     }
+}
+
+/// When a visit completes its instance: it is to a final step.
+fn completion(visit: Visit, steps: &[StepPlan]) -> Option<i64> {
+    steps
+        .get(usize::from(visit.step))
+        .is_some_and(|s| s.is_final)
+        .then_some(visit.entered)
+}
+
+fn variant_of(visits: &[Visit], steps: &[StepPlan]) -> String {
+    visits
+        .iter()
+        .map(|v| {
+            steps
+                .get(usize::from(v.step))
+                .map_or("?", |s| s.name.as_str())
+        })
+        .collect::<Vec<_>>()
+        .join(">")
 }
 
 /// What changes from `old` to `new` (both sorted): the contributions to take back (weight

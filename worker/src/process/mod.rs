@@ -427,7 +427,7 @@ impl ProcessState {
             self.timers[idx].insert((forget, TimerKind::Forget, key.clone()));
             return;
         }
-        if let Some(last) = instance.visits().last()
+        if let Some(last) = instance.last_visit()
             && let Some(sla) = self
                 .plan
                 .steps
@@ -608,13 +608,9 @@ impl ProcessEngine {
                 Instance {
                     key: key.to_string(),
                     key_group: kg,
-                    actions: Vec::new(),
-                    dimensions: dims.clone(),
                     combo: state.combos.id(&dims),
-                    abandoned: None,
-                    sla_alerted: None,
-                    armed_sla: None,
-                    armed_timeout: None,
+                    dimensions: dims.clone(),
+                    ..Instance::default()
                 },
                 None,
             ),
@@ -690,7 +686,7 @@ impl ProcessEngine {
                     continue;
                 };
                 let ended = instance.ended(&state.plan.steps);
-                let current = instance.visits().last().copied();
+                let current = instance.last_visit();
                 let sla = current
                     .and_then(|v| state.plan.steps.get(usize::from(v.step)))
                     .and_then(|s| s.sla);

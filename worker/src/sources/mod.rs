@@ -311,12 +311,11 @@ impl SourcePlan {
         } else {
             ""
         };
-        let pieces = projected().count() + usize::from(!payload.is_empty());
-        let size = projected()
-            .map(|(name, v)| name.len() + v.len())
-            .sum::<usize>()
-            + payload.len()
-            + pieces.saturating_sub(1);
+        let (pieces, bytes) = projected().fold(
+            (usize::from(!payload.is_empty()), payload.len()),
+            |(n, b), (name, v)| (n + 1, b + name.len() + v.len()),
+        );
+        let size = bytes + pieces.saturating_sub(1);
         let mut fields = String::with_capacity(size);
         for (name, v) in projected() {
             if !fields.is_empty() {
