@@ -5,5 +5,5 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
-apt_install libclang-dev clang make pkg-config openssl ccache
+apt_install libclang-dev clang make pkg-config openssl libssl-dev zlib1g-dev ccache
 command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }

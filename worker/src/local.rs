@@ -17,16 +17,14 @@ use weft_crds::keygroup::KeyGroupRange;
 use weft_crds::manifest::{Resource, read_file};
 use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 
-use crate::join::record::{push_json_string, write_action, write_incomplete};
+use crate::join::record::{write_action, write_incomplete};
 use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinOutput, JoinStats, Pending};
 use crate::process::{ProcessEngine, ProcessMeta, ProcessOutput, ProcessPlan, Totals};
-use crate::sinks::JsonLinesFile;
+use crate::sinks::{JsonLinesFile, Origin, write_dead_letter};
 use crate::sources::files::{LineReader, Position};
 use crate::sources::{Extracted, Rejection, SourcePlan};
 use crate::state::Store;
 
-/// Entries a checkpoint moves to RocksDB at most when the join is over its memory budget.
-const EVICTION_CHUNK: usize = 200_000;
 /// Process-stage changes (instances and aggregates) that make a checkpoint due.
 const PROCESS_CHANGES_PER_CHECKPOINT: usize = 300_000;
 
@@ -185,6 +183,105 @@ pub struct VariantCount {
     pub count: i64,
 }
 
+/// The counts a summary is built from, besides the engines'.
+pub struct SummaryCounts {
+    pub events: u64,
+    pub filtered: u64,
+    pub dead_letters_by_reason: BTreeMap<String, u64>,
+    pub seconds: f64,
+    pub checkpoints: u64,
+    pub restarts: u64,
+    pub peak_hot_bytes: u64,
+    pub peak_hot_entries: u64,
+    pub sst_bytes: u64,
+}
+
+impl Summary {
+    pub fn build(
+        pipeline: String,
+        counts: &SummaryCounts,
+        stats: &JoinStats,
+        step_names: &[(String, Vec<String>)],
+        process: &ProcessEngine,
+    ) -> Summary {
+        let actions = stats.complete + stats.incomplete;
+        Summary {
+            pipeline,
+            events: counts.events,
+            actions: ActionCounts {
+                complete: stats.complete,
+                incomplete: stats.incomplete,
+            },
+            duplicates: stats.duplicates,
+            dead_letters: counts.dead_letters_by_reason.values().sum(),
+            dead_letters_by_reason: counts.dead_letters_by_reason.clone(),
+            filtered: counts.filtered,
+            seconds: counts.seconds,
+            events_per_second: if counts.seconds > 0.0 {
+                counts.events as f64 / counts.seconds
+            } else {
+                0.0
+            },
+            state: StateSummary {
+                peak_hot_bytes: counts.peak_hot_bytes,
+                peak_hot_entries: counts.peak_hot_entries,
+                sst_bytes: counts.sst_bytes,
+                actions_persisted: stats.actions_persisted,
+                never_persisted_share: if actions > 0 {
+                    1.0 - stats.actions_persisted as f64 / actions as f64
+                } else {
+                    1.0
+                },
+            },
+            checkpoints: counts.checkpoints,
+            restarts: counts.restarts,
+            processes: step_names
+                .iter()
+                .zip(&process.processes)
+                .map(|((name, steps), state)| {
+                    (name.clone(), ProcessSummary::new(steps, &state.totals()))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Compiles the definitions a pipeline uses.
+pub fn compile_plans(
+    processes: &[(String, ProcessDefinitionSpec)],
+) -> anyhow::Result<Vec<ProcessPlan>> {
+    processes
+        .iter()
+        .map(|(name, spec)| {
+            ProcessPlan::compile(name, spec)
+                .map_err(|e| anyhow::anyhow!("ProcessDefinition/{name} {e}"))
+        })
+        .collect()
+}
+
+/// Each definition's name and its step names, in order.
+pub fn step_names(plans: &[ProcessPlan]) -> Vec<(String, Vec<String>)> {
+    plans
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                p.steps.iter().map(|s| s.name.clone()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// The process totals in the Prometheus text format.
+pub fn process_exposition(step_names: &[(String, Vec<String>)], process: &ProcessEngine) -> String {
+    let prom: Vec<(String, Totals, Vec<String>)> = step_names
+        .iter()
+        .zip(&process.processes)
+        .map(|((name, steps), state)| (name.clone(), state.totals(), steps.clone()))
+        .collect();
+    crate::process::exposition::render(&prom)
+}
+
 impl ProcessSummary {
     pub fn new(step_names: &[String], totals: &Totals) -> ProcessSummary {
         let steps = step_names
@@ -305,25 +402,18 @@ impl Outputs {
         raw: &[u8],
         rejection: &Rejection,
     ) {
-        let buf = &mut self.buf;
-        buf.clear();
-        buf.extend_from_slice(b"{\"reason\":");
-        push_json_string(buf, rejection.reason.as_str());
-        buf.extend_from_slice(b",\"detail\":");
-        push_json_string(buf, &rejection.detail);
-        buf.extend_from_slice(b",\"source\":");
-        push_json_string(buf, source);
-        buf.extend_from_slice(b",\"file\":");
-        push_json_string(
-            buf,
-            &file.map_or_else(|| "-".to_string(), |p| p.display().to_string()),
+        self.buf.clear();
+        write_dead_letter(
+            &mut self.buf,
+            source,
+            &Origin::File {
+                path: file,
+                offset: position,
+                line,
+            },
+            raw,
+            rejection,
         );
-        buf.extend_from_slice(
-            format!(",\"offset\":{position},\"line\":{line},\"message\":").as_bytes(),
-        );
-        let shown = &raw[..raw.len().min(4096)];
-        push_json_string(buf, &String::from_utf8_lossy(shown));
-        buf.extend_from_slice(b"}\n");
         Self::write(&mut self.dead_letters, &self.buf, &mut self.error);
     }
 
@@ -452,23 +542,12 @@ pub fn load_pipeline(
 pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let (pipeline, processes) = load_pipeline(&options.resources, options.pipeline.as_deref())?;
-    let process_plans = processes
-        .iter()
-        .filter(|_| !options.join_only)
-        .map(|(name, spec)| {
-            ProcessPlan::compile(name, spec)
-                .map_err(|e| anyhow::anyhow!("ProcessDefinition/{name} {e}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let step_names: Vec<(String, Vec<String>)> = process_plans
-        .iter()
-        .map(|p| {
-            (
-                p.name.clone(),
-                p.steps.iter().map(|s| s.name.clone()).collect(),
-            )
-        })
-        .collect();
+    let process_plans = if options.join_only {
+        Vec::new()
+    } else {
+        compile_plans(&processes)?
+    };
+    let step_names = step_names(&process_plans);
     let name = pipeline.metadata.name.clone().unwrap_or_default();
     let spec = &pipeline.spec;
 
@@ -718,16 +797,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
                 let due = last_checkpoint.elapsed() >= interval
                     || process_engine.unsaved() >= PROCESS_CHANGES_PER_CHECKPOINT;
                 if over_budget || due {
-                    // Over budget, the dedupe markers go to RocksDB first; when pending
-                    // parts alone still fill more than half the budget, they go too. In
-                    // chunks: each chunk is one checkpoint with a bounded write batch.
-                    let mut evict = if over_budget {
-                        Evict::Markers {
-                            max: EVICTION_CHUNK,
-                        }
-                    } else {
-                        Evict::Nothing
-                    };
+                    let mut evict = Evict::first(over_budget);
                     loop {
                         let before = engine.hot_entries();
                         do_checkpoint(
@@ -741,17 +811,9 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
                             evict,
                         )?;
                         let evicted = before.saturating_sub(engine.hot_entries());
-                        if evict == Evict::Nothing
-                            || engine.hot_bytes() <= options.max_hot_bytes / 2
-                            || (evicted == 0 && matches!(evict, Evict::Everything { .. }))
-                        {
-                            break;
-                        }
-                        if evicted < EVICTION_CHUNK {
-                            // No markers left to move: pending parts go too.
-                            evict = Evict::Everything {
-                                max: EVICTION_CHUNK,
-                            };
+                        match evict.next(evicted, engine.hot_bytes(), options.max_hot_bytes) {
+                            Some(next) => evict = next,
+                            None => break,
                         }
                     }
                     last_checkpoint = Instant::now();
@@ -790,55 +852,26 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         }
     }
 
-    let dead_letters: u64 = counters.dead_letters.values().sum();
-    let stats = &engine.stats;
-    let actions = stats.complete + stats.incomplete;
-    let summary = Summary {
-        pipeline: name,
-        events: counters.events,
-        actions: ActionCounts {
-            complete: stats.complete,
-            incomplete: stats.incomplete,
-        },
-        duplicates: stats.duplicates,
-        dead_letters,
-        dead_letters_by_reason: counters.dead_letters.clone(),
-        filtered: counters.filtered,
-        seconds: counters.seconds,
-        events_per_second: if counters.seconds > 0.0 {
-            counters.events as f64 / counters.seconds
-        } else {
-            0.0
-        },
-        state: StateSummary {
+    let summary = Summary::build(
+        name,
+        &SummaryCounts {
+            events: counters.events,
+            filtered: counters.filtered,
+            dead_letters_by_reason: counters.dead_letters.clone(),
+            seconds: counters.seconds,
+            checkpoints: counters.checkpoints,
+            restarts: counters.restarts,
             peak_hot_bytes: counters.peak_hot_bytes,
             peak_hot_entries: counters.peak_hot_entries,
             sst_bytes: store.sst_bytes(),
-            actions_persisted: stats.actions_persisted,
-            never_persisted_share: if actions > 0 {
-                1.0 - stats.actions_persisted as f64 / actions as f64
-            } else {
-                1.0
-            },
         },
-        checkpoints: counters.checkpoints,
-        restarts: counters.restarts,
-        processes: step_names
-            .iter()
-            .zip(&process_engine.processes)
-            .map(|((name, steps), state)| {
-                (name.clone(), ProcessSummary::new(steps, &state.totals()))
-            })
-            .collect(),
-    };
-    let prom: Vec<(String, Totals, Vec<String>)> = step_names
-        .iter()
-        .zip(&process_engine.processes)
-        .map(|((name, steps), state)| (name.clone(), state.totals(), steps.clone()))
-        .collect();
+        &engine.stats,
+        &step_names,
+        &process_engine,
+    );
     std::fs::write(
         options.output.join("metrics.prom"),
-        crate::process::exposition::render(&prom),
+        process_exposition(&step_names, &process_engine),
     )
     .context("writing metrics.prom")?;
     let tmp = options.output.join("summary.json.tmp");

@@ -63,7 +63,15 @@ enum Command {
         /// section). A run resumes only the way it started.
         #[arg(long)]
         join_only: bool,
+        /// `embedded`: run the real Kafka stages against an in-process Kafka (librdkafka's
+        /// mock cluster): the inputs are produced to the source topics, the outputs read back.
+        #[arg(long, value_parser = ["embedded"])]
+        kafka: Option<String>,
     },
+    /// Run the worker over Kafka: the process a StatefulSet pod runs. Reads the rendered
+    /// pipeline (the JoinPipeline and its ProcessDefinitions) from the mounted files, serves
+    /// the admin API, and stops gracefully on SIGTERM.
+    Run(RunArgs),
     /// Check ProcessDefinitions against recorded events: runs the pipeline over the inputs and
     /// reports how many actions each step matched, what the unmatched ones look like,
     /// instances that skip steps or go back, variants and step durations. Exits non-zero only
@@ -103,15 +111,79 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Resource files or directories (the operator mounts the rendered pipeline).
+    #[arg(
+        short = 'f',
+        long = "filename",
+        env = "WEFT_CONFIG",
+        default_value = "/etc/weft"
+    )]
+    resources: Vec<PathBuf>,
+    /// Which JoinPipeline, when the files hold several.
+    #[arg(long, env = "WEFT_PIPELINE")]
+    pipeline: Option<String>,
+    /// The pipeline's namespace (part of the internal topic names).
+    #[arg(long, env = "WEFT_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// This worker's ordinal; by default the number at the end of the pod name (HOSTNAME).
+    #[arg(long, env = "WEFT_ORDINAL")]
+    ordinal: Option<u32>,
+    /// Number of workers of the pipeline.
+    #[arg(long, env = "WEFT_REPLICAS", default_value_t = 1)]
+    replicas: u32,
+    /// Overrides the pipeline's kafka.bootstrapServers.
+    #[arg(long, env = "WEFT_BOOTSTRAP_SERVERS")]
+    bootstrap_servers: Option<String>,
+    /// RocksDB state directory (the pod's volume).
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// Admin API address: /healthz, /readyz, /metrics, /status.
+    #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: std::net::SocketAddr,
+    /// File holding the bearer token of the mutating admin endpoints (a Secret).
+    #[arg(long, env = "WEFT_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Overrides the pipeline's checkpointInterval.
+    #[arg(long)]
+    checkpoint_interval: Option<weft_crds::Duration>,
+    /// Memory budget of the join's in-memory state, MiB.
+    #[arg(long, env = "WEFT_MAX_HOT_MIB", default_value_t = 256)]
+    max_hot_mib: usize,
+    /// Read the inputs up to their current ends, let time run out, and exit (a backfill).
+    #[arg(long)]
+    bounded: bool,
+    /// Do not create missing internal topics.
+    #[arg(long)]
+    no_create_topics: bool,
+    /// Log format; `auto` is human on a terminal, JSON otherwise.
+    #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "auto", value_parser = ["auto", "json", "text"])]
+    log_format: String,
+}
+
+fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = format == "json" || (format == "auto" && !std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(Cli::parse()) {
+        .with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Run(args) => init_logging(&args.log_format),
+        _ => init_logging("text"),
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -135,6 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fresh,
             quiet,
             join_only,
+            kafka,
         } => {
             if let Some(actions) = generate {
                 std::fs::create_dir_all(&output)
@@ -167,7 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     path: Some(file),
                 });
             }
-            let summary = weft_worker::local::run(&LocalOptions {
+            let options = LocalOptions {
                 resources,
                 pipeline,
                 inputs,
@@ -177,11 +250,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 fresh,
                 progress: !quiet,
                 join_only,
-            })?;
+            };
+            let summary = if kafka.is_some() {
+                if join_only {
+                    anyhow::bail!("--join-only is not available with --kafka");
+                }
+                weft_worker::run::embedded::run(&options)?
+            } else {
+                weft_worker::local::run(&options)?
+            };
             println!("{}", serde_json::to_string_pretty(&summary)?);
             eprintln!("outputs in {}", output.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => run_worker(args),
         Command::Replay {
             resources,
             pipeline,
@@ -270,4 +352,91 @@ fn collect_yaml(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
         files.push(path.to_path_buf());
     }
     Ok(())
+}
+
+/// The pod's ordinal: the number after the last `-` of the pod name.
+fn ordinal_from_hostname() -> Option<u32> {
+    let host = std::env::var("HOSTNAME").ok()?;
+    host.rsplit_once('-')?.1.parse().ok()
+}
+
+fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let mut files = Vec::new();
+    for path in &args.resources {
+        collect_yaml(path, &mut files).with_context(|| format!("reading {}", path.display()))?;
+    }
+    let (pipeline, processes) =
+        weft_worker::local::load_pipeline(&files, args.pipeline.as_deref())?;
+    let ordinal = match args.ordinal.or_else(ordinal_from_hostname) {
+        Some(o) => o,
+        None => anyhow::bail!(
+            "no ordinal: give --ordinal, or run in a StatefulSet pod (HOSTNAME ends in -N)"
+        ),
+    };
+    let token = match &args.admin_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let shared = Arc::new(weft_worker::admin::Shared::new(token));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.admin_addr))
+        .with_context(|| format!("binding the admin API to {}", args.admin_addr))?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(weft_worker::admin::serve(listener, shared.clone(), async {
+        let _ = done_rx.await;
+    }));
+    {
+        let shared = shared.clone();
+        runtime.spawn(async move {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("stop requested: flushing and checkpointing");
+            shared.stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let options = weft_worker::run::RunOptions {
+        pipeline,
+        processes,
+        namespace: args.namespace,
+        ordinal,
+        replicas: args.replicas,
+        assignment: None,
+        bootstrap_servers: args.bootstrap_servers,
+        state_dir: args.state_dir,
+        checkpoint_interval: args.checkpoint_interval.map(weft_crds::Duration::std),
+        max_hot_bytes: args.max_hot_mib.saturating_mul(1 << 20),
+        bounded: args.bounded,
+        create_topics: !args.no_create_topics,
+        abort_after_events: None,
+    };
+    let ending = weft_worker::run::run(&options, &shared);
+    let _ = done_tx.send(());
+    let _ = runtime.block_on(server);
+    match ending? {
+        weft_worker::run::Ending::Finished(summary) => {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        weft_worker::run::Ending::Stopped => tracing::info!("stopped after a final checkpoint"),
+        weft_worker::run::Ending::Aborted => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }

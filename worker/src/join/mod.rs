@@ -476,7 +476,41 @@ pub enum Evict {
     },
 }
 
+/// Entries one checkpoint moves to RocksDB at most when the join is over its memory budget.
+pub const EVICTION_CHUNK: usize = 200_000;
+
 impl Evict {
+    /// What a checkpoint evicts first: nothing within the budget; over it, the dedupe markers.
+    pub fn first(over_budget: bool) -> Evict {
+        if over_budget {
+            Evict::Markers {
+                max: EVICTION_CHUNK,
+            }
+        } else {
+            Evict::Nothing
+        }
+    }
+
+    /// What the next checkpoint evicts after this one moved `evicted` entries, or `None` when
+    /// the hot tier is back under half its budget (or nothing more can leave). Markers go
+    /// first; when they are gone and pending parts alone still fill the budget, those go too.
+    /// In chunks: each chunk is one checkpoint with a bounded write batch.
+    pub fn next(self, evicted: usize, hot_bytes: usize, budget: usize) -> Option<Evict> {
+        if self == Evict::Nothing
+            || hot_bytes <= budget / 2
+            || (evicted == 0 && matches!(self, Evict::Everything { .. }))
+        {
+            return None;
+        }
+        Some(if evicted < EVICTION_CHUNK {
+            Evict::Everything {
+                max: EVICTION_CHUNK,
+            }
+        } else {
+            self
+        })
+    }
+
     fn leaves(self, entry: Option<&Entry>, evicted: usize) -> bool {
         match self {
             Evict::Nothing => false,
@@ -713,6 +747,19 @@ impl JoinEngine {
             self.watermarks[idx] = i64::MAX;
             self.fire(idx, cold, out)?;
         }
+        Ok(())
+    }
+
+    /// [`JoinEngine::finish`] for one key group: its input has ended (a bounded run).
+    pub fn finish_key_group(
+        &mut self,
+        kg: u16,
+        cold: &impl ColdStore,
+        out: &mut impl JoinOutput,
+    ) -> Result<(), JoinError> {
+        let idx = self.index(kg)?;
+        self.watermarks[idx] = i64::MAX;
+        self.fire(idx, cold, out)?;
         Ok(())
     }
 

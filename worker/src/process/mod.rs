@@ -525,13 +525,30 @@ impl ProcessEngine {
         out: &mut impl ProcessOutput,
     ) -> Result<(), ProcessError> {
         for p in 0..self.processes.len() {
-            let classified = self.processes[p]
-                .plan
-                .classify(action)
-                .map_err(ProcessError::BadAction)?;
-            self.apply_classified(p, classified, out)?;
+            self.apply_to(p, action, out)?;
         }
         Ok(())
+    }
+
+    /// Applies an action record to definition `p` only (routed to it over Kafka).
+    pub fn apply_to(
+        &mut self,
+        p: usize,
+        action: &str,
+        out: &mut impl ProcessOutput,
+    ) -> Result<(), ProcessError> {
+        let classified = self.processes[p]
+            .plan
+            .classify(action)
+            .map_err(ProcessError::BadAction)?;
+        self.apply_classified(p, classified, out)
+    }
+
+    /// The index of the definition named `name`.
+    pub fn position(&self, name: &[u8]) -> Option<usize> {
+        self.processes
+            .iter()
+            .position(|s| s.plan.name.as_bytes() == name)
     }
 
     /// Applies an action already classified for definition `p`.

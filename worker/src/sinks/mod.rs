@@ -6,6 +6,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+pub mod kafka;
+
 /// An append-only JSON-lines file that knows how many bytes it holds.
 pub struct JsonLinesFile {
     writer: BufWriter<File>,
@@ -49,4 +51,61 @@ impl JsonLinesFile {
         self.writer.flush()?;
         Ok(self.len)
     }
+}
+
+/// Where a dead-lettered message was read.
+pub enum Origin<'a> {
+    File {
+        path: Option<&'a Path>,
+        offset: u64,
+        line: u64,
+    },
+    Kafka {
+        topic: &'a str,
+        partition: i32,
+        offset: i64,
+    },
+}
+
+/// Appends one dead-letter record and a newline: the reason, its detail, the source, the
+/// position it was read at, and the message (its first 4 KiB, as text).
+pub fn write_dead_letter(
+    buf: &mut Vec<u8>,
+    source: &str,
+    origin: &Origin<'_>,
+    raw: &[u8],
+    rejection: &crate::sources::Rejection,
+) {
+    use crate::join::record::push_json_string;
+    buf.extend_from_slice(b"{\"reason\":");
+    push_json_string(buf, rejection.reason.as_str());
+    buf.extend_from_slice(b",\"detail\":");
+    push_json_string(buf, &rejection.detail);
+    buf.extend_from_slice(b",\"source\":");
+    push_json_string(buf, source);
+    match origin {
+        Origin::File { path, offset, line } => {
+            buf.extend_from_slice(b",\"file\":");
+            push_json_string(
+                buf,
+                &path.map_or_else(|| "-".to_string(), |p| p.display().to_string()),
+            );
+            buf.extend_from_slice(format!(",\"offset\":{offset},\"line\":{line}").as_bytes());
+        }
+        Origin::Kafka {
+            topic,
+            partition,
+            offset,
+        } => {
+            buf.extend_from_slice(b",\"topic\":");
+            push_json_string(buf, topic);
+            buf.extend_from_slice(
+                format!(",\"partition\":{partition},\"offset\":{offset}").as_bytes(),
+            );
+        }
+    }
+    buf.extend_from_slice(b",\"message\":");
+    let shown = &raw[..raw.len().min(4096)];
+    push_json_string(buf, &String::from_utf8_lossy(shown));
+    buf.extend_from_slice(b"}\n");
 }

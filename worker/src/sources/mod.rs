@@ -29,6 +29,11 @@ pub enum DeadLetterReason {
     /// Arrived after its action was already emitted as incomplete, or later than the lateness
     /// bound behind the watermark.
     Late,
+    /// A record on an internal topic that Weft did not write (no or unknown Weft header).
+    Foreign,
+    /// A record on a partition whose key group this worker does not own: the upstream
+    /// partitioning is not Kafka's default partitioner over the tracking number.
+    WrongPartition,
 }
 
 impl DeadLetterReason {
@@ -44,6 +49,8 @@ impl DeadLetterReason {
             DeadLetterReason::NoDiscriminator => "no-discriminator",
             DeadLetterReason::UnknownDiscriminator => "unknown-discriminator",
             DeadLetterReason::Late => "late",
+            DeadLetterReason::Foreign => "foreign-record",
+            DeadLetterReason::WrongPartition => "wrong-partition",
         }
     }
 }

@@ -1,0 +1,1117 @@
+//! `weft-worker run`: the shuffle, join and process stages over Kafka, in one thread.
+//!
+//! The shuffle reads the raw source topics in a consumer group, parses and filters, and
+//! writes each message to the keyed topic's partition of its key group. The join reads the
+//! keyed partitions of the key groups this worker owns (and owned partitions of
+//! pre-partitioned sources), the process stage the owned partitions of the internal actions
+//! topic: manual assignment, never group rebalancing, because a key group's state lives here.
+//!
+//! A checkpoint flushes the producer first, then writes the state changes and the consumed
+//! offsets in one RocksDB batch; a restart resumes from there, not from Kafka's committed
+//! offsets (which are committed afterwards, for lag monitoring only). What a restarted worker
+//! emits again carries the same keys, and the stages after it drop what they already applied.
+//!
+//! A bounded run (`--bounded`) reads the inputs up to their ends as of its start, then every
+//! key group's time runs out as at the end of a file in local mode. End markers carry the end
+//! through the internal topics: each worker's shuffle sends one to every keyed partition when
+//! its share of the raw partitions is done, each worker's join one to every actions partition
+//! when its key groups are done; a partition has ended when all workers' markers are in.
+
+pub mod embedded;
+pub mod outputs;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use weft_crds::keygroup::{KeyGroupRange, even_range};
+use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
+
+use crate::admin::{CheckpointStatus, PartitionStatus, Shared};
+use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinStats};
+use crate::kafka::{
+    END_HEADER, Health, PROCESS_HEADER, SOURCE_HEADER, Topics, WeftContext, client_config,
+    consumer_config, ensure_topic, partition_count, producer_config,
+};
+use crate::local::{Summary, SummaryCounts, compile_plans, process_exposition, step_names};
+use crate::metrics::StageCounts;
+use crate::process::{ProcessEngine, ProcessError, ProcessMeta, ProcessPlan};
+use crate::sinks::kafka::{KafkaSink, SinkError};
+use crate::sinks::{Origin, write_dead_letter};
+use crate::sources::{DeadLetterReason, Extracted, Rejection, SourcePlan};
+use crate::state::Store;
+use outputs::{JoinOutputs, Outputs};
+
+/// Messages taken from one consumer before the next gets its turn.
+const BATCH: usize = 1024;
+/// Process-stage changes that make a checkpoint due (see local mode).
+const PROCESS_CHANGES_PER_CHECKPOINT: usize = 300_000;
+/// How long a checkpoint waits for the brokers to acknowledge the outputs before it gives up
+/// and is retried later.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct RunOptions {
+    pub pipeline: JoinPipeline,
+    pub processes: Vec<(String, ProcessDefinitionSpec)>,
+    /// The pipeline's namespace: part of the internal topic names.
+    pub namespace: String,
+    pub ordinal: u32,
+    pub replicas: u32,
+    /// An explicit assignment (epoch, range), replacing the even split by ordinal.
+    pub assignment: Option<(u64, KeyGroupRange)>,
+    /// Overrides `spec.kafka.bootstrapServers`.
+    pub bootstrap_servers: Option<String>,
+    pub state_dir: PathBuf,
+    pub checkpoint_interval: Option<Duration>,
+    pub max_hot_bytes: usize,
+    pub bounded: bool,
+    /// Create missing internal topics (with `keyGroups` partitions).
+    pub create_topics: bool,
+    /// Fault injection for tests: stop dead, without flushing or checkpointing, after this
+    /// many input messages (as a `kill -9` would).
+    pub abort_after_events: Option<u64>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// A bounded run read everything: this worker's share of the summary.
+    Finished(Box<Summary>),
+    /// Stopped on request (SIGTERM), after a final checkpoint.
+    Stopped,
+    /// Aborted by fault injection: nothing flushed, nothing checkpointed.
+    Aborted,
+}
+
+/// The worker's checkpoint record, written in the same batch as the state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkerCheckpoint {
+    epoch: u64,
+    owned: Option<KeyGroupRange>,
+    /// topic → partition → next offset to read.
+    offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    join_watermarks: Vec<i64>,
+    join: JoinStats,
+    processes: Vec<ProcessMeta>,
+    process_watermarks: Vec<i64>,
+    counts: StageCounts,
+    checkpoints: u64,
+    restarts: u64,
+    seconds: f64,
+    peak_hot_bytes: u64,
+    peak_hot_entries: u64,
+    bounded: BoundedProgress,
+}
+
+/// How far a bounded run has come.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BoundedProgress {
+    /// keyed partition → ordinals whose end marker arrived.
+    keyed_ends: BTreeMap<i32, BTreeSet<u32>>,
+    /// actions partition → ordinals whose end marker arrived.
+    routed_ends: BTreeMap<i32, BTreeSet<u32>>,
+    /// Key groups whose time has run out in the join.
+    finished_key_groups: BTreeSet<u16>,
+    /// The join has finished every owned key group and sent its end markers.
+    join_ended: bool,
+    finished: bool,
+}
+
+/// What a stateful input partition carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Input {
+    Keyed,
+    Routed,
+    /// A source partitioned by tracking number upstream, read without the shuffle.
+    Source(usize),
+}
+
+/// Everything but the consumers (whose messages borrow them).
+struct Stages {
+    name: String,
+    topics: Topics,
+    key_groups: u16,
+    owned: KeyGroupRange,
+    epoch: u64,
+    ordinal: u32,
+    replicas: u32,
+    bounded: bool,
+    max_hot_bytes: usize,
+    plans: Vec<SourcePlan>,
+    /// Raw topic → the source read from it.
+    source_of_topic: HashMap<String, usize>,
+    /// Topic of each pre-partitioned source.
+    prepartitioned: HashMap<String, usize>,
+    routing: Vec<ProcessPlan>,
+    step_names: Vec<(String, Vec<String>)>,
+    store: Store,
+    join: JoinEngine,
+    process: ProcessEngine,
+    sink: KafkaSink,
+    health: Arc<Health>,
+    record: WorkerCheckpoint,
+    /// Next offset to read per stateful input partition.
+    offsets: BTreeMap<(Input, i32), i64>,
+    /// Bounded runs: the end offsets of pre-partitioned source partitions.
+    source_ends: BTreeMap<(usize, i32), i64>,
+    buf: Vec<u8>,
+    latencies: Vec<f64>,
+    started: Instant,
+    previous_seconds: f64,
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn header<'m>(message: &'m BorrowedMessage<'_>, name: &str) -> Option<&'m [u8]> {
+    let headers = message.headers()?;
+    (0..headers.count())
+        .filter_map(|i| headers.try_get(i))
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+}
+
+fn ordinal_of(value: Option<&[u8]>) -> Option<u32> {
+    std::str::from_utf8(value?).ok()?.parse().ok()
+}
+
+impl Stages {
+    fn dead_letter(
+        &mut self,
+        stage: &str,
+        source: &str,
+        message: &BorrowedMessage<'_>,
+        rejection: &Rejection,
+    ) {
+        self.record
+            .counts
+            .count_dead_letter(stage, rejection.reason.as_str());
+        self.buf.clear();
+        let origin = Origin::Kafka {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        write_dead_letter(
+            &mut self.buf,
+            source,
+            &origin,
+            message.payload().unwrap_or_default(),
+            rejection,
+        );
+        let key = format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+        let topic = self.topics.dead_letters.clone();
+        let record = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+        self.sink
+            .send(&topic, None, Some(key.as_bytes()), record, None);
+        *self.record.counts.records_out.entry(topic).or_default() += 1;
+    }
+
+    /// Shuffle: parse, filter, route to the keyed partition of the key group.
+    fn on_shuffle(&mut self, message: &BorrowedMessage<'_>) {
+        let Some(&source) = self.source_of_topic.get(message.topic()) else {
+            return;
+        };
+        let name = self.plans[source].name.clone();
+        self.record.counts.count_event("shuffle", &name);
+        self.record.counts.source_events += 1;
+        let payload = message.payload().unwrap_or_default();
+        match self.plans[source].extract(payload) {
+            Ok(Extracted::Message(msg)) => {
+                let kg =
+                    weft_crds::keygroup::key_group(msg.tracking_number.as_bytes(), self.key_groups);
+                let topic = &self.topics.keyed;
+                self.sink.send(
+                    topic,
+                    Some(i32::from(kg)),
+                    Some(msg.tracking_number.as_bytes()),
+                    payload,
+                    Some((SOURCE_HEADER, name.as_bytes())),
+                );
+                match self.record.counts.records_out.get_mut(topic) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.record.counts.records_out.insert(topic.clone(), 1);
+                    }
+                }
+            }
+            Ok(Extracted::Filtered) => self.record.counts.filtered += 1,
+            Err(rejection) => self.dead_letter("shuffle", &name, message, &rejection),
+        }
+    }
+
+    /// A message of a stateful input: the join's keyed or pre-partitioned input, or the
+    /// process stage's actions.
+    fn on_stateful(&mut self, input: Input, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let partition = message.partition();
+        self.offsets
+            .insert((input, partition), message.offset() + 1);
+        if let Some(end) = header(message, END_HEADER) {
+            let Some(ordinal) = ordinal_of(Some(end)) else {
+                return Ok(());
+            };
+            let ends = match input {
+                Input::Keyed => &mut self.record.bounded.keyed_ends,
+                Input::Routed => &mut self.record.bounded.routed_ends,
+                Input::Source(_) => return Ok(()),
+            };
+            ends.entry(partition).or_default().insert(ordinal);
+            return Ok(());
+        }
+        match input {
+            Input::Keyed | Input::Source(_) => self.on_join_input(input, message),
+            Input::Routed => self.on_action(message),
+        }
+    }
+
+    fn on_join_input(&mut self, input: Input, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let source = match input {
+            Input::Source(s) => Some(s),
+            _ => header(message, SOURCE_HEADER)
+                .and_then(|name| self.plans.iter().position(|p| p.name.as_bytes() == name)),
+        };
+        let Some(source) = source else {
+            self.record.counts.count_event("join", "-");
+            let rejection = Rejection::new(
+                DeadLetterReason::Foreign,
+                format!("no known {SOURCE_HEADER} header on the keyed topic"),
+            );
+            self.dead_letter("join", "-", message, &rejection);
+            return Ok(());
+        };
+        let name = self.plans[source].name.clone();
+        self.record.counts.count_event("join", &name);
+        if matches!(input, Input::Source(_)) {
+            self.record.counts.source_events += 1;
+        }
+        if self.bounded
+            && u16::try_from(message.partition())
+                .is_ok_and(|kg| self.record.bounded.finished_key_groups.contains(&kg))
+        {
+            // A replay of what a restarted shuffle had already sent before its end marker.
+            self.record.counts.after_end += 1;
+            return Ok(());
+        }
+        let payload = message.payload().unwrap_or_default();
+        let rejection = match self.plans[source].extract(payload) {
+            Ok(Extracted::Message(msg)) => {
+                let mut out = JoinOutputs {
+                    out: Outputs {
+                        sink: &mut self.sink,
+                        topics: &self.topics,
+                        counts: &mut self.record.counts,
+                        buf: &mut self.buf,
+                    },
+                    routing: &self.routing,
+                    key_groups: self.key_groups,
+                    latencies: &mut self.latencies,
+                };
+                match self.join.process(msg, &self.store, &mut out) {
+                    Ok(()) => None,
+                    Err(JoinError::Rejected(r)) => Some(r),
+                    Err(JoinError::NotOwned(kg)) => Some(Rejection::new(
+                        DeadLetterReason::WrongPartition,
+                        format!(
+                            "key group {kg} arrived on partition {} of {}",
+                            message.partition(),
+                            message.topic()
+                        ),
+                    )),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // The shuffle filtered already; a pre-partitioned source filters here.
+            Ok(Extracted::Filtered) => {
+                self.record.counts.filtered += 1;
+                None
+            }
+            Err(r) => Some(r),
+        };
+        if let Some(r) = rejection {
+            self.dead_letter("join", &name, message, &r);
+        }
+        Ok(())
+    }
+
+    fn on_action(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let process = header(message, PROCESS_HEADER).and_then(|n| self.process.position(n));
+        let Some(p) = process else {
+            self.record.counts.count_event("process", "-");
+            let rejection = Rejection::new(
+                DeadLetterReason::Foreign,
+                format!("no known {PROCESS_HEADER} header on the actions topic"),
+            );
+            self.dead_letter("process", "-", message, &rejection);
+            return Ok(());
+        };
+        let name = self.routing[p].name.clone();
+        self.record.counts.count_event("process", &name);
+        let payload = message.payload().unwrap_or_default();
+        let rejection = match std::str::from_utf8(payload) {
+            Err(e) => Some(Rejection::new(DeadLetterReason::NotJson, e.to_string())),
+            Ok(text) => {
+                let mut out = Outputs {
+                    sink: &mut self.sink,
+                    topics: &self.topics,
+                    counts: &mut self.record.counts,
+                    buf: &mut self.buf,
+                };
+                match self.process.apply_to(p, text, &mut out) {
+                    Ok(()) => None,
+                    Err(ProcessError::BadAction(e)) => {
+                        Some(Rejection::new(DeadLetterReason::NotJson, e))
+                    }
+                    Err(ProcessError::NotOwned(kg)) => Some(Rejection::new(
+                        DeadLetterReason::WrongPartition,
+                        format!(
+                            "instance key group {kg} arrived on partition {}",
+                            message.partition()
+                        ),
+                    )),
+                }
+            }
+        };
+        if let Some(r) = rejection {
+            self.dead_letter("process", &name, message, &r);
+        }
+        Ok(())
+    }
+
+    /// Bounded runs: key groups whose inputs have all ended run out of time.
+    fn finish_ended_key_groups(&mut self) -> anyhow::Result<()> {
+        let needs_shuffle = !self.source_of_topic.is_empty();
+        for kg in self.owned.iter() {
+            if self.record.bounded.finished_key_groups.contains(&kg) {
+                continue;
+            }
+            let p = i32::from(kg);
+            let keyed_done = !needs_shuffle
+                || self
+                    .record
+                    .bounded
+                    .keyed_ends
+                    .get(&p)
+                    .is_some_and(|e| e.len() >= self.replicas as usize);
+            let sources_done = self.prepartitioned.values().all(|&s| {
+                let end = self.source_ends.get(&(s, p)).copied().unwrap_or(0);
+                self.offsets
+                    .get(&(Input::Source(s), p))
+                    .copied()
+                    .unwrap_or(0)
+                    >= end
+            });
+            if keyed_done && sources_done {
+                let mut out = JoinOutputs {
+                    out: Outputs {
+                        sink: &mut self.sink,
+                        topics: &self.topics,
+                        counts: &mut self.record.counts,
+                        buf: &mut self.buf,
+                    },
+                    routing: &self.routing,
+                    key_groups: self.key_groups,
+                    latencies: &mut self.latencies,
+                };
+                self.join.finish_key_group(kg, &self.store, &mut out)?;
+                self.record.bounded.finished_key_groups.insert(kg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends this worker's end marker to every partition of `topic`.
+    fn send_end_markers(&mut self, topic: &str) {
+        let ordinal = self.ordinal.to_string();
+        for p in 0..self.key_groups {
+            self.sink.send(
+                topic,
+                Some(i32::from(p)),
+                None,
+                b"",
+                Some((END_HEADER, ordinal.as_bytes())),
+            );
+        }
+    }
+
+    fn routed_ended(&self) -> bool {
+        self.routing.is_empty()
+            || self.owned.iter().all(|kg| {
+                self.record
+                    .bounded
+                    .routed_ends
+                    .get(&i32::from(kg))
+                    .is_some_and(|e| e.len() >= self.replicas as usize)
+            })
+    }
+
+    /// Flushes the outputs and writes state and offsets in one batch. `Ok(false)` when the
+    /// brokers did not acknowledge in time: nothing was written, try again later.
+    fn checkpoint(&mut self, evict: Evict, shared: &Shared) -> anyhow::Result<bool> {
+        let t0 = Instant::now();
+        let mut out = Outputs {
+            sink: &mut self.sink,
+            topics: &self.topics,
+            counts: &mut self.record.counts,
+            buf: &mut self.buf,
+        };
+        self.process.emit_updates(&mut out);
+        match self.sink.flush(FLUSH_TIMEOUT) {
+            Ok(()) => {}
+            Err(SinkError::FlushTimeout(t)) => {
+                tracing::warn!(
+                    in_flight = self.sink.in_flight(),
+                    "outputs not acknowledged within {t:?}; checkpoint postponed"
+                );
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.health.brokers_down.store(false, Ordering::Relaxed);
+        let r = &mut self.record;
+        r.checkpoints += 1;
+        r.seconds = self.previous_seconds + self.started.elapsed().as_secs_f64();
+        r.epoch = self.epoch;
+        r.owned = Some(self.owned);
+        r.offsets.clear();
+        for ((input, partition), offset) in &self.offsets {
+            let topic = match input {
+                Input::Keyed => &self.topics.keyed,
+                Input::Routed => &self.topics.routed_actions,
+                Input::Source(s) => match self.prepartitioned.iter().find(|(_, v)| *v == s) {
+                    Some((topic, _)) => topic,
+                    None => continue,
+                },
+            };
+            r.offsets
+                .entry(topic.clone())
+                .or_default()
+                .insert(*partition, *offset);
+        }
+        r.join_watermarks = self.join.watermarks().to_vec();
+        r.join = self.join.stats.clone();
+        r.processes = self.process.meta();
+        r.process_watermarks = self.process.watermarks().to_vec();
+        r.peak_hot_bytes = r.peak_hot_bytes.max(self.join.hot_bytes() as u64);
+        r.peak_hot_entries = r.peak_hot_entries.max(self.join.hot_entries() as u64);
+        let finished = r.bounded.finished;
+        let bytes = serde_json::to_vec(&*r)?;
+        let mut changes = self.join.checkpoint_changes(evict);
+        let process_changes = self.process.checkpoint_changes();
+        let clear_join = finished && self.join.holds_nothing();
+        self.store
+            .write_checkpoint(&mut changes, &process_changes, &bytes, clear_join)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        if let Ok(m) = shared.metrics.lock() {
+            m.checkpoints.inc();
+            m.checkpoint_duration.observe(seconds);
+            m.last_checkpoint_timestamp
+                .set(now_millis() as f64 / 1000.0);
+            m.state_sst_bytes.set(self.store.sst_bytes() as i64);
+        }
+        if let Ok(mut text) = shared.process_exposition.lock() {
+            *text = process_exposition(&self.step_names, &self.process);
+        }
+        let number = self.record.checkpoints;
+        shared.update_status(|s| {
+            s.last_checkpoint = Some(CheckpointStatus {
+                number,
+                at: now_millis(),
+                duration_ms: seconds * 1000.0,
+            });
+            for p in &mut s.partitions {
+                if let Some(o) = self
+                    .record
+                    .offsets
+                    .get(&p.topic)
+                    .and_then(|m| m.get(&p.partition))
+                {
+                    p.checkpointed_offset = *o;
+                }
+            }
+        });
+        Ok(true)
+    }
+
+    /// Checkpoints, moving state to RocksDB in bounded chunks while over the memory budget.
+    fn checkpoint_with_eviction(&mut self, shared: &Shared) -> anyhow::Result<bool> {
+        let mut evict = Evict::first(self.join.hot_bytes() > self.max_hot_bytes);
+        loop {
+            let before = self.join.hot_entries();
+            if !self.checkpoint(evict, shared)? {
+                return Ok(false);
+            }
+            let evicted = before.saturating_sub(self.join.hot_entries());
+            match evict.next(evicted, self.join.hot_bytes(), self.max_hot_bytes) {
+                Some(next) => evict = next,
+                None => return Ok(true),
+            }
+        }
+    }
+
+    /// Publishes counts, gauges and the status.
+    fn publish(&mut self, shared: &Shared) {
+        let brokers_down = self.health.brokers_down.load(Ordering::Relaxed);
+        if let Ok(mut m) = shared.metrics.lock() {
+            m.publish(&self.record.counts);
+            m.pending_entries.set(self.join.hot_pending() as i64);
+            m.hot_state_bytes.set(self.join.hot_bytes() as i64);
+            for latency in self.latencies.drain(..) {
+                m.join_completion_latency.observe(latency);
+            }
+            for ((input, partition), offset) in &self.offsets {
+                let topic = match input {
+                    Input::Keyed => &self.topics.keyed,
+                    Input::Routed => &self.topics.routed_actions,
+                    Input::Source(_) => continue,
+                };
+                if let Some(high) = self.health.high_watermark(topic, *partition) {
+                    m.consumer_lag
+                        .get_or_create(&crate::metrics::PartitionLabel {
+                            topic: topic.clone(),
+                            partition: *partition,
+                        })
+                        .set((high - offset).max(0));
+                }
+            }
+        }
+        self.latencies.clear();
+        let events = self.record.counts.events();
+        shared.update_status(|s| {
+            s.brokers_down = brokers_down;
+            s.last_error = self.health.last_error();
+            s.events = events;
+            for p in &mut s.partitions {
+                let input = if p.topic == self.topics.keyed {
+                    Input::Keyed
+                } else if p.topic == self.topics.routed_actions {
+                    Input::Routed
+                } else {
+                    match self.prepartitioned.get(&p.topic) {
+                        Some(s) => Input::Source(*s),
+                        None => continue,
+                    }
+                };
+                if let Some(o) = self.offsets.get(&(input, p.partition)) {
+                    p.offset = *o;
+                }
+                p.high_watermark = self.health.high_watermark(&p.topic, p.partition);
+                p.lag = p.high_watermark.map(|h| (h - p.checkpointed_offset).max(0));
+            }
+        });
+    }
+
+    fn summary(&self) -> Summary {
+        let r = &self.record;
+        Summary::build(
+            self.name.clone(),
+            &SummaryCounts {
+                events: r.counts.source_events,
+                filtered: r.counts.filtered,
+                dead_letters_by_reason: r.counts.dead_letters_by_reason(),
+                seconds: r.seconds,
+                checkpoints: r.checkpoints,
+                restarts: r.restarts,
+                peak_hot_bytes: r.peak_hot_bytes,
+                peak_hot_entries: r.peak_hot_entries,
+                sst_bytes: self.store.sst_bytes(),
+            },
+            &self.join.stats,
+            &self.step_names,
+            &self.process,
+        )
+    }
+}
+
+/// The consumer of the shuffle stage and, in bounded runs, where its share ends.
+struct Shuffle {
+    consumer: BaseConsumer<WeftContext>,
+    /// Bounded runs: (topic, partition) → end offset; removed once reached.
+    remaining: BTreeMap<(String, i32), i64>,
+    ended: bool,
+}
+
+/// Runs the stages until a bounded run ends, a stop is requested, or an error.
+pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending> {
+    let started = Instant::now();
+    let pipeline = &options.pipeline;
+    let spec = &pipeline.spec;
+    let name = pipeline.metadata.name.clone().unwrap_or_default();
+    let key_groups = spec.key_groups;
+    let (epoch, owned) = options
+        .assignment
+        .unwrap_or_else(|| (0, even_range(options.ordinal, options.replicas, key_groups)));
+    let topics = Topics::new(&options.namespace, pipeline);
+    shared.update_status(|s| {
+        s.pipeline.clone_from(&name);
+        s.ordinal = options.ordinal;
+        s.replicas = options.replicas;
+        s.epoch = epoch;
+        s.owned = Some(owned);
+        s.phase = "restoring".into();
+    });
+
+    let routing = compile_plans(&options.processes)?;
+    let process_plans = compile_plans(&options.processes)?;
+    let step_names = step_names(&routing);
+    let plans: Vec<SourcePlan> = spec.sources.iter().map(SourcePlan::new).collect();
+    let mut source_of_topic = HashMap::new();
+    let mut prepartitioned = HashMap::new();
+    for (i, source) in spec.sources.iter().enumerate() {
+        for topic in &source.topics {
+            let map = if source.partitioned_by_tracking_number {
+                &mut prepartitioned
+            } else {
+                &mut source_of_topic
+            };
+            if map.insert(topic.clone(), i).is_some() {
+                bail!("topic {topic} is read by two sources; each topic belongs to one source");
+            }
+        }
+    }
+
+    // Clients and topics.
+    let base = client_config(pipeline, options.bootstrap_servers.as_deref());
+    let health = Arc::new(Health::default());
+    let context = || WeftContext {
+        health: health.clone(),
+    };
+    let stateful: BaseConsumer<WeftContext> = consumer_config(&base, &topics.group)
+        .create_with_context(context())
+        .context("creating the consumer")?;
+    let kg_count = usize::from(key_groups);
+    for topic in topics.internal() {
+        ensure_topic(
+            &stateful,
+            &base,
+            topic,
+            Some(kg_count),
+            options.create_topics,
+            METADATA_TIMEOUT,
+        )?;
+    }
+    for topic in prepartitioned.keys() {
+        ensure_topic(
+            &stateful,
+            &base,
+            topic,
+            Some(kg_count),
+            false,
+            METADATA_TIMEOUT,
+        )
+        .context(
+            "a source declared partitionedByTrackingNumber must have one partition per key group",
+        )?;
+    }
+    for topic in source_of_topic.keys() {
+        ensure_topic(&stateful, &base, topic, None, false, METADATA_TIMEOUT)?;
+    }
+    for topic in topics.outputs() {
+        ensure_topic(&stateful, &base, topic, None, false, METADATA_TIMEOUT)?;
+    }
+
+    // State.
+    let store = Store::open(&options.state_dir)
+        .with_context(|| format!("opening state in {}", options.state_dir.display()))?;
+    let mut record: WorkerCheckpoint = match store.checkpoint()? {
+        Some(bytes) => serde_json::from_slice(&bytes).context("reading the checkpoint record")?,
+        None => WorkerCheckpoint::default(),
+    };
+    if let Some(previous) = record.owned {
+        if previous != owned {
+            bail!(
+                "the state in {} holds key groups {previous}, but this worker is assigned {owned}: moving key groups needs the checkpoint handoff",
+                options.state_dir.display()
+            );
+        }
+        record.restarts += 1;
+    }
+    let mut join = JoinEngine::new(JoinConfig::new(&spec.join, key_groups), owned);
+    join.restore(&record.join_watermarks, record.join.clone(), &store)?;
+    let mut process = ProcessEngine::new(
+        process_plans,
+        key_groups,
+        owned,
+        i64::try_from(spec.join.lateness.as_millis()).unwrap_or(i64::MAX / 4),
+    );
+    process
+        .restore(
+            record.processes.clone(),
+            &record.process_watermarks,
+            store.process_instances()?,
+            store.process_aggregates()?,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let sink = KafkaSink::new(&producer_config(&base), health.clone())?;
+
+    // The stateful inputs: owned partitions, from the checkpointed offsets.
+    let mut offsets = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    let mut statuses = Vec::new();
+    let mut add = |topic: &str,
+                   input: Input,
+                   offsets: &mut BTreeMap<(Input, i32), i64>|
+     -> anyhow::Result<()> {
+        for kg in owned.iter() {
+            let p = i32::from(kg);
+            let at = record.offsets.get(topic).and_then(|m| m.get(&p)).copied();
+            let offset = at.map_or(Offset::Beginning, Offset::Offset);
+            assignment.add_partition_offset(topic, p, offset)?;
+            offsets.insert((input, p), at.unwrap_or(0));
+            statuses.push(PartitionStatus {
+                topic: topic.to_string(),
+                partition: p,
+                checkpointed_offset: at.unwrap_or(0),
+                offset: at.unwrap_or(0),
+                high_watermark: None,
+                lag: None,
+            });
+        }
+        Ok(())
+    };
+    if !source_of_topic.is_empty() {
+        add(&topics.keyed, Input::Keyed, &mut offsets)?;
+    }
+    if !routing.is_empty() {
+        add(&topics.routed_actions, Input::Routed, &mut offsets)?;
+    }
+    let mut source_ends = BTreeMap::new();
+    for (topic, &s) in &prepartitioned {
+        add(topic, Input::Source(s), &mut offsets)?;
+        if options.bounded {
+            for kg in owned.iter() {
+                let (_, high) = stateful
+                    .fetch_watermarks(topic, i32::from(kg), METADATA_TIMEOUT)
+                    .with_context(|| format!("reading the end of {topic}"))?;
+                source_ends.insert((s, i32::from(kg)), high);
+            }
+        }
+    }
+    stateful
+        .assign(&assignment)
+        .context("assigning the owned partitions")?;
+    shared.update_status(|s| s.partitions = statuses);
+
+    // The shuffle: a consumer group over the raw topics; a bounded run takes a fixed share of
+    // their partitions instead (by ordinal), up to the ends they have now.
+    let mut shuffle = None;
+    if !source_of_topic.is_empty() {
+        let consumer: BaseConsumer<WeftContext> = consumer_config(&base, &topics.shuffle_group)
+            .create_with_context(context())
+            .context("creating the shuffle consumer")?;
+        let mut remaining = BTreeMap::new();
+        if options.bounded {
+            let mut all = Vec::new();
+            let mut raw: Vec<&String> = source_of_topic.keys().collect();
+            raw.sort();
+            for topic in raw {
+                let n = partition_count(&consumer, topic, METADATA_TIMEOUT)?.unwrap_or(0);
+                for p in 0..n {
+                    all.push((topic.clone(), i32::try_from(p)?));
+                }
+            }
+            let mine: Vec<(String, i32)> = all
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| {
+                    *i as u64 % u64::from(options.replicas.max(1)) == u64::from(options.ordinal)
+                })
+                .map(|(_, tp)| tp)
+                .collect();
+            let mut tpl = TopicPartitionList::new();
+            for (topic, p) in &mine {
+                tpl.add_partition(topic, *p);
+            }
+            let committed = consumer
+                .committed_offsets(tpl, METADATA_TIMEOUT)
+                .context("reading the shuffle's committed offsets")?;
+            let mut start = TopicPartitionList::new();
+            for (topic, p) in &mine {
+                let (_, high) = consumer.fetch_watermarks(topic, *p, METADATA_TIMEOUT)?;
+                let from = committed
+                    .find_partition(topic, *p)
+                    .map(|e| e.offset())
+                    .and_then(|o| o.to_raw())
+                    .filter(|o| *o >= 0);
+                if from.unwrap_or(0) < high {
+                    remaining.insert((topic.clone(), *p), high);
+                    start.add_partition_offset(
+                        topic,
+                        *p,
+                        from.map_or(Offset::Beginning, Offset::Offset),
+                    )?;
+                }
+            }
+            consumer.assign(&start)?;
+        } else {
+            let raw: Vec<&str> = source_of_topic.keys().map(String::as_str).collect();
+            consumer.subscribe(&raw)?;
+        }
+        shuffle = Some(Shuffle {
+            consumer,
+            ended: options.bounded && remaining.is_empty(),
+            remaining,
+        });
+    }
+
+    let mut stages = Stages {
+        name,
+        topics,
+        key_groups,
+        owned,
+        epoch,
+        ordinal: options.ordinal,
+        replicas: options.replicas.max(1),
+        bounded: options.bounded,
+        max_hot_bytes: options.max_hot_bytes,
+        plans,
+        source_of_topic,
+        prepartitioned,
+        routing,
+        step_names,
+        store,
+        join,
+        process,
+        sink,
+        health: health.clone(),
+        previous_seconds: record.seconds,
+        record,
+        offsets,
+        source_ends,
+        buf: Vec::with_capacity(4096),
+        latencies: Vec::new(),
+        started,
+    };
+    if stages.record.bounded.finished {
+        shared.update_status(|s| s.phase = "finished".into());
+        return Ok(Ending::Finished(Box::new(stages.summary())));
+    }
+
+    let interval = options
+        .checkpoint_interval
+        .unwrap_or_else(|| spec.checkpoint_interval.std());
+    let mut last_checkpoint = Instant::now();
+    let mut last_publish = Instant::now();
+    let mut last_probe = Instant::now();
+    let mut shuffle_markers_sent = false;
+    shared.update_status(|s| s.phase = "running".into());
+    shared.set_ready(true);
+    tracing::info!(%owned, epoch, bounded = options.bounded, "running");
+
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            shared.set_ready(false);
+            shared.update_status(|s| s.phase = "stopping".into());
+            // Stop consuming; the final checkpoint waits for the brokers as long as the
+            // termination grace period lets it.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stages.checkpoint(Evict::Nothing, shared)? {
+                if Instant::now() > deadline {
+                    bail!(
+                        "the brokers did not acknowledge the outputs; the last checkpoint stands"
+                    );
+                }
+            }
+            commit_offsets(&stateful, shuffle.as_ref(), &stages);
+            return Ok(Ending::Stopped);
+        }
+        if let Some(limit) = options.abort_after_events
+            && stages.record.counts.events() >= limit
+        {
+            return Ok(Ending::Aborted);
+        }
+        let mut busy = false;
+        if let Some(sh) = shuffle.as_mut().filter(|s| !s.ended) {
+            for _ in 0..BATCH {
+                match sh.consumer.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::warn!(%e, "shuffle consumer");
+                        break;
+                    }
+                    Some(Ok(message)) => {
+                        busy = true;
+                        stages.on_shuffle(&message);
+                        // Committed at the next checkpoint, after the producer is flushed.
+                        let _ = sh.consumer.store_offset_from_message(&message);
+                        if options.bounded {
+                            let key = (message.topic().to_string(), message.partition());
+                            if sh
+                                .remaining
+                                .get(&key)
+                                .is_some_and(|end| message.offset() + 1 >= *end)
+                            {
+                                sh.remaining.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+            if options.bounded && sh.remaining.is_empty() {
+                sh.ended = true;
+            }
+        }
+        for i in 0..BATCH {
+            let timeout = if busy || i > 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(20)
+            };
+            match stateful.poll(timeout) {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(%e, "consumer");
+                    break;
+                }
+                Some(Ok(message)) => {
+                    busy = true;
+                    let topic = message.topic();
+                    let input = if topic == stages.topics.keyed {
+                        Input::Keyed
+                    } else if topic == stages.topics.routed_actions {
+                        Input::Routed
+                    } else if let Some(s) = stages.prepartitioned.get(topic) {
+                        Input::Source(*s)
+                    } else {
+                        continue;
+                    };
+                    stages.on_stateful(input, &message)?;
+                }
+            }
+        }
+        if busy {
+            health.brokers_down.store(false, Ordering::Relaxed);
+        }
+        stages.sink.poll();
+
+        let mut due = last_checkpoint.elapsed() >= interval
+            || stages.process.unsaved() >= PROCESS_CHANGES_PER_CHECKPOINT
+            || stages.join.hot_bytes() > options.max_hot_bytes
+            || shared.checkpoint_requested.swap(false, Ordering::Relaxed);
+
+        if options.bounded {
+            if let Some(sh) = shuffle.as_ref()
+                && sh.ended
+                && !shuffle_markers_sent
+            {
+                // Everything this worker shuffled is acknowledged before its end marker.
+                if stages.sink.flush(FLUSH_TIMEOUT).is_ok() {
+                    let keyed = stages.topics.keyed.clone();
+                    stages.send_end_markers(&keyed);
+                    shuffle_markers_sent = true;
+                    due = true;
+                }
+            }
+            if !stages.record.bounded.join_ended {
+                stages.finish_ended_key_groups()?;
+                if stages.record.bounded.finished_key_groups.len() == usize::from(owned.len())
+                    && stages.sink.flush(FLUSH_TIMEOUT).is_ok()
+                {
+                    if !stages.routing.is_empty() {
+                        let routed = stages.topics.routed_actions.clone();
+                        stages.send_end_markers(&routed);
+                    }
+                    stages.record.bounded.join_ended = true;
+                    due = true;
+                }
+            }
+            if stages.record.bounded.join_ended && stages.routed_ended() {
+                let Stages {
+                    sink,
+                    topics,
+                    record,
+                    buf,
+                    process,
+                    ..
+                } = &mut stages;
+                process.finish(&mut Outputs {
+                    sink,
+                    topics,
+                    counts: &mut record.counts,
+                    buf,
+                });
+                stages.record.bounded.finished = true;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stages.checkpoint(Evict::Everything { max: usize::MAX }, shared)? {
+                    if Instant::now() > deadline {
+                        bail!("the brokers did not acknowledge the final outputs");
+                    }
+                }
+                commit_offsets(&stateful, shuffle.as_ref(), &stages);
+                stages.publish(shared);
+                shared.set_ready(false);
+                shared.update_status(|s| s.phase = "finished".into());
+                return Ok(Ending::Finished(Box::new(stages.summary())));
+            }
+        }
+
+        if due {
+            if stages.checkpoint_with_eviction(shared)? {
+                commit_offsets(&stateful, shuffle.as_ref(), &stages);
+                last_checkpoint = Instant::now();
+            } else {
+                shared.set_ready(false);
+            }
+        }
+        if last_publish.elapsed() >= Duration::from_millis(500) {
+            let down = health.brokers_down.load(Ordering::Relaxed);
+            if down && last_probe.elapsed() >= Duration::from_secs(2) {
+                last_probe = Instant::now();
+                // Idle and told the brokers are down: ask them.
+                if stateful
+                    .fetch_metadata(Some(&stages.topics.keyed), Duration::from_millis(500))
+                    .is_ok()
+                {
+                    health.brokers_down.store(false, Ordering::Relaxed);
+                }
+            }
+            shared.set_ready(!health.brokers_down.load(Ordering::Relaxed));
+            stages.publish(shared);
+            last_publish = Instant::now();
+        }
+    }
+}
+
+/// Commits the checkpointed offsets to Kafka: for the stateful stages under the pipeline's
+/// group (lag monitoring only: restarts use the checkpoint), for the shuffle its positions.
+fn commit_offsets(
+    stateful: &BaseConsumer<WeftContext>,
+    shuffle: Option<&Shuffle>,
+    stages: &Stages,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partitions) in &stages.record.offsets {
+        for (p, offset) in partitions {
+            if *offset > 0 {
+                let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*offset));
+            }
+        }
+    }
+    if tpl.count() > 0
+        && let Err(e) = stateful.commit(&tpl, CommitMode::Async)
+    {
+        tracing::debug!(%e, "committing offsets");
+    }
+    if let Some(sh) = shuffle
+        && let Err(e) = sh.consumer.commit_consumer_state(CommitMode::Async)
+    {
+        tracing::debug!(%e, "committing the shuffle's offsets");
+    }
+}

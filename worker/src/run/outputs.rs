@@ -1,0 +1,177 @@
+//! Where the join and process engines' records go when the worker runs over Kafka.
+
+use weft_crds::keygroup::key_group;
+
+use crate::join::record::{write_action, write_incomplete};
+use crate::join::{JoinOutput, Pending};
+use crate::kafka::{PROCESS_HEADER, Topics};
+use crate::metrics::StageCounts;
+use crate::process::{ProcessOutput, ProcessPlan};
+use crate::sinks::kafka::{HeaderPair, KafkaSink};
+
+/// The producer and what the stages need to address records.
+pub struct Outputs<'a> {
+    pub sink: &'a mut KafkaSink,
+    pub topics: &'a Topics,
+    pub counts: &'a mut StageCounts,
+    pub buf: &'a mut Vec<u8>,
+}
+
+impl Outputs<'_> {
+    /// Sends `buf` (a record and its newline) without the newline.
+    fn send_buf(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        header: HeaderPair<'_>,
+    ) {
+        let record = self.buf.strip_suffix(b"\n").unwrap_or(self.buf);
+        self.sink.send(topic, partition, key, record, header);
+        count_out(self.counts, topic);
+    }
+}
+
+fn count_out(counts: &mut StageCounts, topic: &str) {
+    match counts.records_out.get_mut(topic) {
+        Some(n) => *n += 1,
+        None => {
+            counts.records_out.insert(topic.to_string(), 1);
+        }
+    }
+}
+
+/// The join's outputs: the user's actions and incomplete topics, and the internal actions
+/// topic, once per ProcessDefinition, in the partition of the action's instance key.
+pub struct JoinOutputs<'a> {
+    pub out: Outputs<'a>,
+    pub routing: &'a [ProcessPlan],
+    pub key_groups: u16,
+    /// Event-time seconds from the first part to the completing one, per completed action.
+    pub latencies: &'a mut Vec<f64>,
+}
+
+impl JoinOutputs<'_> {
+    fn route(&mut self, tracking_number: &str) {
+        let Outputs {
+            sink,
+            topics,
+            counts,
+            buf,
+        } = &mut self.out;
+        let record = buf.strip_suffix(b"\n").unwrap_or(buf);
+        let Ok(text) = std::str::from_utf8(record) else {
+            return;
+        };
+        for plan in self.routing {
+            // An action the definition cannot classify still goes to it, keyed by tracking
+            // number: the process stage counts it (unmatched, no instance key) where it lives.
+            let instance = plan.classify(text).ok().and_then(|c| c.instance);
+            let key = instance.as_deref().unwrap_or(tracking_number);
+            let kg = key_group(key.as_bytes(), self.key_groups);
+            sink.send(
+                &topics.routed_actions,
+                Some(i32::from(kg)),
+                Some(key.as_bytes()),
+                record,
+                Some((PROCESS_HEADER, plan.name.as_bytes())),
+            );
+            count_out(counts, &topics.routed_actions);
+        }
+    }
+}
+
+impl JoinOutput for JoinOutputs<'_> {
+    fn action(
+        &mut self,
+        key_group: u16,
+        tracking_number: &str,
+        pending: &Pending,
+        completed_at: i64,
+    ) {
+        self.out.buf.clear();
+        write_action(
+            self.out.buf,
+            key_group,
+            tracking_number,
+            pending,
+            completed_at,
+        );
+        let topic = self.out.topics.actions.clone();
+        self.out
+            .send_buf(&topic, None, Some(tracking_number.as_bytes()), None);
+        self.latencies
+            .push((completed_at - pending.first_event_time()).max(0) as f64 / 1000.0);
+        self.route(tracking_number);
+    }
+
+    fn incomplete(
+        &mut self,
+        key_group: u16,
+        tracking_number: &str,
+        pending: &Pending,
+        missing: u8,
+    ) {
+        self.out.buf.clear();
+        write_incomplete(self.out.buf, key_group, tracking_number, pending, missing);
+        let topic = self.out.topics.incomplete.clone();
+        self.out
+            .send_buf(&topic, None, Some(tracking_number.as_bytes()), None);
+        self.route(tracking_number);
+    }
+}
+
+/// The process stage's outputs: metric records keyed by their idempotent id, alerts by theirs.
+impl ProcessOutput for Outputs<'_> {
+    fn metric(&mut self, record: &[u8]) {
+        let Some(topic) = self.topics.metrics.clone() else {
+            return;
+        };
+        self.send_keyed_by_id(&topic, record);
+    }
+
+    fn alert(&mut self, record: &[u8]) {
+        let Some(topic) = self.topics.alerts.clone() else {
+            return;
+        };
+        self.send_keyed_by_id(&topic, record);
+    }
+}
+
+impl Outputs<'_> {
+    fn send_keyed_by_id(&mut self, topic: &str, record: &[u8]) {
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        self.sink.send(topic, None, record_id(record), record, None);
+        count_out(self.counts, topic);
+    }
+}
+
+/// The `id` of a record the engines write (`{"id":"...",...}`): the escaped text between the
+/// quotes, which is as unique as the id itself.
+pub fn record_id(record: &[u8]) -> Option<&[u8]> {
+    let rest = record.strip_prefix(b"{\"id\":\"")?;
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(&rest[..i]),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_id;
+
+    #[test]
+    fn record_ids_are_found_with_escapes() {
+        assert_eq!(
+            record_id(br#"{"id":"a/b\"c\\","x":1}"#),
+            Some(&br#"a/b\"c\\"#[..])
+        );
+        assert_eq!(record_id(br#"{"id":"unterminated"#), None);
+        assert_eq!(record_id(br#"{"other":"x"}"#), None);
+    }
+}
