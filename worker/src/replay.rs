@@ -194,7 +194,7 @@ fn analyse(dir: &Path, plans: &[ProcessPlan], summary: Summary) -> anyhow::Resul
         let mut skipping = Finding::default();
         let mut going_back = Finding::default();
         for instance in tally.instances.values() {
-            let visits = instance.visits();
+            let visits = instance.visits(&plan.steps);
             let skips = visits.first().is_some_and(|v| v.step > 0)
                 || visits.windows(2).any(|w| w[1].step > w[0].step + 1);
             let back = visits.windows(2).any(|w| w[1].step < w[0].step);

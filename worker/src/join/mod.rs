@@ -106,6 +106,17 @@ impl Pending {
             .unwrap_or(self.deadline)
     }
 
+    /// The latest event time among the arrived parts: when the action was complete. Not the
+    /// time of the part that arrived last, which depends on arrival order.
+    pub fn last_event_time(&self) -> i64 {
+        self.parts
+            .iter()
+            .flatten()
+            .map(|p| p.event_time)
+            .max()
+            .unwrap_or(self.deadline)
+    }
+
     /// Memory held on the heap (the boxed entry and its parts' fields), for the hot tier's
     /// budget.
     fn bytes(&self) -> usize {
@@ -698,9 +709,21 @@ impl JoinEngine {
                 slot.dirty = true;
                 if pending.mask() & required == required {
                     let pending = take_pending(pending, books.hot_bytes);
-                    out.action(kg, &msg.tracking_number, &pending, t);
+                    out.action(
+                        kg,
+                        &msg.tracking_number,
+                        &pending,
+                        pending.last_event_time(),
+                    );
                     books.stats.complete += 1;
                     books.finish(slot, &key, &pending, Outcome::Completed);
+                } else if t.saturating_add(lateness) < pending.deadline {
+                    // The lateness bound runs from the earliest part, whichever arrived
+                    // first: the outcome must not depend on arrival order. The old timer
+                    // goes stale.
+                    pending.deadline = t.saturating_add(lateness);
+                    *books.hot_bytes += TIMER_BYTES;
+                    books.timers.push(Reverse((pending.deadline, key.clone())));
                 }
             }
             // A new tracking number (or one whose persisted entry was removed since the
@@ -718,7 +741,12 @@ impl JoinEngine {
                     fields: msg.fields,
                 });
                 if bit & required == required {
-                    out.action(kg, &msg.tracking_number, &pending, t);
+                    out.action(
+                        kg,
+                        &msg.tracking_number,
+                        &pending,
+                        pending.last_event_time(),
+                    );
                     books.stats.complete += 1;
                     books.finish(slot, &key, &pending, Outcome::Completed);
                 } else {

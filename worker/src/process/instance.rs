@@ -51,9 +51,31 @@ pub struct Instance {
 pub type Contribution = (Metric, i64, Option<i64>, i8);
 
 impl Instance {
-    pub fn visits(&self) -> Vec<Visit> {
+    /// The actions that count: up to the end of the first visit to a final step. Actions
+    /// after it (a late duplicate request, a retry after activation) are kept, so that the
+    /// history, and with it every metric, is the same whatever order the actions came in.
+    pub fn effective(&self, steps: &[StepPlan]) -> &[Applied] {
+        let is_final = |a: &Applied| steps.get(usize::from(a.step)).is_some_and(|s| s.is_final);
+        let Some(first) = self.actions.iter().position(is_final) else {
+            return &self.actions;
+        };
+        let step = self.actions[first].step;
+        let end = first
+            + self.actions[first..]
+                .iter()
+                .take_while(|a| a.step == step)
+                .count();
+        &self.actions[..end]
+    }
+
+    /// Actions after the instance completed (not counted).
+    pub fn after_end(&self, steps: &[StepPlan]) -> usize {
+        self.actions.len() - self.effective(steps).len()
+    }
+
+    pub fn visits(&self, steps: &[StepPlan]) -> Vec<Visit> {
         let mut visits: Vec<Visit> = Vec::new();
-        for a in &self.actions {
+        for a in self.effective(steps) {
             if visits.last().is_none_or(|v| v.step != a.step) {
                 visits.push(Visit {
                     step: a.step,
@@ -68,12 +90,12 @@ impl Instance {
         self.actions.last().map_or(i64::MIN, |a| a.time)
     }
 
-    /// The latest visit (the trailing run of actions of one step), without building the
-    /// whole list.
-    pub fn last_visit(&self) -> Option<Visit> {
-        let last = self.actions.last()?;
-        let entered = self
-            .actions
+    /// The latest visit that counts (the trailing run of actions of one step), without
+    /// building the whole list.
+    pub fn last_visit(&self, steps: &[StepPlan]) -> Option<Visit> {
+        let actions = self.effective(steps);
+        let last = actions.last()?;
+        let entered = actions
             .iter()
             .rev()
             .take_while(|a| a.step == last.step)
@@ -85,9 +107,9 @@ impl Instance {
         })
     }
 
-    /// When the instance completed: its latest visit is to a final step.
+    /// When the instance completed: its first visit to a final step.
     pub fn completed(&self, steps: &[StepPlan]) -> Option<i64> {
-        completion(self.last_visit()?, steps)
+        completion(self.last_visit(steps)?, steps)
     }
 
     pub fn ended(&self, steps: &[StepPlan]) -> Option<i64> {
@@ -96,7 +118,7 @@ impl Instance {
 
     /// The step sequence, `apply>review>apply>review>issue`.
     pub fn variant(&self, steps: &[StepPlan]) -> String {
-        variant_of(&self.visits(), steps)
+        variant_of(&self.visits(steps), steps)
     }
 
     /// Everything the instance contributes, sorted. `variant` interns a step sequence.
@@ -106,7 +128,7 @@ impl Instance {
         outcomes: usize,
         variant: &mut impl FnMut(String) -> u32,
     ) -> Vec<Contribution> {
-        let visits = self.visits();
+        let visits = self.visits(steps);
         let Some(first) = visits.first() else {
             return Vec::new();
         };

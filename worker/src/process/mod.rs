@@ -427,7 +427,7 @@ impl ProcessState {
             self.timers[idx].insert((forget, TimerKind::Forget, key.clone()));
             return;
         }
-        if let Some(last) = instance.last_visit()
+        if let Some(last) = instance.last_visit(&self.plan.steps)
             && let Some(sla) = self
                 .plan
                 .steps
@@ -598,13 +598,16 @@ impl ProcessEngine {
         // Taken out of its slot while it changes, and put back: no copy and no key allocation
         // per action.
         let taken = state.instances.get_mut(key.as_ref()).map(std::mem::take);
+        let mut after_end_before = 0;
         let (mut instance, old) = match taken {
             Some(i) => {
                 let duplicate = !applied.tracking_number.is_empty()
                     && i.actions
                         .iter()
                         .any(|a| a.tracking_number == applied.tracking_number);
-                let after_end = i.ended(&state.plan.steps).is_some_and(|e| t > e);
+                // After completion an action is kept but does not count (see
+                // `Instance::effective`); after abandonment it is refused.
+                let after_end = i.abandoned.is_some_and(|e| t > e);
                 if duplicate || after_end || i.actions.len() >= ACTION_LIMIT {
                     if duplicate {
                         state.counts.duplicates += 1;
@@ -619,6 +622,7 @@ impl ProcessEngine {
                     return Ok(());
                 }
                 let old = state.contributions(&i);
+                after_end_before = i.after_end(&state.plan.steps);
                 (i, Some(old))
             }
             None => (
@@ -650,6 +654,8 @@ impl ProcessEngine {
         if changed {
             instance.combo = state.combos.id(&instance.dimensions);
         }
+        let after_end = instance.after_end(&state.plan.steps);
+        state.counts.after_end += after_end.saturating_sub(after_end_before) as u64;
         let new = state.contributions(&instance);
         match old {
             Some(old) if old_combo == instance.combo => {
@@ -703,7 +709,7 @@ impl ProcessEngine {
                     continue;
                 };
                 let ended = instance.ended(&state.plan.steps);
-                let current = instance.last_visit();
+                let current = instance.last_visit(&state.plan.steps);
                 let sla = current
                     .and_then(|v| state.plan.steps.get(usize::from(v.step)))
                     .and_then(|s| s.sla);
