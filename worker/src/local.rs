@@ -484,14 +484,44 @@ impl JoinOutput for Outputs {
     }
 }
 
+/// The files a path names: itself, or the `*.yaml`/`*.yml` files under a directory (sorted,
+/// recursively). Hidden entries are skipped: a mounted ConfigMap's `..data` and timestamped
+/// directories hold the same files its visible links point to.
+pub fn collect_yaml(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        entries.sort();
+        for entry in entries {
+            let hidden = entry
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if entry.is_dir() || entry.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                collect_yaml(&entry, files)?;
+            }
+        }
+    } else {
+        files.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
 /// Loads the pipeline named (or the only one) and the definitions it uses from the files,
 /// validated exactly as the operator validates them.
 pub fn load_pipeline(
     resources: &[PathBuf],
     name: Option<&str>,
 ) -> anyhow::Result<(JoinPipeline, Vec<(String, ProcessDefinitionSpec)>)> {
-    let mut all = Vec::new();
+    let mut files = Vec::new();
     for path in resources {
+        collect_yaml(path, &mut files).with_context(|| format!("reading {}", path.display()))?;
+    }
+    let mut all = Vec::new();
+    for path in &files {
         all.extend(read_file(path)?);
     }
     let pipelines: Vec<&JoinPipeline> = all

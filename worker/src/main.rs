@@ -1,6 +1,6 @@
 //! `weft-worker`: the Weft stream worker.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -312,7 +312,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut files = Vec::new();
     for path in paths {
-        collect_yaml(path, &mut files).with_context(|| format!("reading {}", path.display()))?;
+        weft_worker::local::collect_yaml(path, &mut files)
+            .with_context(|| format!("reading {}", path.display()))?;
     }
     let mut resources = Vec::new();
     for file in &files {
@@ -337,23 +338,6 @@ fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn collect_yaml(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()?;
-        entries.sort();
-        for entry in entries {
-            if entry.is_dir() || entry.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                collect_yaml(&entry, files)?;
-            }
-        }
-    } else {
-        files.push(path.to_path_buf());
-    }
-    Ok(())
-}
-
 /// The pod's ordinal: the number after the last `-` of the pod name.
 fn ordinal_from_hostname() -> Option<u32> {
     let host = std::env::var("HOSTNAME").ok()?;
@@ -363,12 +347,8 @@ fn ordinal_from_hostname() -> Option<u32> {
 fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
-    let mut files = Vec::new();
-    for path in &args.resources {
-        collect_yaml(path, &mut files).with_context(|| format!("reading {}", path.display()))?;
-    }
     let (pipeline, processes) =
-        weft_worker::local::load_pipeline(&files, args.pipeline.as_deref())?;
+        weft_worker::local::load_pipeline(&args.resources, args.pipeline.as_deref())?;
     let ordinal = match args.ordinal.or_else(ordinal_from_hostname) {
         Some(o) => o,
         None => anyhow::bail!(
@@ -416,6 +396,8 @@ fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = weft_worker::run::RunOptions {
         pipeline,
         processes,
+        config: args.resources.clone(),
+        pipeline_name: args.pipeline.clone(),
         namespace: args.namespace,
         ordinal,
         replicas: args.replicas,

@@ -82,6 +82,8 @@ impl Setup {
         RunOptions {
             pipeline: self.pipeline.clone(),
             processes: self.processes.clone(),
+            config: Vec::new(),
+            pipeline_name: None,
             namespace: "test".into(),
             ordinal,
             replicas,

@@ -55,12 +55,55 @@ fn wait_for(what: &str, worker: &mut Child, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The value of the first sample of `name` on /metrics.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn edit(path: &std::path::Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from:?} in {}", path.display());
+    // Replaced whole, as the kubelet swaps a ConfigMap's files.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text.replace(from, to)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Kills the worker if the test fails before it stopped it.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
 }
 
 fn terminate(worker: &mut Child) -> std::process::ExitStatus {
@@ -140,6 +183,7 @@ fn the_worker_serves_its_admin_api_stops_on_sigterm_and_resumes() {
             .args(["--checkpoint-interval", "1h", "--log-format", "json"])
             .stderr(std::fs::File::create(dir.path().join("worker.log")).unwrap())
             .spawn()
+            .map(Running)
             .unwrap()
     };
     let mut worker = start();
@@ -196,8 +240,41 @@ fn the_worker_serves_its_admin_api_stops_on_sigterm_and_resumes() {
         "{metrics}"
     );
 
+    let started = sample(&metrics, "weft_process_instances_started_total").unwrap();
+    assert!(started > 0.0);
+
+    // A changed definition applies without a restart, and the instances stay.
+    let definition = config.join("processdefinition.yaml");
+    let checkpoints = status(port).unwrap().last_checkpoint.unwrap().number;
+    edit(&definition, "sla: 48h", "sla: 24h");
+    wait_for(
+        "the reload and the checkpoint after it",
+        &mut worker,
+        || {
+            status(port).is_some_and(|s| {
+                s.config.reloads == 1 && s.last_checkpoint.is_some_and(|c| c.number > checkpoints)
+            })
+        },
+    );
+    let (_, metrics) = http(port, "GET", "/metrics", None).unwrap();
+    assert_eq!(
+        sample(&metrics, "weft_process_instances_started_total"),
+        Some(started)
+    );
+    // An invalid change is refused and reported; the worker runs on.
+    edit(&definition, "sla: 24h", "sla: soon");
+    wait_for("the refused change", &mut worker, || {
+        status(port).is_some_and(|s| s.config.error.is_some())
+    });
+    assert_eq!(status(port).unwrap().config.reloads, 1);
+    assert!(status(port).unwrap().ready);
+
     let exit = terminate(&mut worker);
     assert!(exit.success(), "{exit}");
+    // Changed while stopped: a step renamed. The restart restores the state under the
+    // definitions it was saved with, then applies the new ones.
+    edit(&definition, "sla: soon", "sla: 24h");
+    edit(&definition, "name: make", "name: produce");
 
     // Started again: it resumes from its checkpoint, not from the beginning.
     let mut worker = start();
@@ -207,6 +284,16 @@ fn the_worker_serves_its_admin_api_stops_on_sigterm_and_resumes() {
     let s = status(port).unwrap();
     let resumed: i64 = s.partitions.iter().map(|p| p.checkpointed_offset).sum();
     assert!(resumed > 0, "{s:?}");
+    http(port, "POST", "/v1/checkpoint", Some("s3cret")).unwrap();
+    wait_for("a checkpoint after the restart", &mut worker, || {
+        status(port).and_then(|s| s.last_checkpoint).is_some()
+    });
+    let (_, metrics) = http(port, "GET", "/metrics", None).unwrap();
+    assert_eq!(
+        sample(&metrics, "weft_process_instances_started_total"),
+        Some(started)
+    );
+    assert!(metrics.contains("step=\"produce\""), "{metrics}");
     let exit = terminate(&mut worker);
     assert!(exit.success(), "{exit}");
     let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
@@ -215,4 +302,5 @@ fn the_worker_serves_its_admin_api_stops_on_sigterm_and_resumes() {
             .any(|l| l.starts_with('{') && l.contains("stopped after a final checkpoint")),
         "{log}"
     );
+    assert!(log.contains("ProcessDefinitions changed since the last checkpoint"));
 }

@@ -49,6 +49,7 @@ impl Shared {
         if let Ok(metrics) = self.metrics.lock() {
             metrics.ready.set(i64::from(ready));
         }
+        self.update_status(|s| s.ready = ready);
     }
 
     pub fn status(&self) -> Status {
@@ -79,6 +80,21 @@ pub struct Status {
     pub events: u64,
     pub partitions: Vec<PartitionStatus>,
     pub last_checkpoint: Option<CheckpointStatus>,
+    pub config: ConfigStatus,
+}
+
+/// The configuration the worker runs on.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigStatus {
+    /// The ProcessDefinitions in use.
+    pub definitions: Vec<String>,
+    /// Times changed definitions were applied without a restart.
+    pub reloads: u64,
+    /// The JoinPipeline changed in a way that applies only after a restart.
+    pub restart_required: bool,
+    /// Why the latest change was not applied.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]

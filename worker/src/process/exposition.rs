@@ -15,7 +15,8 @@ type Labels = Vec<(&'static str, String)>;
 
 fn counter(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
     let family = Family::<Labels, Counter>::default();
-    registry.register(name, help, family.clone());
+    // prometheus-client ends the help text with its own period.
+    registry.register(name, help.trim_end_matches('.'), family.clone());
     family
 }
 
@@ -25,7 +26,7 @@ fn gauge(
     help: &str,
 ) -> Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> {
     let family = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-    registry.register(name, help, family.clone());
+    registry.register(name, help.trim_end_matches('.'), family.clone());
     family
 }
 
@@ -138,7 +139,7 @@ pub fn register(registry: &mut Registry, processes: &[(String, Totals, Vec<Strin
 
 /// The totals as Prometheus text.
 pub fn render(processes: &[(String, Totals, Vec<String>)]) -> String {
-    let mut registry = Registry::with_prefix("");
+    let mut registry = Registry::default();
     register(&mut registry, processes);
     let mut out = String::new();
     // Writing to a String cannot fail.
@@ -173,15 +174,18 @@ mod tests {
             r#"weft_process_returns_total{process="cards",from="review",to="apply"} 1"#,
             r#"weft_process_unmatched_actions_total{process="cards"} 2"#,
         ] {
-            assert!(text.contains(line), "{line} not in\n{text}");
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
         let p50 = text
             .lines()
             .find(|l| {
-                l.contains(r#"step_duration_seconds{process="cards",step="review",quantile="0.5"}"#)
+                l.starts_with(
+                    r#"weft_process_step_duration_seconds{process="cards",step="review",quantile="0.5"}"#,
+                )
             })
             .unwrap();
         let v: f64 = p50.rsplit(' ').next().unwrap().parse().unwrap();
         assert!((v - 90.0).abs() < 0.9, "{p50}");
+        assert!(!text.contains(".."), "help text ends with one period");
     }
 }

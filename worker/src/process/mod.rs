@@ -24,6 +24,7 @@ pub mod exposition;
 pub mod instance;
 pub mod plan;
 pub mod predicate;
+pub mod reconfigure;
 pub mod record;
 pub mod sketch;
 
@@ -215,6 +216,8 @@ pub struct ProcessMeta {
 pub struct ProcessChanges {
     pub instances: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub aggregates: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Replace the stored state whole: these changes are all of it.
+    pub rewrite: bool,
 }
 
 impl ProcessState {
@@ -287,6 +290,39 @@ impl ProcessState {
     /// kept after it was emitted: at least the join's lateness, and ten windows.
     fn retention(&self, lateness: i64) -> i64 {
         (self.plan.window * 10).max(lateness)
+    }
+
+    /// Takes back what an instance contributed (`old`, under its combination then) and adds
+    /// what it contributes now; only the difference when the combination is the same.
+    fn replace(
+        &mut self,
+        kg: u16,
+        wm: i64,
+        lateness: i64,
+        old: Option<(u32, Vec<instance::Contribution>)>,
+        combo: u32,
+        new: Vec<instance::Contribution>,
+    ) {
+        match old {
+            Some((old_combo, old)) if old_combo == combo => {
+                for (c, w) in instance::difference(&old, &new) {
+                    self.apply(kg, wm, lateness, combo, c, w);
+                }
+            }
+            Some((old_combo, old)) => {
+                for c in old {
+                    self.apply(kg, wm, lateness, old_combo, c, -1);
+                }
+                for c in new {
+                    self.apply(kg, wm, lateness, combo, c, 1);
+                }
+            }
+            None => {
+                for c in new {
+                    self.apply(kg, wm, lateness, combo, c, 1);
+                }
+            }
+        }
     }
 
     fn contributions(&mut self, instance: &Instance) -> Vec<instance::Contribution> {
@@ -463,6 +499,8 @@ pub struct ProcessEngine {
     pub processes: Vec<ProcessState>,
     watermarks: Vec<i64>,
     buf: Vec<u8>,
+    /// The next checkpoint rewrites the stage's state whole (after a reconfiguration).
+    rewrite: bool,
 }
 
 impl ProcessEngine {
@@ -482,6 +520,7 @@ impl ProcessEngine {
                 .collect(),
             watermarks: vec![i64::MIN; usize::from(owned.len())],
             buf: Vec::with_capacity(1024),
+            rewrite: false,
         }
     }
 
@@ -657,26 +696,14 @@ impl ProcessEngine {
         let after_end = instance.after_end(&state.plan.steps);
         state.counts.after_end += after_end.saturating_sub(after_end_before) as u64;
         let new = state.contributions(&instance);
-        match old {
-            Some(old) if old_combo == instance.combo => {
-                for (c, w) in instance::difference(&old, &new) {
-                    state.apply(kg, wm, lateness, instance.combo, c, w);
-                }
-            }
-            Some(old) => {
-                for c in old {
-                    state.apply(kg, wm, lateness, old_combo, c, -1);
-                }
-                for c in new {
-                    state.apply(kg, wm, lateness, instance.combo, c, 1);
-                }
-            }
-            None => {
-                for c in new {
-                    state.apply(kg, wm, lateness, instance.combo, c, 1);
-                }
-            }
-        }
+        state.replace(
+            kg,
+            wm,
+            lateness,
+            old.map(|o| (old_combo, o)),
+            instance.combo,
+            new,
+        );
         state.set_timers(idx, &mut instance, lateness);
         if !state.dirty.contains_key(key.as_ref()) {
             state.dirty.insert(key.to_string(), kg);
@@ -834,7 +861,10 @@ impl ProcessEngine {
     /// the definition's index (BE u16), the instance key. Aggregate keys: key group,
     /// definition, window start (order-preserving), then the metric and combination.
     pub fn checkpoint_changes(&mut self) -> ProcessChanges {
-        let mut changes = ProcessChanges::default();
+        let mut changes = ProcessChanges {
+            rewrite: std::mem::take(&mut self.rewrite),
+            ..ProcessChanges::default()
+        };
         for (p, state) in self.processes.iter_mut().enumerate() {
             for (key, kg) in std::mem::take(&mut state.dirty) {
                 let value = state.instances.get(&key).map(|i| {

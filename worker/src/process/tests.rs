@@ -408,3 +408,99 @@ fn an_instance_without_actions_for_instance_timeout_is_abandoned() {
         .unwrap();
     assert_eq!(abandoned["windowStart"], T0 + 90 * MIN);
 }
+
+/// The hand log's definition without its `issue` step, `reject` listed before `activate`.
+fn definition_without_issue() -> ProcessDefinitionSpec {
+    let mut spec = definition();
+    spec.steps.retain(|s| s.name != "issue");
+    spec.steps.swap(2, 3);
+    spec
+}
+
+/// Runs `log[..split]` under `first`, reconfigures to `then`, runs the rest.
+fn run_reconfigured(
+    first: &ProcessDefinitionSpec,
+    then: &ProcessDefinitionSpec,
+    split: usize,
+) -> (ProcessEngine, Recorded, reconfigure::Reconfigured) {
+    let log = hand_log();
+    let owned = KeyGroupRange { start: 0, end: 4 };
+    let plan = |spec| ProcessPlan::compile("cards", spec).unwrap();
+    let mut e = ProcessEngine::new(vec![plan(first)], 4, owned, 24 * 60 * MIN);
+    let mut out = Recorded::default();
+    for a in &log[..split] {
+        e.apply(a, &mut out).unwrap();
+    }
+    let report = e.reconfigure(vec![plan(then)]);
+    for a in &log[split..] {
+        e.apply(a, &mut out).unwrap();
+    }
+    e.finish(&mut out);
+    (e, out, report)
+}
+
+#[test]
+fn reconfiguring_with_the_same_definition_changes_nothing() {
+    let (whole, want, _) = run_reconfigured(&definition(), &definition(), 0);
+    for split in [3, 7, 11] {
+        let (e, got, report) = run_reconfigured(&definition(), &definition(), split);
+        assert_eq!(report.kept, vec!["cards".to_string()]);
+        assert_eq!((report.dropped_actions, report.dropped_aggregates), (0, 0));
+        assert_eq!(
+            e.processes[0].totals(),
+            whole.processes[0].totals(),
+            "split {split}"
+        );
+        assert_eq!(got.latest(), want.latest(), "split {split}");
+        assert_eq!(got.alerts, want.alerts, "split {split}");
+    }
+}
+
+#[test]
+fn a_changed_definition_keeps_its_instances_and_maps_metrics_by_step_name() {
+    let changed = definition_without_issue();
+    // Under the new definition from the start: `issue` actions match nothing.
+    let (fresh, fresh_out, _) = run_reconfigured(&changed, &changed, 0);
+    let want = fresh.processes[0].totals();
+    assert_eq!(want.unmatched, 2, "x1 and a3");
+
+    // Changed before any `issue` action: exactly the same results.
+    let (e, out, report) = run_reconfigured(&definition(), &changed, 7);
+    assert_eq!(report.dropped_actions, 0);
+    assert_eq!(e.processes[0].totals(), want);
+    assert_eq!(out.sums(), fresh_out.sums());
+
+    // Changed after A's `issue` action: it is dropped from A's history, and every metric
+    // that counts (A is still completed, its review still ends when it was left) agrees.
+    let (e, _, report) = run_reconfigured(&definition(), &changed, 11);
+    assert_eq!(report.dropped_actions, 1);
+    assert!(report.dropped_aggregates > 0, "issue's aggregates");
+    let mut got = e.processes[0].totals();
+    assert_eq!(got.unmatched, 1, "a3 was matched before the change");
+    got.unmatched = want.unmatched;
+    // A left review within its SLA under the old definition (at `issue`); an alert is an
+    // event at the moment of the breach, not recomputed when the history changes.
+    assert!(got.sla_breaches.is_empty());
+    let mut want = want;
+    want.sla_breaches.clear();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn definitions_are_added_and_removed_by_name() {
+    let log = hand_log();
+    let owned = KeyGroupRange { start: 0, end: 1 };
+    let plan = |name| ProcessPlan::compile(name, &definition()).unwrap();
+    let mut e = ProcessEngine::new(vec![plan("old")], 1, owned, 24 * 60 * MIN);
+    let mut out = Recorded::default();
+    for a in &log {
+        e.apply(a, &mut out).unwrap();
+    }
+    let report = e.reconfigure(vec![plan("new")]);
+    assert_eq!(report.added, vec!["new".to_string()]);
+    assert_eq!(report.removed, vec!["old".to_string()]);
+    assert_eq!(e.processes[0].totals().started, 0);
+    // The next checkpoint replaces the stored state whole.
+    assert!(e.checkpoint_changes().rewrite);
+    assert!(!e.checkpoint_changes().rewrite);
+}

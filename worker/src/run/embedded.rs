@@ -81,6 +81,8 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         &RunOptions {
             pipeline: pipeline.clone(),
             processes,
+            config: Vec::new(),
+            pipeline_name: None,
             namespace: "local".into(),
             ordinal: 0,
             replicas: 1,

@@ -17,6 +17,7 @@
 //! its share of the raw partitions is done, each worker's join one to every actions partition
 //! when its key groups are done; a partition has ended when all workers' markers are in.
 
+pub mod config;
 pub mod embedded;
 pub mod outputs;
 
@@ -49,6 +50,10 @@ use crate::sources::{DeadLetterReason, Extracted, Rejection, SourcePlan};
 use crate::state::Store;
 use outputs::{JoinOutputs, Outputs};
 
+/// Actions held for a definition this worker does not know yet, at most.
+const MAX_PARKED: usize = 100_000;
+/// How long actions wait for a reload that makes their definition known.
+const PARK_TIMEOUT: Duration = Duration::from_secs(60);
 /// Messages taken from one consumer before the next gets its turn.
 const BATCH: usize = 1024;
 /// Process-stage changes that make a checkpoint due (see local mode).
@@ -61,6 +66,12 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RunOptions {
     pub pipeline: JoinPipeline,
     pub processes: Vec<(String, ProcessDefinitionSpec)>,
+    /// The files or directories the pipeline was read from, watched for changes (empty: no
+    /// watching). Changed ProcessDefinitions apply at the next checkpoint; other changes
+    /// need a restart (the operator rolls the pods for those).
+    pub config: Vec<PathBuf>,
+    /// Which JoinPipeline of the files.
+    pub pipeline_name: Option<String>,
     /// The pipeline's namespace: part of the internal topic names.
     pub namespace: String,
     pub ordinal: u32,
@@ -110,6 +121,10 @@ struct WorkerCheckpoint {
     peak_hot_bytes: u64,
     peak_hot_entries: u64,
     bounded: BoundedProgress,
+    /// The definitions the process state was built under: a restart with other ones
+    /// restores under these, then reconfigures.
+    #[serde(default)]
+    definitions: Vec<(String, ProcessDefinitionSpec)>,
 }
 
 /// How far a bounded run has come.
@@ -166,6 +181,8 @@ struct Stages {
     source_ends: BTreeMap<(usize, i32), i64>,
     buf: Vec<u8>,
     latencies: Vec<f64>,
+    parked: Vec<Parked>,
+    parked_since: Option<Instant>,
     started: Instant,
     previous_seconds: f64,
 }
@@ -174,6 +191,34 @@ fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Where a record was read, and its value: from a consumer, or from the parked list.
+struct Received<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    payload: &'a [u8],
+}
+
+impl<'a> Received<'a> {
+    fn of(message: &'a BorrowedMessage<'_>) -> Received<'a> {
+        Received {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            payload: message.payload().unwrap_or_default(),
+        }
+    }
+}
+
+/// An action routed to a definition this worker does not know yet (another worker applied a
+/// configuration change first). Held, and applied after this worker's reload.
+struct Parked {
+    partition: i32,
+    offset: i64,
+    payload: Vec<u8>,
+    process: Vec<u8>,
 }
 
 fn header<'m>(message: &'m BorrowedMessage<'_>, name: &str) -> Option<&'m [u8]> {
@@ -193,7 +238,7 @@ impl Stages {
         &mut self,
         stage: &str,
         source: &str,
-        message: &BorrowedMessage<'_>,
+        message: &Received<'_>,
         rejection: &Rejection,
     ) {
         self.record
@@ -201,23 +246,12 @@ impl Stages {
             .count_dead_letter(stage, rejection.reason.as_str());
         self.buf.clear();
         let origin = Origin::Kafka {
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
+            topic: message.topic,
+            partition: message.partition,
+            offset: message.offset,
         };
-        write_dead_letter(
-            &mut self.buf,
-            source,
-            &origin,
-            message.payload().unwrap_or_default(),
-            rejection,
-        );
-        let key = format!(
-            "{}/{}/{}",
-            message.topic(),
-            message.partition(),
-            message.offset()
-        );
+        write_dead_letter(&mut self.buf, source, &origin, message.payload, rejection);
+        let key = format!("{}/{}/{}", message.topic, message.partition, message.offset);
         let topic = self.topics.dead_letters.clone();
         let record = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
         self.sink
@@ -254,7 +288,9 @@ impl Stages {
                 }
             }
             Ok(Extracted::Filtered) => self.record.counts.filtered += 1,
-            Err(rejection) => self.dead_letter("shuffle", &name, message, &rejection),
+            Err(rejection) => {
+                self.dead_letter("shuffle", &name, &Received::of(message), &rejection)
+            }
         }
     }
 
@@ -278,7 +314,10 @@ impl Stages {
         }
         match input {
             Input::Keyed | Input::Source(_) => self.on_join_input(input, message),
-            Input::Routed => self.on_action(message),
+            Input::Routed => {
+                self.on_action(&Received::of(message), header(message, PROCESS_HEADER));
+                Ok(())
+            }
         }
     }
 
@@ -294,7 +333,7 @@ impl Stages {
                 DeadLetterReason::Foreign,
                 format!("no known {SOURCE_HEADER} header on the keyed topic"),
             );
-            self.dead_letter("join", "-", message, &rejection);
+            self.dead_letter("join", "-", &Received::of(message), &rejection);
             return Ok(());
         };
         let name = self.plans[source].name.clone();
@@ -346,26 +385,42 @@ impl Stages {
             Err(r) => Some(r),
         };
         if let Some(r) = rejection {
-            self.dead_letter("join", &name, message, &r);
+            self.dead_letter("join", &name, &Received::of(message), &r);
         }
         Ok(())
     }
 
-    fn on_action(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
-        let process = header(message, PROCESS_HEADER).and_then(|n| self.process.position(n));
-        let Some(p) = process else {
-            self.record.counts.count_event("process", "-");
-            let rejection = Rejection::new(
-                DeadLetterReason::Foreign,
-                format!("no known {PROCESS_HEADER} header on the actions topic"),
-            );
-            self.dead_letter("process", "-", message, &rejection);
-            return Ok(());
+    fn on_action(&mut self, message: &Received<'_>, process: Option<&[u8]>) {
+        let Some(p) = process.and_then(|n| self.process.position(n)) else {
+            match process {
+                // Routed by a worker that reloaded its configuration first.
+                Some(name) if self.parked.len() < MAX_PARKED => {
+                    if self.parked.is_empty() {
+                        self.parked_since = Some(Instant::now());
+                    }
+                    self.parked.push(Parked {
+                        partition: message.partition,
+                        offset: message.offset,
+                        payload: message.payload.to_vec(),
+                        process: name.to_vec(),
+                    });
+                }
+                _ => {
+                    self.record.counts.count_event("process", "-");
+                    let rejection = Rejection::new(
+                        DeadLetterReason::Foreign,
+                        format!(
+                            "no {PROCESS_HEADER} header naming a ProcessDefinition of this pipeline"
+                        ),
+                    );
+                    self.dead_letter("process", "-", message, &rejection);
+                }
+            }
+            return;
         };
         let name = self.routing[p].name.clone();
         self.record.counts.count_event("process", &name);
-        let payload = message.payload().unwrap_or_default();
-        let rejection = match std::str::from_utf8(payload) {
+        let rejection = match std::str::from_utf8(message.payload) {
             Err(e) => Some(Rejection::new(DeadLetterReason::NotJson, e.to_string())),
             Ok(text) => {
                 let mut out = Outputs {
@@ -383,7 +438,7 @@ impl Stages {
                         DeadLetterReason::WrongPartition,
                         format!(
                             "instance key group {kg} arrived on partition {}",
-                            message.partition()
+                            message.partition
                         ),
                     )),
                 }
@@ -392,7 +447,26 @@ impl Stages {
         if let Some(r) = rejection {
             self.dead_letter("process", &name, message, &r);
         }
-        Ok(())
+    }
+
+    /// Applies the parked actions again: after a reload, or when waiting longer is pointless
+    /// (`give_up`: what is still unknown goes to the dead letters).
+    fn unpark(&mut self, give_up: bool) {
+        let parked = std::mem::take(&mut self.parked);
+        self.parked_since = None;
+        let limit = if give_up { 0 } else { MAX_PARKED };
+        let routed = self.topics.routed_actions.clone();
+        for p in &parked {
+            let received = Received {
+                topic: &routed,
+                partition: p.partition,
+                offset: p.offset,
+                payload: &p.payload,
+            };
+            let known = self.process.position(&p.process).is_some();
+            let name = (known || self.parked.len() < limit).then_some(p.process.as_slice());
+            self.on_action(&received, name);
+        }
     }
 
     /// Bounded runs: key groups whose inputs have all ended run out of time.
@@ -465,6 +539,10 @@ impl Stages {
     /// Flushes the outputs and writes state and offsets in one batch. `Ok(false)` when the
     /// brokers did not acknowledge in time: nothing was written, try again later.
     fn checkpoint(&mut self, evict: Evict, shared: &Shared) -> anyhow::Result<bool> {
+        if !self.parked.is_empty() {
+            // Their offsets are behind what a checkpoint would record.
+            return Ok(false);
+        }
         let t0 = Instant::now();
         let mut out = Outputs {
             sink: &mut self.sink,
@@ -548,6 +626,30 @@ impl Stages {
             }
         });
         Ok(true)
+    }
+
+    /// Applies changed definitions to the process stage and the routing of actions; the
+    /// next checkpoint rewrites the stage's state.
+    fn apply_definitions(
+        &mut self,
+        definitions: config::Definitions,
+        shared: &Shared,
+    ) -> anyhow::Result<()> {
+        let plans = compile_plans(&definitions)?;
+        self.routing = compile_plans(&definitions)?;
+        self.step_names = step_names(&self.routing);
+        let report = self.process.reconfigure(plans);
+        tracing::info!(?report, "applied changed ProcessDefinitions");
+        self.record.definitions = definitions;
+        let names: Vec<String> = self.routing.iter().map(|p| p.name.clone()).collect();
+        shared.update_status(|s| {
+            s.config.definitions = names;
+            s.config.reloads += 1;
+        });
+        if !self.parked.is_empty() {
+            self.unpark(false);
+        }
+        Ok(())
     }
 
     /// Checkpoints, moving state to RocksDB in bounded chunks while over the memory budget.
@@ -669,7 +771,6 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
     });
 
     let routing = compile_plans(&options.processes)?;
-    let process_plans = compile_plans(&options.processes)?;
     let step_names = step_names(&routing);
     let plans: Vec<SourcePlan> = spec.sources.iter().map(SourcePlan::new).collect();
     let mut source_of_topic = HashMap::new();
@@ -745,8 +846,15 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
     }
     let mut join = JoinEngine::new(JoinConfig::new(&spec.join, key_groups), owned);
     join.restore(&record.join_watermarks, record.join.clone(), &store)?;
+    // The state was built under the definitions its checkpoint names; changed ones are
+    // applied after restoring it.
+    let saved = if record.owned.is_some() {
+        std::mem::take(&mut record.definitions)
+    } else {
+        options.processes.clone()
+    };
     let mut process = ProcessEngine::new(
-        process_plans,
+        compile_plans(&saved).context("the definitions of the checkpoint")?,
         key_groups,
         owned,
         i64::try_from(spec.join.lateness.as_millis()).unwrap_or(i64::MAX / 4),
@@ -759,6 +867,14 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
             store.process_aggregates()?,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
+    if saved != options.processes {
+        let report = process.reconfigure(compile_plans(&options.processes)?);
+        tracing::info!(
+            ?report,
+            "ProcessDefinitions changed since the last checkpoint"
+        );
+    }
+    record.definitions = options.processes.clone();
     let sink = KafkaSink::new(&producer_config(&base), health.clone())?;
 
     // The stateful inputs: owned partitions, from the checkpointed offsets.
@@ -897,6 +1013,8 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         source_ends,
         buf: Vec::with_capacity(4096),
         latencies: Vec::new(),
+        parked: Vec::new(),
+        parked_since: None,
         started,
     };
     if stages.record.bounded.finished {
@@ -911,6 +1029,14 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
     let mut last_publish = Instant::now();
     let mut last_probe = Instant::now();
     let mut shuffle_markers_sent = false;
+    let mut watch = config::ConfigWatch::new(
+        options.config.clone(),
+        options.pipeline_name.clone(),
+        spec.clone(),
+        options.processes.clone(),
+    );
+    let names: Vec<String> = stages.routing.iter().map(|p| p.name.clone()).collect();
+    shared.update_status(|s| s.config.definitions = names);
     shared.update_status(|s| s.phase = "running".into());
     shared.set_ready(true);
     tracing::info!(%owned, epoch, bounded = options.bounded, "running");
@@ -919,6 +1045,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         if shared.stop.load(Ordering::Relaxed) {
             shared.set_ready(false);
             shared.update_status(|s| s.phase = "stopping".into());
+            stages.unpark(true);
             // Stop consuming; the final checkpoint waits for the brokers as long as the
             // termination grace period lets it.
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -1000,6 +1127,22 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
             health.brokers_down.store(false, Ordering::Relaxed);
         }
         stages.sink.poll();
+
+        // Parked actions wait for a reload: look for one now, and give up after a while.
+        if let Some(definitions) = watch.poll(!stages.parked.is_empty(), shared) {
+            stages.apply_definitions(definitions, shared)?;
+            shared.checkpoint_requested.store(true, Ordering::Relaxed);
+        }
+        if stages
+            .parked_since
+            .is_some_and(|since| since.elapsed() > PARK_TIMEOUT)
+        {
+            tracing::warn!(
+                parked = stages.parked.len(),
+                "actions for an unknown ProcessDefinition go to the dead letters"
+            );
+            stages.unpark(true);
+        }
 
         let mut due = last_checkpoint.elapsed() >= interval
             || stages.process.unsaved() >= PROCESS_CHANGES_PER_CHECKPOINT

@@ -146,6 +146,10 @@ impl Store {
             (CF_AGGREGATES, &process.aggregates),
         ] {
             let cf = self.cf(family)?;
+            if process.rewrite {
+                // Keys start with the key group (u16): this covers them all.
+                batch.delete_range_cf(cf, &[][..], &[0xffu8; 16][..]);
+            }
             let mut sorted: Vec<&(Vec<u8>, Option<Vec<u8>>)> = changes.iter().collect();
             sorted.sort_by(|a, b| a.0.cmp(&b.0));
             for (key, value) in sorted {
