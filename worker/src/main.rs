@@ -393,6 +393,7 @@ fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
             shared.stop.store(true, Ordering::Relaxed);
         });
     }
+    let assignment = weft_worker::run::read_assignment(&args.state_dir)?;
     let options = weft_worker::run::RunOptions {
         pipeline,
         processes,
@@ -401,7 +402,7 @@ fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
         namespace: args.namespace,
         ordinal,
         replicas: args.replicas,
-        assignment: None,
+        assignment,
         bootstrap_servers: args.bootstrap_servers,
         state_dir: args.state_dir,
         checkpoint_interval: args.checkpoint_interval.map(weft_crds::Duration::std),
@@ -418,6 +419,9 @@ fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         weft_worker::run::Ending::Stopped => tracing::info!("stopped after a final checkpoint"),
+        weft_worker::run::Ending::Reassigned => {
+            tracing::info!("reassigned: exiting to start again with the new key groups");
+        }
         weft_worker::run::Ending::Aborted => {}
     }
     Ok(ExitCode::SUCCESS)

@@ -270,6 +270,32 @@ fn two_workers_give_exactly_the_outputs_of_local_mode() {
     assert_eq!(summaries.iter().map(|s| s.events).sum::<u64>(), lines);
     assert!(summaries.iter().all(|s| s.events > 0));
     assert_same_as_local(&setup, &summaries);
+
+    // The checkpointed offsets are committed under the pipeline's group, for lag monitors:
+    // at the end, every keyed partition is read to its end.
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = setup
+        .kafka
+        .client_config()
+        .set("group.id", &setup.topics.group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..i32::from(setup.pipeline.spec.key_groups) {
+        tpl.add_partition(&setup.topics.keyed, p);
+    }
+    let committed = consumer.committed_offsets(tpl, WAIT).unwrap();
+    for e in committed.elements() {
+        let (_, high) = consumer
+            .fetch_watermarks(&setup.topics.keyed, e.partition(), WAIT)
+            .unwrap();
+        assert_eq!(
+            e.offset().to_raw(),
+            Some(high),
+            "partition {}",
+            e.partition()
+        );
+    }
 }
 
 #[test]

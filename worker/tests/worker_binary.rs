@@ -21,6 +21,16 @@ const WAIT: Duration = Duration::from_secs(90);
 
 /// One HTTP/1.1 request; returns the status code and the body.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    http_with_body(port, method, path, token, "")
+}
+
+fn http_with_body(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -28,7 +38,8 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> Option<(u16
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut response = String::new();
@@ -240,6 +251,30 @@ fn the_worker_serves_its_admin_api_stops_on_sigterm_and_resumes() {
         "{metrics}"
     );
 
+    // An assignment over the API: the same key groups under a new epoch apply at once;
+    // other key groups are refused while this worker holds their state.
+    let assign = |epoch: u64, start: u16, end: u16| {
+        let body = format!(r#"{{"epoch":{epoch},"keyGroups":{{"start":{start},"end":{end}}}}}"#);
+        http_with_body(port, "POST", "/v1/assignment", Some("s3cret"), &body).unwrap()
+    };
+    let all = pipeline.spec.key_groups;
+    assert_eq!(assign(1, 0, all).0, 202);
+    wait_for("the new epoch", &mut worker, || {
+        status(port).is_some_and(|s| s.epoch == 1)
+    });
+    assert_eq!(assign(1, 0, all).0, 409, "an epoch that is not later");
+    assert_eq!(assign(2, 0, all / 2).0, 409, "key groups with state");
+    assert_eq!(assign(2, 0, all + 1).0, 422, "beyond keyGroups");
+    let (code, _) = http_with_body(
+        port,
+        "POST",
+        "/v1/assignment",
+        Some("s3cret"),
+        "{\"epoch\":",
+    )
+    .unwrap();
+    assert!((400..500).contains(&code), "{code}");
+
     let started = sample(&metrics, "weft_process_instances_started_total").unwrap();
     assert!(started > 0.0);
 
@@ -284,6 +319,7 @@ fn the_worker_serves_its_admin_api_stops_on_sigterm_and_resumes() {
     let s = status(port).unwrap();
     let resumed: i64 = s.partitions.iter().map(|p| p.checkpointed_offset).sum();
     assert!(resumed > 0, "{s:?}");
+    assert_eq!(s.epoch, 1, "the assignment file outlives the restart");
     http(port, "POST", "/v1/checkpoint", Some("s3cret")).unwrap();
     wait_for("a checkpoint after the restart", &mut worker, || {
         status(port).and_then(|s| s.last_checkpoint).is_some()

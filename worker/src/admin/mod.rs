@@ -29,6 +29,16 @@ pub struct Shared {
     pub process_exposition: Mutex<String>,
     /// Bearer token of the mutating endpoints; `None` disables them.
     pub token: Option<String>,
+    /// An assignment given through the API, taken by the stages at their next turn.
+    pub assignment_request: Mutex<Option<Assignment>>,
+}
+
+/// Which key groups a worker owns, and the epoch of that decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    pub epoch: u64,
+    pub key_groups: KeyGroupRange,
 }
 
 impl Shared {
@@ -41,6 +51,7 @@ impl Shared {
             status: Mutex::new(Status::default()),
             process_exposition: Mutex::new(String::new()),
             token,
+            assignment_request: Mutex::new(None),
         }
     }
 
@@ -71,6 +82,8 @@ pub struct Status {
     pub ordinal: u32,
     pub replicas: u32,
     pub epoch: u64,
+    /// The pipeline's number of key groups.
+    pub key_groups: u16,
     pub owned: Option<KeyGroupRange>,
     /// restoring, running, stopping, finished.
     pub phase: String,
@@ -124,6 +137,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     // Mutating endpoints: the rescale handoff (export, import, release) joins them here.
     let mutating = Router::new()
         .route("/checkpoint", post(request_checkpoint))
+        .route("/assignment", post(request_assignment))
         .route_layer(middleware::from_fn_with_state(shared.clone(), authorize));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -188,6 +202,60 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
 async fn request_checkpoint(State(shared): State<Arc<Shared>>) -> Response {
     shared.checkpoint_requested.store(true, Ordering::Relaxed);
     (StatusCode::ACCEPTED, "checkpoint requested\n").into_response()
+}
+
+/// A new assignment: a later epoch than the current one, within the pipeline's key groups.
+/// The same key groups apply at once. Other ones only to a worker without state yet, which
+/// restarts with them; moving key groups that hold state is the checkpoint handoff's job.
+async fn request_assignment(
+    State(shared): State<Arc<Shared>>,
+    axum::Json(assignment): axum::Json<Assignment>,
+) -> Response {
+    let status = shared.status();
+    if assignment.epoch <= status.epoch {
+        return (
+            StatusCode::CONFLICT,
+            format!(
+                "epoch {} is not after the current epoch {}\n",
+                assignment.epoch, status.epoch
+            ),
+        )
+            .into_response();
+    }
+    let range = assignment.key_groups;
+    if range.start > range.end || range.end > status.key_groups {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "keyGroups {}..{} is not a range within the pipeline's {} key groups\n",
+                range.start, range.end, status.key_groups
+            ),
+        )
+            .into_response();
+    }
+    if status.owned != Some(range) && status.last_checkpoint.is_some() {
+        return (
+            StatusCode::CONFLICT,
+            format!(
+                "this worker holds state for key groups {}: moving key groups between workers needs the checkpoint handoff\n",
+                status.owned.map_or("none".into(), |o| o.to_string())
+            ),
+        )
+            .into_response();
+    }
+    if let Ok(mut request) = shared.assignment_request.lock() {
+        *request = Some(assignment);
+    }
+    let applies = if status.owned == Some(range) {
+        "now"
+    } else {
+        "at restart"
+    };
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "applies": applies })),
+    )
+        .into_response()
 }
 
 async fn authorize(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {

@@ -100,6 +100,43 @@ pub enum Ending {
     Stopped,
     /// Aborted by fault injection: nothing flushed, nothing checkpointed.
     Aborted,
+    /// Given other key groups over the admin API: stopped after a final checkpoint, to
+    /// start again with them (written to the assignment file).
+    Reassigned,
+}
+
+/// The assignment file in a state directory: an assignment given over the admin API, which
+/// replaces the one derived from the pod's ordinal.
+pub fn assignment_file(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("assignment.json")
+}
+
+/// Reads the assignment file, if there is one.
+pub fn read_assignment(
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Option<(u64, KeyGroupRange)>> {
+    let path = assignment_file(state_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let a: crate::admin::Assignment = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(Some((a.epoch, a.key_groups)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_assignment(
+    state_dir: &std::path::Path,
+    a: &crate::admin::Assignment,
+) -> anyhow::Result<()> {
+    let path = assignment_file(state_dir);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(a)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// The worker's checkpoint record, written in the same batch as the state.
@@ -766,6 +803,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         s.ordinal = options.ordinal;
         s.replicas = options.replicas;
         s.epoch = epoch;
+        s.key_groups = key_groups;
         s.owned = Some(owned);
         s.phase = "restoring".into();
     });
@@ -1056,8 +1094,35 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
                     );
                 }
             }
-            commit_offsets(&stateful, shuffle.as_ref(), &stages);
+            commit_offsets(&stateful, shuffle.as_ref(), &stages, CommitMode::Sync);
             return Ok(Ending::Stopped);
+        }
+        let requested = shared
+            .assignment_request
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take());
+        if let Some(assignment) = requested {
+            std::fs::create_dir_all(&options.state_dir)?;
+            write_assignment(&options.state_dir, &assignment)?;
+            tracing::info!(epoch = assignment.epoch, key_groups = %assignment.key_groups, "new assignment");
+            if assignment.key_groups == stages.owned {
+                stages.epoch = assignment.epoch;
+                shared.update_status(|s| s.epoch = assignment.epoch);
+            } else {
+                shared.set_ready(false);
+                shared.update_status(|s| s.phase = "reassigning".into());
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stages.checkpoint(Evict::Nothing, shared)? {
+                    if Instant::now() > deadline {
+                        bail!(
+                            "the brokers did not acknowledge the outputs; the last checkpoint stands"
+                        );
+                    }
+                }
+                commit_offsets(&stateful, shuffle.as_ref(), &stages, CommitMode::Sync);
+                return Ok(Ending::Reassigned);
+            }
         }
         if let Some(limit) = options.abort_after_events
             && stages.record.counts.events() >= limit
@@ -1197,7 +1262,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
                         bail!("the brokers did not acknowledge the final outputs");
                     }
                 }
-                commit_offsets(&stateful, shuffle.as_ref(), &stages);
+                commit_offsets(&stateful, shuffle.as_ref(), &stages, CommitMode::Sync);
                 stages.publish(shared);
                 shared.set_ready(false);
                 shared.update_status(|s| s.phase = "finished".into());
@@ -1207,7 +1272,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
 
         if due {
             if stages.checkpoint_with_eviction(shared)? {
-                commit_offsets(&stateful, shuffle.as_ref(), &stages);
+                commit_offsets(&stateful, shuffle.as_ref(), &stages, CommitMode::Async);
                 last_checkpoint = Instant::now();
             } else {
                 shared.set_ready(false);
@@ -1238,6 +1303,7 @@ fn commit_offsets(
     stateful: &BaseConsumer<WeftContext>,
     shuffle: Option<&Shuffle>,
     stages: &Stages,
+    mode: CommitMode,
 ) {
     let mut tpl = TopicPartitionList::new();
     for (topic, partitions) in &stages.record.offsets {
@@ -1248,12 +1314,12 @@ fn commit_offsets(
         }
     }
     if tpl.count() > 0
-        && let Err(e) = stateful.commit(&tpl, CommitMode::Async)
+        && let Err(e) = stateful.commit(&tpl, mode)
     {
         tracing::debug!(%e, "committing offsets");
     }
     if let Some(sh) = shuffle
-        && let Err(e) = sh.consumer.commit_consumer_state(CommitMode::Async)
+        && let Err(e) = sh.consumer.commit_consumer_state(mode)
     {
         tracing::debug!(%e, "committing the shuffle's offsets");
     }
