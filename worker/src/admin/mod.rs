@@ -22,6 +22,9 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Graceful stop requested (SIGTERM): stop consuming, flush, checkpoint, exit.
     pub stop: AtomicBool,
+    /// Bounded runs: the inputs are complete, their ends can be read. Cleared by a caller
+    /// that is still producing the input (local mode over embedded Kafka).
+    pub input_complete: AtomicBool,
     /// A checkpoint requested through the API, taken at the next chance.
     pub checkpoint_requested: AtomicBool,
     pub status: Mutex<Status>,
@@ -47,6 +50,7 @@ impl Shared {
             metrics: Mutex::new(WorkerMetrics::new()),
             ready: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            input_complete: AtomicBool::new(true),
             checkpoint_requested: AtomicBool::new(false),
             status: Mutex::new(Status::default()),
             process_exposition: Mutex::new(String::new()),
@@ -91,6 +95,8 @@ pub struct Status {
     pub brokers_down: bool,
     pub last_error: Option<String>,
     pub events: u64,
+    /// Messages read from the sources (each input message once).
+    pub source_events: u64,
     pub partitions: Vec<PartitionStatus>,
     pub last_checkpoint: Option<CheckpointStatus>,
     pub config: ConfigStatus,

@@ -11,6 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use weft_crds::JoinPipeline;
 
@@ -20,7 +21,7 @@ use super::Topics;
 pub type KeyValue = (Option<Vec<u8>>, Vec<u8>);
 
 /// Partitions of each raw source topic and each output topic the embedded cluster creates.
-pub const RAW_PARTITIONS: i32 = 4;
+pub const RAW_PARTITIONS: i32 = 16;
 
 /// A mock cluster with a pipeline's topics.
 pub struct EmbeddedKafka {
@@ -105,26 +106,8 @@ impl EmbeddedKafka {
         let mut n = 0u64;
         for line in lines {
             let partition = (n % partitions.max(1) as u64) as i32;
-            let mut record = BaseRecord::<(), [u8]>::to(topic)
-                .payload(line)
-                .partition(partition);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((
-                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        r,
-                    )) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
-            }
+            send_blocking(&producer, topic, partition, line)?;
             n += 1;
-            if n.is_multiple_of(10_000) {
-                producer.poll(Duration::ZERO);
-            }
         }
         producer.flush(Duration::from_secs(60))?;
         Ok(n)
@@ -138,6 +121,28 @@ impl EmbeddedKafka {
         timeout: Duration,
     ) -> Result<Vec<KeyValue>, EmbeddedError> {
         read_topic(&self.client_config(), topic, timeout)
+    }
+}
+
+/// Sends one record, waiting for room in the producer's queue when it is full.
+pub fn send_blocking(
+    producer: &BaseProducer,
+    topic: &str,
+    partition: i32,
+    value: &[u8],
+) -> Result<(), KafkaError> {
+    let mut record = BaseRecord::<(), [u8]>::to(topic)
+        .payload(value)
+        .partition(partition);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
     }
 }
 

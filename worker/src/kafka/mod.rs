@@ -81,6 +81,8 @@ impl Topics {
 }
 
 /// Client settings from the pipeline's `kafka` section; `bootstrap` overrides its servers.
+/// The pipeline's `kafka.properties` are applied last, by the producer and consumer settings
+/// too: they override Weft's defaults.
 pub fn client_config(pipeline: &JoinPipeline, bootstrap: Option<&str>) -> ClientConfig {
     let kafka = &pipeline.spec.kafka;
     let mut config = ClientConfig::new();
@@ -88,15 +90,19 @@ pub fn client_config(pipeline: &JoinPipeline, bootstrap: Option<&str>) -> Client
         "bootstrap.servers",
         bootstrap.unwrap_or(&kafka.bootstrap_servers),
     );
-    for (key, value) in &kafka.properties {
-        config.set(key, value);
-    }
+    user_properties(&mut config, pipeline);
     config.set_log_level(RDKafkaLogLevel::Warning);
     config
 }
 
+fn user_properties(config: &mut ClientConfig, pipeline: &JoinPipeline) {
+    for (key, value) in &pipeline.spec.kafka.properties {
+        config.set(key, value);
+    }
+}
+
 /// Settings of the producer all stages share.
-pub fn producer_config(base: &ClientConfig) -> ClientConfig {
+pub fn producer_config(base: &ClientConfig, pipeline: &JoinPipeline) -> ClientConfig {
     let mut config = base.clone();
     config
         // Ordered, never duplicated by retries: an end marker follows every record before it.
@@ -109,13 +115,13 @@ pub fn producer_config(base: &ClientConfig) -> ClientConfig {
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "262144")
-        .set("compression.type", "lz4");
+        .set("queue.buffering.max.kbytes", "262144");
+    user_properties(&mut config, pipeline);
     config
 }
 
 /// Settings of a consumer; offsets are stored by the worker, never automatically.
-pub fn consumer_config(base: &ClientConfig, group: &str) -> ClientConfig {
+pub fn consumer_config(base: &ClientConfig, group: &str, pipeline: &JoinPipeline) -> ClientConfig {
     let mut config = base.clone();
     config
         .set("group.id", group)
@@ -124,6 +130,11 @@ pub fn consumer_config(base: &ClientConfig, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "50")
         .set("statistics.interval.ms", "5000");
+    user_properties(&mut config, pipeline);
+    // Offsets are the worker's: never stored or committed behind its back.
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
     config
 }
 

@@ -86,6 +86,41 @@ impl StageCounts {
     pub fn count_dead_letter(&mut self, stage: &str, reason: &str) {
         bump(&mut self.dead_letters, stage, reason);
     }
+
+    pub fn count_out(&mut self, topic: &str) {
+        match self.records_out.get_mut(topic) {
+            Some(n) => *n += 1,
+            None => {
+                self.records_out.insert(topic.to_string(), 1);
+            }
+        }
+    }
+
+    /// These counts plus another stage's.
+    pub fn merged(&self, other: &StageCounts) -> StageCounts {
+        let mut out = self.clone();
+        for (outer, inner) in [
+            (&mut out.events_in, &other.events_in),
+            (&mut out.dead_letters, &other.dead_letters),
+        ] {
+            for (a, m) in inner {
+                for (b, n) in m {
+                    *outer
+                        .entry(a.clone())
+                        .or_default()
+                        .entry(b.clone())
+                        .or_default() += n;
+                }
+            }
+        }
+        for (topic, n) in &other.records_out {
+            *out.records_out.entry(topic.clone()).or_default() += n;
+        }
+        out.filtered += other.filtered;
+        out.source_events += other.source_events;
+        out.after_end += other.after_end;
+        out
+    }
 }
 
 fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, outer: &str, inner: &str) {

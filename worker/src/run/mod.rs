@@ -20,6 +20,7 @@
 pub mod config;
 pub mod embedded;
 pub mod outputs;
+pub mod shuffle;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -39,16 +40,15 @@ use crate::admin::{CheckpointStatus, PartitionStatus, Shared};
 use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinStats};
 use crate::kafka::{
     END_HEADER, Health, PROCESS_HEADER, SOURCE_HEADER, Topics, WeftContext, client_config,
-    consumer_config, ensure_topic, partition_count, producer_config,
+    consumer_config, ensure_topic, producer_config,
 };
 use crate::local::{Summary, SummaryCounts, compile_plans, process_exposition, step_names};
 use crate::metrics::StageCounts;
 use crate::process::{ProcessEngine, ProcessError, ProcessMeta, ProcessPlan};
 use crate::sinks::kafka::{KafkaSink, SinkError};
-use crate::sinks::{Origin, write_dead_letter};
 use crate::sources::{DeadLetterReason, Extracted, Rejection, SourcePlan};
 use crate::state::Store;
-use outputs::{JoinOutputs, Outputs};
+use outputs::{JoinOutputs, Outputs, Received, send_dead_letter};
 
 /// Actions held for a definition this worker does not know yet, at most.
 const MAX_PARKED: usize = 100_000;
@@ -60,8 +60,8 @@ const BATCH: usize = 1024;
 const PROCESS_CHANGES_PER_CHECKPOINT: usize = 300_000;
 /// How long a checkpoint waits for the brokers to acknowledge the outputs before it gives up
 /// and is retried later.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct RunOptions {
     pub pipeline: JoinPipeline,
@@ -162,6 +162,9 @@ struct WorkerCheckpoint {
     /// restores under these, then reconfigures.
     #[serde(default)]
     definitions: Vec<(String, ProcessDefinitionSpec)>,
+    /// The shuffle's counts (it has no state of its own; its offsets are Kafka's).
+    #[serde(default)]
+    shuffle_counts: StageCounts,
 }
 
 /// How far a bounded run has come.
@@ -220,6 +223,8 @@ struct Stages {
     latencies: Vec<f64>,
     parked: Vec<Parked>,
     parked_since: Option<Instant>,
+    /// The shuffle thread's counts, as it last published them.
+    shuffle_counts: Option<Arc<std::sync::Mutex<StageCounts>>>,
     started: Instant,
     previous_seconds: f64,
 }
@@ -228,25 +233,6 @@ fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Where a record was read, and its value: from a consumer, or from the parked list.
-struct Received<'a> {
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-    payload: &'a [u8],
-}
-
-impl<'a> Received<'a> {
-    fn of(message: &'a BorrowedMessage<'_>) -> Received<'a> {
-        Received {
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            payload: message.payload().unwrap_or_default(),
-        }
-    }
 }
 
 /// An action routed to a definition this worker does not know yet (another worker applied a
@@ -278,57 +264,16 @@ impl Stages {
         message: &Received<'_>,
         rejection: &Rejection,
     ) {
-        self.record
-            .counts
-            .count_dead_letter(stage, rejection.reason.as_str());
-        self.buf.clear();
-        let origin = Origin::Kafka {
-            topic: message.topic,
-            partition: message.partition,
-            offset: message.offset,
-        };
-        write_dead_letter(&mut self.buf, source, &origin, message.payload, rejection);
-        let key = format!("{}/{}/{}", message.topic, message.partition, message.offset);
-        let topic = self.topics.dead_letters.clone();
-        let record = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
-        self.sink
-            .send(&topic, None, Some(key.as_bytes()), record, None);
-        *self.record.counts.records_out.entry(topic).or_default() += 1;
-    }
-
-    /// Shuffle: parse, filter, route to the keyed partition of the key group.
-    fn on_shuffle(&mut self, message: &BorrowedMessage<'_>) {
-        let Some(&source) = self.source_of_topic.get(message.topic()) else {
-            return;
-        };
-        let name = self.plans[source].name.clone();
-        self.record.counts.count_event("shuffle", &name);
-        self.record.counts.source_events += 1;
-        let payload = message.payload().unwrap_or_default();
-        match self.plans[source].extract(payload) {
-            Ok(Extracted::Message(msg)) => {
-                let kg =
-                    weft_crds::keygroup::key_group(msg.tracking_number.as_bytes(), self.key_groups);
-                let topic = &self.topics.keyed;
-                self.sink.send(
-                    topic,
-                    Some(i32::from(kg)),
-                    Some(msg.tracking_number.as_bytes()),
-                    payload,
-                    Some((SOURCE_HEADER, name.as_bytes())),
-                );
-                match self.record.counts.records_out.get_mut(topic) {
-                    Some(n) => *n += 1,
-                    None => {
-                        self.record.counts.records_out.insert(topic.clone(), 1);
-                    }
-                }
-            }
-            Ok(Extracted::Filtered) => self.record.counts.filtered += 1,
-            Err(rejection) => {
-                self.dead_letter("shuffle", &name, &Received::of(message), &rejection)
-            }
-        }
+        send_dead_letter(
+            &mut self.sink,
+            &self.topics,
+            &mut self.record.counts,
+            &mut self.buf,
+            stage,
+            source,
+            message,
+            rejection,
+        );
     }
 
     /// A message of a stateful input: the join's keyed or pre-partitioned input, or the
@@ -600,6 +545,9 @@ impl Stages {
             Err(e) => return Err(e.into()),
         }
         self.health.brokers_down.store(false, Ordering::Relaxed);
+        if let Some(counts) = self.shuffle_counts.as_ref().and_then(|c| c.lock().ok()) {
+            self.record.shuffle_counts.clone_from(&counts);
+        }
         let r = &mut self.record;
         r.checkpoints += 1;
         r.seconds = self.previous_seconds + self.started.elapsed().as_secs_f64();
@@ -689,6 +637,28 @@ impl Stages {
         Ok(())
     }
 
+    /// The shuffle's counts and this thread's, together.
+    fn all_counts(&self) -> StageCounts {
+        let shuffle = self
+            .shuffle_counts
+            .as_ref()
+            .and_then(|c| c.lock().ok().map(|c| c.clone()))
+            .unwrap_or_default();
+        self.record.counts.merged(&shuffle)
+    }
+
+    /// The last checkpoint before the worker exits: it waits for the brokers as long as a
+    /// termination grace period allows.
+    fn final_checkpoint(&mut self, evict: Evict, shared: &Shared) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.checkpoint(evict, shared)? {
+            if Instant::now() > deadline {
+                bail!("the brokers did not acknowledge the outputs; the last checkpoint stands");
+            }
+        }
+        Ok(())
+    }
+
     /// Checkpoints, moving state to RocksDB in bounded chunks while over the memory budget.
     fn checkpoint_with_eviction(&mut self, shared: &Shared) -> anyhow::Result<bool> {
         let mut evict = Evict::first(self.join.hot_bytes() > self.max_hot_bytes);
@@ -708,8 +678,9 @@ impl Stages {
     /// Publishes counts, gauges and the status.
     fn publish(&mut self, shared: &Shared) {
         let brokers_down = self.health.brokers_down.load(Ordering::Relaxed);
+        let counts = self.all_counts();
         if let Ok(mut m) = shared.metrics.lock() {
-            m.publish(&self.record.counts);
+            m.publish(&counts);
             m.pending_entries.set(self.join.hot_pending() as i64);
             m.hot_state_bytes.set(self.join.hot_bytes() as i64);
             for latency in self.latencies.drain(..) {
@@ -732,8 +703,10 @@ impl Stages {
             }
         }
         self.latencies.clear();
-        let events = self.record.counts.events();
+        let events = counts.events();
+        let source_events = counts.source_events;
         shared.update_status(|s| {
+            s.source_events = source_events;
             s.brokers_down = brokers_down;
             s.last_error = self.health.last_error();
             s.events = events;
@@ -759,12 +732,13 @@ impl Stages {
 
     fn summary(&self) -> Summary {
         let r = &self.record;
+        let counts = self.all_counts();
         Summary::build(
             self.name.clone(),
             &SummaryCounts {
-                events: r.counts.source_events,
-                filtered: r.counts.filtered,
-                dead_letters_by_reason: r.counts.dead_letters_by_reason(),
+                events: counts.source_events,
+                filtered: counts.filtered,
+                dead_letters_by_reason: counts.dead_letters_by_reason(),
                 seconds: r.seconds,
                 checkpoints: r.checkpoints,
                 restarts: r.restarts,
@@ -777,14 +751,6 @@ impl Stages {
             &self.process,
         )
     }
-}
-
-/// The consumer of the shuffle stage and, in bounded runs, where its share ends.
-struct Shuffle {
-    consumer: BaseConsumer<WeftContext>,
-    /// Bounded runs: (topic, partition) → end offset; removed once reached.
-    remaining: BTreeMap<(String, i32), i64>,
-    ended: bool,
 }
 
 /// Runs the stages until a bounded run ends, a stop is requested, or an error.
@@ -832,7 +798,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
     let context = || WeftContext {
         health: health.clone(),
     };
-    let stateful: BaseConsumer<WeftContext> = consumer_config(&base, &topics.group)
+    let stateful: BaseConsumer<WeftContext> = consumer_config(&base, &topics.group, pipeline)
         .create_with_context(context())
         .context("creating the consumer")?;
     let kg_count = usize::from(key_groups);
@@ -913,7 +879,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         );
     }
     record.definitions = options.processes.clone();
-    let sink = KafkaSink::new(&producer_config(&base), health.clone())?;
+    let sink = KafkaSink::new(&producer_config(&base, pipeline), health.clone())?;
 
     // The stateful inputs: owned partitions, from the checkpointed offsets.
     let mut offsets = BTreeMap::new();
@@ -963,68 +929,6 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         .context("assigning the owned partitions")?;
     shared.update_status(|s| s.partitions = statuses);
 
-    // The shuffle: a consumer group over the raw topics; a bounded run takes a fixed share of
-    // their partitions instead (by ordinal), up to the ends they have now.
-    let mut shuffle = None;
-    if !source_of_topic.is_empty() {
-        let consumer: BaseConsumer<WeftContext> = consumer_config(&base, &topics.shuffle_group)
-            .create_with_context(context())
-            .context("creating the shuffle consumer")?;
-        let mut remaining = BTreeMap::new();
-        if options.bounded {
-            let mut all = Vec::new();
-            let mut raw: Vec<&String> = source_of_topic.keys().collect();
-            raw.sort();
-            for topic in raw {
-                let n = partition_count(&consumer, topic, METADATA_TIMEOUT)?.unwrap_or(0);
-                for p in 0..n {
-                    all.push((topic.clone(), i32::try_from(p)?));
-                }
-            }
-            let mine: Vec<(String, i32)> = all
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| {
-                    *i as u64 % u64::from(options.replicas.max(1)) == u64::from(options.ordinal)
-                })
-                .map(|(_, tp)| tp)
-                .collect();
-            let mut tpl = TopicPartitionList::new();
-            for (topic, p) in &mine {
-                tpl.add_partition(topic, *p);
-            }
-            let committed = consumer
-                .committed_offsets(tpl, METADATA_TIMEOUT)
-                .context("reading the shuffle's committed offsets")?;
-            let mut start = TopicPartitionList::new();
-            for (topic, p) in &mine {
-                let (_, high) = consumer.fetch_watermarks(topic, *p, METADATA_TIMEOUT)?;
-                let from = committed
-                    .find_partition(topic, *p)
-                    .map(|e| e.offset())
-                    .and_then(|o| o.to_raw())
-                    .filter(|o| *o >= 0);
-                if from.unwrap_or(0) < high {
-                    remaining.insert((topic.clone(), *p), high);
-                    start.add_partition_offset(
-                        topic,
-                        *p,
-                        from.map_or(Offset::Beginning, Offset::Offset),
-                    )?;
-                }
-            }
-            consumer.assign(&start)?;
-        } else {
-            let raw: Vec<&str> = source_of_topic.keys().map(String::as_str).collect();
-            consumer.subscribe(&raw)?;
-        }
-        shuffle = Some(Shuffle {
-            consumer,
-            ended: options.bounded && remaining.is_empty(),
-            remaining,
-        });
-    }
-
     let mut stages = Stages {
         name,
         topics,
@@ -1053,6 +957,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         latencies: Vec::new(),
         parked: Vec::new(),
         parked_since: None,
+        shuffle_counts: None,
         started,
     };
     if stages.record.bounded.finished {
@@ -1066,7 +971,28 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
     let mut last_checkpoint = Instant::now();
     let mut last_publish = Instant::now();
     let mut last_probe = Instant::now();
-    let mut shuffle_markers_sent = false;
+    let mut shuffle = if stages.source_of_topic.is_empty() {
+        None
+    } else {
+        let sh = shuffle::Shuffle::start(
+            shuffle::ShuffleConfig {
+                consumer: consumer_config(&base, &stages.topics.shuffle_group, pipeline),
+                producer: producer_config(&base, pipeline),
+                health: health.clone(),
+                topics: stages.topics.clone(),
+                key_groups,
+                plans: spec.sources.iter().map(SourcePlan::new).collect(),
+                source_of_topic: stages.source_of_topic.clone(),
+                ordinal: options.ordinal,
+                replicas: options.replicas,
+                bounded: options.bounded,
+                counts: stages.record.shuffle_counts.clone(),
+            },
+            shared.clone(),
+        )?;
+        stages.shuffle_counts = Some(sh.counts_handle());
+        Some(sh)
+    };
     let mut watch = config::ConfigWatch::new(
         options.config.clone(),
         options.pipeline_name.clone(),
@@ -1084,17 +1010,11 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
             shared.set_ready(false);
             shared.update_status(|s| s.phase = "stopping".into());
             stages.unpark(true);
-            // Stop consuming; the final checkpoint waits for the brokers as long as the
-            // termination grace period lets it.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !stages.checkpoint(Evict::Nothing, shared)? {
-                if Instant::now() > deadline {
-                    bail!(
-                        "the brokers did not acknowledge the outputs; the last checkpoint stands"
-                    );
-                }
+            stages.final_checkpoint(Evict::Nothing, shared)?;
+            commit_offsets(&stateful, &stages, CommitMode::Sync);
+            if let Some(sh) = shuffle.take() {
+                sh.finish()?;
             }
-            commit_offsets(&stateful, shuffle.as_ref(), &stages, CommitMode::Sync);
             return Ok(Ending::Stopped);
         }
         let requested = shared
@@ -1112,54 +1032,20 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
             } else {
                 shared.set_ready(false);
                 shared.update_status(|s| s.phase = "reassigning".into());
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !stages.checkpoint(Evict::Nothing, shared)? {
-                    if Instant::now() > deadline {
-                        bail!(
-                            "the brokers did not acknowledge the outputs; the last checkpoint stands"
-                        );
-                    }
+                stages.final_checkpoint(Evict::Nothing, shared)?;
+                commit_offsets(&stateful, &stages, CommitMode::Sync);
+                if let Some(sh) = shuffle.take() {
+                    sh.finish()?;
                 }
-                commit_offsets(&stateful, shuffle.as_ref(), &stages, CommitMode::Sync);
                 return Ok(Ending::Reassigned);
             }
         }
         if let Some(limit) = options.abort_after_events
-            && stages.record.counts.events() >= limit
+            && stages.all_counts().events() >= limit
         {
             return Ok(Ending::Aborted);
         }
         let mut busy = false;
-        if let Some(sh) = shuffle.as_mut().filter(|s| !s.ended) {
-            for _ in 0..BATCH {
-                match sh.consumer.poll(Duration::ZERO) {
-                    None => break,
-                    Some(Err(e)) => {
-                        tracing::warn!(%e, "shuffle consumer");
-                        break;
-                    }
-                    Some(Ok(message)) => {
-                        busy = true;
-                        stages.on_shuffle(&message);
-                        // Committed at the next checkpoint, after the producer is flushed.
-                        let _ = sh.consumer.store_offset_from_message(&message);
-                        if options.bounded {
-                            let key = (message.topic().to_string(), message.partition());
-                            if sh
-                                .remaining
-                                .get(&key)
-                                .is_some_and(|end| message.offset() + 1 >= *end)
-                            {
-                                sh.remaining.remove(&key);
-                            }
-                        }
-                    }
-                }
-            }
-            if options.bounded && sh.remaining.is_empty() {
-                sh.ended = true;
-            }
-        }
         for i in 0..BATCH {
             let timeout = if busy || i > 0 {
                 Duration::ZERO
@@ -1215,18 +1101,6 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
             || shared.checkpoint_requested.swap(false, Ordering::Relaxed);
 
         if options.bounded {
-            if let Some(sh) = shuffle.as_ref()
-                && sh.ended
-                && !shuffle_markers_sent
-            {
-                // Everything this worker shuffled is acknowledged before its end marker.
-                if stages.sink.flush(FLUSH_TIMEOUT).is_ok() {
-                    let keyed = stages.topics.keyed.clone();
-                    stages.send_end_markers(&keyed);
-                    shuffle_markers_sent = true;
-                    due = true;
-                }
-            }
             if !stages.record.bounded.join_ended {
                 stages.finish_ended_key_groups()?;
                 if stages.record.bounded.finished_key_groups.len() == usize::from(owned.len())
@@ -1256,13 +1130,11 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
                     buf,
                 });
                 stages.record.bounded.finished = true;
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !stages.checkpoint(Evict::Everything { max: usize::MAX }, shared)? {
-                    if Instant::now() > deadline {
-                        bail!("the brokers did not acknowledge the final outputs");
-                    }
+                if let Some(sh) = shuffle.take() {
+                    sh.finish()?;
                 }
-                commit_offsets(&stateful, shuffle.as_ref(), &stages, CommitMode::Sync);
+                stages.final_checkpoint(Evict::Everything { max: usize::MAX }, shared)?;
+                commit_offsets(&stateful, &stages, CommitMode::Sync);
                 stages.publish(shared);
                 shared.set_ready(false);
                 shared.update_status(|s| s.phase = "finished".into());
@@ -1272,13 +1144,16 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
 
         if due {
             if stages.checkpoint_with_eviction(shared)? {
-                commit_offsets(&stateful, shuffle.as_ref(), &stages, CommitMode::Async);
+                commit_offsets(&stateful, &stages, CommitMode::Async);
                 last_checkpoint = Instant::now();
             } else {
                 shared.set_ready(false);
             }
         }
         if last_publish.elapsed() >= Duration::from_millis(500) {
+            if let Some(sh) = shuffle.as_mut() {
+                sh.check()?;
+            }
             let down = health.brokers_down.load(Ordering::Relaxed);
             if down && last_probe.elapsed() >= Duration::from_secs(2) {
                 last_probe = Instant::now();
@@ -1297,14 +1172,9 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
     }
 }
 
-/// Commits the checkpointed offsets to Kafka: for the stateful stages under the pipeline's
-/// group (lag monitoring only: restarts use the checkpoint), for the shuffle its positions.
-fn commit_offsets(
-    stateful: &BaseConsumer<WeftContext>,
-    shuffle: Option<&Shuffle>,
-    stages: &Stages,
-    mode: CommitMode,
-) {
+/// Commits the checkpointed offsets of the stateful stages to Kafka under the pipeline's
+/// group: for lag monitoring only, restarts use the checkpoint.
+fn commit_offsets(stateful: &BaseConsumer<WeftContext>, stages: &Stages, mode: CommitMode) {
     let mut tpl = TopicPartitionList::new();
     for (topic, partitions) in &stages.record.offsets {
         for (p, offset) in partitions {
@@ -1317,10 +1187,5 @@ fn commit_offsets(
         && let Err(e) = stateful.commit(&tpl, mode)
     {
         tracing::debug!(%e, "committing offsets");
-    }
-    if let Some(sh) = shuffle
-        && let Err(e) = sh.consumer.commit_consumer_state(mode)
-    {
-        tracing::debug!(%e, "committing the shuffle's offsets");
     }
 }

@@ -8,6 +8,10 @@ use crate::kafka::{PROCESS_HEADER, Topics};
 use crate::metrics::StageCounts;
 use crate::process::{ProcessOutput, ProcessPlan};
 use crate::sinks::kafka::{HeaderPair, KafkaSink};
+use crate::sinks::{Origin, write_dead_letter};
+use crate::sources::Rejection;
+use rdkafka::Message;
+use rdkafka::message::BorrowedMessage;
 
 /// The producer and what the stages need to address records.
 pub struct Outputs<'a> {
@@ -33,12 +37,7 @@ impl Outputs<'_> {
 }
 
 fn count_out(counts: &mut StageCounts, topic: &str) {
-    match counts.records_out.get_mut(topic) {
-        Some(n) => *n += 1,
-        None => {
-            counts.records_out.insert(topic.to_string(), 1);
-        }
-    }
+    counts.count_out(topic);
 }
 
 /// The join's outputs: the user's actions and incomplete topics, and the internal actions
@@ -144,6 +143,58 @@ impl Outputs<'_> {
         self.sink.send(topic, None, record_id(record), record, None);
         count_out(self.counts, topic);
     }
+}
+
+/// Where a record was read, and its value: from a consumer, or from the parked list.
+pub struct Received<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Received<'a> {
+    pub fn of(message: &'a BorrowedMessage<'_>) -> Received<'a> {
+        Received {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            payload: message.payload().unwrap_or_default(),
+        }
+    }
+}
+
+/// Sends a dead letter for a message: the reason, the source and where it was read, keyed
+/// by that position (`topic/partition/offset`), and counts it.
+#[allow(clippy::too_many_arguments)] // the parts of a stage it borrows, one by one
+pub fn send_dead_letter(
+    sink: &mut KafkaSink,
+    topics: &Topics,
+    counts: &mut StageCounts,
+    buf: &mut Vec<u8>,
+    stage: &str,
+    source: &str,
+    message: &Received<'_>,
+    rejection: &Rejection,
+) {
+    counts.count_dead_letter(stage, rejection.reason.as_str());
+    buf.clear();
+    let origin = Origin::Kafka {
+        topic: message.topic,
+        partition: message.partition,
+        offset: message.offset,
+    };
+    write_dead_letter(buf, source, &origin, message.payload, rejection);
+    let key = format!("{}/{}/{}", message.topic, message.partition, message.offset);
+    let record = buf.strip_suffix(b"\n").unwrap_or(buf);
+    sink.send(
+        &topics.dead_letters,
+        None,
+        Some(key.as_bytes()),
+        record,
+        None,
+    );
+    count_out(counts, &topics.dead_letters);
 }
 
 /// The `id` of a record the engines write (`{"id":"...",...}`): the escaped text between the

@@ -99,6 +99,11 @@ impl KafkaSink {
         }
     }
 
+    /// Records that the brokers answer (records were read).
+    pub fn health_ok(&self) {
+        self.health.brokers_down.store(false, Ordering::Relaxed);
+    }
+
     /// Serves delivery reports.
     pub fn poll(&self) {
         self.producer.poll(Duration::ZERO);

@@ -1,0 +1,394 @@
+//! The shuffle stage, on its own thread: it holds no state, so it needs no checkpoint. It
+//! reads the raw source topics, parses, filters, and writes each message to the keyed
+//! topic's partition of its key group; its offsets are committed to Kafka once what it wrote
+//! is acknowledged (at least once: the join drops the duplicates a restart sends again).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use super::outputs::{Received, send_dead_letter};
+use super::{FLUSH_TIMEOUT, METADATA_TIMEOUT};
+use crate::admin::Shared;
+use crate::kafka::{END_HEADER, Health, SOURCE_HEADER, Topics, WeftContext, partition_count};
+use crate::metrics::StageCounts;
+use crate::sinks::kafka::KafkaSink;
+use crate::sources::{Extracted, SourcePlan};
+
+/// Messages between two looks at the stop flags.
+const BATCH: usize = 1024;
+/// How often the shuffle commits what it has written.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct ShuffleConfig {
+    pub consumer: ClientConfig,
+    pub producer: ClientConfig,
+    pub health: Arc<Health>,
+    pub topics: Topics,
+    pub key_groups: u16,
+    pub plans: Vec<SourcePlan>,
+    pub source_of_topic: HashMap<String, usize>,
+    pub ordinal: u32,
+    pub replicas: u32,
+    pub bounded: bool,
+    /// Counts restored from the last checkpoint.
+    pub counts: StageCounts,
+}
+
+/// A partition of a bounded run's share of the raw partitions.
+struct SharePartition {
+    topic: String,
+    partition: i32,
+    next: i64,
+    end: Option<i64>,
+}
+
+struct ShuffleStage {
+    consumer: BaseConsumer<WeftContext>,
+    work: Work,
+    ordinal: u32,
+    bounded: bool,
+    share: Vec<SharePartition>,
+    ends_known: bool,
+    published: Arc<Mutex<StageCounts>>,
+}
+
+/// What handling a message touches (apart from the consumer that lends it).
+struct Work {
+    sink: KafkaSink,
+    topics: Topics,
+    key_groups: u16,
+    plans: Vec<SourcePlan>,
+    source_of_topic: HashMap<String, usize>,
+    counts: StageCounts,
+    buf: Vec<u8>,
+}
+
+/// The running stage, seen from the worker's main thread.
+pub struct Shuffle {
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    counts: Arc<Mutex<StageCounts>>,
+    /// Stop after flushing and committing.
+    stop: Arc<AtomicBool>,
+    /// Stop dead (fault injection).
+    abort: Arc<AtomicBool>,
+}
+
+impl Shuffle {
+    /// Creates the consumer (group subscription; a bounded run's fixed share of the raw
+    /// partitions instead) and starts the thread.
+    pub fn start(config: ShuffleConfig, shared: Arc<Shared>) -> anyhow::Result<Shuffle> {
+        let consumer: BaseConsumer<WeftContext> = config
+            .consumer
+            .create_with_context(WeftContext {
+                health: config.health.clone(),
+            })
+            .context("creating the shuffle consumer")?;
+        let sink = KafkaSink::new(&config.producer, config.health.clone())?;
+        let mut raw: Vec<&String> = config.source_of_topic.keys().collect();
+        raw.sort();
+        let mut share = Vec::new();
+        if config.bounded {
+            share = assign_share(&consumer, &raw, config.ordinal, config.replicas)?;
+        } else {
+            let raw: Vec<&str> = raw.iter().map(|t| t.as_str()).collect();
+            consumer.subscribe(&raw)?;
+        }
+        let counts = Arc::new(Mutex::new(config.counts.clone()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let abort = Arc::new(AtomicBool::new(false));
+        let stage = ShuffleStage {
+            consumer,
+            work: Work {
+                sink,
+                topics: config.topics,
+                key_groups: config.key_groups,
+                plans: config.plans,
+                source_of_topic: config.source_of_topic,
+                counts: config.counts,
+                buf: Vec::with_capacity(4096),
+            },
+            ordinal: config.ordinal,
+            bounded: config.bounded,
+            share,
+            ends_known: false,
+            published: counts.clone(),
+        };
+        let thread = {
+            let (stop, abort) = (stop.clone(), abort.clone());
+            std::thread::Builder::new()
+                .name("weft-shuffle".into())
+                .spawn(move || stage.run(&shared, &stop, &abort))?
+        };
+        Ok(Shuffle {
+            thread: Some(thread),
+            counts,
+            stop,
+            abort,
+        })
+    }
+
+    /// Its counts as last published (cumulative).
+    pub fn counts_handle(&self) -> Arc<Mutex<StageCounts>> {
+        self.counts.clone()
+    }
+
+    /// A bounded run's shuffle has sent its end markers and exited.
+    pub fn ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops after flushing and committing, and waits for it.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.join()
+    }
+
+    /// The thread's error, if it ended with one.
+    pub fn check(&mut self) -> anyhow::Result<()> {
+        if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+            return self.join();
+        }
+        Ok(())
+    }
+
+    fn join(&mut self) -> anyhow::Result<()> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("the shuffle thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Shuffle {
+    /// Any other way out of the worker stops the shuffle dead, as a crash would.
+    fn drop(&mut self) {
+        self.abort.store(true, Ordering::Relaxed);
+        let _ = self.join();
+    }
+}
+
+/// A bounded run's share of the raw partitions (every `replicas`-th, by ordinal), assigned
+/// from the shuffle group's committed offsets.
+fn assign_share(
+    consumer: &BaseConsumer<WeftContext>,
+    raw: &[&String],
+    ordinal: u32,
+    replicas: u32,
+) -> anyhow::Result<Vec<SharePartition>> {
+    let mut all = Vec::new();
+    for topic in raw {
+        let n = partition_count(consumer, topic, METADATA_TIMEOUT)?.unwrap_or(0);
+        for p in 0..n {
+            all.push(((*topic).clone(), i32::try_from(p)?));
+        }
+    }
+    let mine: Vec<(String, i32)> = all
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 % u64::from(replicas.max(1)) == u64::from(ordinal))
+        .map(|(_, tp)| tp)
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p) in &mine {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, METADATA_TIMEOUT)
+        .context("reading the shuffle's committed offsets")?;
+    let mut start = TopicPartitionList::new();
+    let mut share = Vec::new();
+    for (topic, p) in mine {
+        let from = committed
+            .find_partition(&topic, p)
+            .map(|e| e.offset())
+            .and_then(|o| o.to_raw())
+            .filter(|o| *o >= 0);
+        start.add_partition_offset(&topic, p, from.map_or(Offset::Beginning, Offset::Offset))?;
+        share.push(SharePartition {
+            topic,
+            partition: p,
+            next: from.unwrap_or(0),
+            end: None,
+        });
+    }
+    consumer.assign(&start)?;
+    Ok(share)
+}
+
+impl Work {
+    fn on_message(&mut self, message: &BorrowedMessage<'_>) {
+        let Some(&source) = self.source_of_topic.get(message.topic()) else {
+            return;
+        };
+        let plan = &self.plans[source];
+        self.counts.count_event("shuffle", &plan.name);
+        self.counts.source_events += 1;
+        let payload = message.payload().unwrap_or_default();
+        match plan.extract(payload) {
+            Ok(Extracted::Message(msg)) => {
+                let kg =
+                    weft_crds::keygroup::key_group(msg.tracking_number.as_bytes(), self.key_groups);
+                self.sink.send(
+                    &self.topics.keyed,
+                    Some(i32::from(kg)),
+                    Some(msg.tracking_number.as_bytes()),
+                    payload,
+                    Some((SOURCE_HEADER, plan.name.as_bytes())),
+                );
+                self.counts.count_out(&self.topics.keyed);
+            }
+            Ok(Extracted::Filtered) => self.counts.filtered += 1,
+            Err(rejection) => {
+                let name = plan.name.clone();
+                send_dead_letter(
+                    &mut self.sink,
+                    &self.topics,
+                    &mut self.counts,
+                    &mut self.buf,
+                    "shuffle",
+                    &name,
+                    &Received::of(message),
+                    &rejection,
+                );
+            }
+        }
+    }
+}
+
+fn note_read(share: &mut [SharePartition], topic: &str, partition: i32, offset: i64) {
+    if let Some(p) = share
+        .iter_mut()
+        .find(|p| p.partition == partition && p.topic == topic)
+    {
+        p.next = offset + 1;
+    }
+}
+
+impl ShuffleStage {
+    fn run(mut self, shared: &Shared, stop: &AtomicBool, abort: &AtomicBool) -> anyhow::Result<()> {
+        let mut last_commit = Instant::now();
+        loop {
+            if abort.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if stop.load(Ordering::Relaxed) || shared.stop.load(Ordering::Relaxed) {
+                return self.flush_and_commit(CommitMode::Sync);
+            }
+            if self.bounded && !self.ends_known && shared.input_complete.load(Ordering::Relaxed) {
+                self.learn_ends()?;
+            }
+            let mut busy = false;
+            for i in 0..BATCH {
+                let timeout = if busy || i > 0 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(20)
+                };
+                match self.consumer.poll(timeout) {
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::warn!(%e, "shuffle consumer");
+                        break;
+                    }
+                    Some(Ok(message)) => {
+                        busy = true;
+                        self.work.on_message(&message);
+                        // Committed once the producer has flushed what it wrote for it.
+                        let _ = self.consumer.store_offset_from_message(&message);
+                        if self.bounded {
+                            note_read(
+                                &mut self.share,
+                                message.topic(),
+                                message.partition(),
+                                message.offset(),
+                            );
+                        }
+                    }
+                }
+            }
+            if busy {
+                self.work.sink.health_ok();
+            }
+            self.work.sink.poll();
+            if self.bounded && self.share_done() {
+                self.flush_and_commit(CommitMode::Sync)?;
+                // After everything it shuffled: its end marker, on every keyed partition.
+                let ordinal = self.ordinal.to_string();
+                for p in 0..self.work.key_groups {
+                    self.work.sink.send(
+                        &self.work.topics.keyed,
+                        Some(i32::from(p)),
+                        None,
+                        b"",
+                        Some((END_HEADER, ordinal.as_bytes())),
+                    );
+                }
+                return self.flush_and_commit(CommitMode::Sync);
+            }
+            if last_commit.elapsed() >= COMMIT_INTERVAL {
+                // Not acknowledged in time (brokers away): try again next round.
+                if self.work.sink.flush(FLUSH_TIMEOUT).is_ok() {
+                    self.commit(CommitMode::Async);
+                }
+                self.publish();
+                last_commit = Instant::now();
+            }
+        }
+    }
+
+    fn learn_ends(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.share {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&p.topic, p.partition, METADATA_TIMEOUT)
+                .with_context(|| format!("reading the end of {}", p.topic))?;
+            p.end = Some(high);
+        }
+        self.ends_known = true;
+        Ok(())
+    }
+
+    fn share_done(&self) -> bool {
+        self.ends_known
+            && self
+                .share
+                .iter()
+                .all(|p| p.end.is_some_and(|end| p.next >= end))
+    }
+
+    /// Waits (a bounded time) for everything written to be acknowledged, then commits.
+    fn flush_and_commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = self.work.sink.flush(FLUSH_TIMEOUT) {
+            if Instant::now() > deadline {
+                bail!("the shuffle's output was not acknowledged: {e}");
+            }
+        }
+        self.commit(mode);
+        self.publish();
+        Ok(())
+    }
+
+    fn commit(&self, mode: CommitMode) {
+        if let Err(e) = self.consumer.commit_consumer_state(mode) {
+            // Nothing read since the last commit, or a rebalance: the next one catches up.
+            tracing::debug!(%e, "committing the shuffle's offsets");
+        }
+    }
+
+    fn publish(&self) {
+        if let Ok(mut published) = self.published.lock() {
+            published.clone_from(&self.work.counts);
+        }
+    }
+}
