@@ -64,12 +64,24 @@ impl EmbeddedKafka {
         topics: &Topics,
         pipeline: &JoinPipeline,
     ) -> Result<(), EmbeddedError> {
+        self.create_topics_with(topics, pipeline, RAW_PARTITIONS)
+    }
+
+    /// [`EmbeddedKafka::create_topics`] with `raw` partitions per raw source topic: the
+    /// cluster keeps about 5 MiB per partition, so an input produced whole before it is read
+    /// needs enough of them.
+    pub fn create_topics_with(
+        &self,
+        topics: &Topics,
+        pipeline: &JoinPipeline,
+        raw: i32,
+    ) -> Result<(), EmbeddedError> {
         let key_groups = i32::from(pipeline.spec.key_groups);
         for source in &pipeline.spec.sources {
             let partitions = if source.partitioned_by_tracking_number {
                 key_groups
             } else {
-                RAW_PARTITIONS
+                raw
             };
             for topic in &source.topics {
                 self.cluster.create_topic(topic, partitions, 1)?;

@@ -1,0 +1,127 @@
+//! One worker over Kafka (librdkafka's mock cluster on loopback): shuffle, join and process
+//! stages, bounded. The generated credit-card input is produced to the raw topic first (not
+//! timed); then the worker reads it to its end, and the input events per second of that run
+//! are printed (median of the runs). Outputs are not read back (the mock cluster keeps only
+//! a few MiB per partition of them). `hack/bench.sh` runs it; results in docs/benchmarks.md.
+//!
+//!   cargo bench -p weft-worker --bench kafka_worker -- [actions] [runs] [--join-only]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: fail loudly
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use weft_worker::admin::Shared;
+use weft_worker::generate::{GenerateOptions, generate_file};
+use weft_worker::kafka::Topics;
+use weft_worker::kafka::embedded::EmbeddedKafka;
+use weft_worker::local::load_pipeline;
+use weft_worker::run::{Ending, RunOptions};
+
+/// Raw partitions: room for the whole input (about 5 MiB each).
+const RAW_PARTITIONS: i32 = 96;
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let join_only = args.iter().any(|a| a == "--join-only");
+    let numbers: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let actions = numbers.first().copied().unwrap_or(100_000);
+    let runs = numbers.get(1).copied().unwrap_or(3);
+    let examples = weft_crds::repo_dir().join("manifests/examples/credit-card");
+    let (mut pipeline, mut processes) = load_pipeline(
+        &[
+            examples.join("processdefinition.yaml"),
+            examples.join("joinpipeline.yaml"),
+        ],
+        None,
+    )
+    .unwrap();
+    if join_only {
+        processes.clear();
+        pipeline.spec.processes.names.clear();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("traffic.jsonl");
+    let truth = generate_file(
+        &GenerateOptions {
+            actions,
+            ..GenerateOptions::default()
+        },
+        &input,
+    )
+    .unwrap();
+    let text = std::fs::read(&input).unwrap();
+    let mut rates = Vec::new();
+    for run in 0..runs {
+        let kafka = EmbeddedKafka::start().unwrap();
+        let topics = Topics::new("bench", &pipeline);
+        kafka
+            .create_topics_with(&topics, &pipeline, RAW_PARTITIONS)
+            .unwrap();
+        let raw = &pipeline.spec.sources[0].topics[0];
+        kafka
+            .produce_lines(
+                raw,
+                RAW_PARTITIONS,
+                text.split(|b| *b == b'\n').filter(|l| !l.is_empty()),
+            )
+            .unwrap();
+        let shared = Arc::new(Shared::new(None));
+        let started = Instant::now();
+        let ending = weft_worker::run::run(
+            &RunOptions {
+                pipeline: pipeline.clone(),
+                processes: processes.clone(),
+                config: Vec::new(),
+                pipeline_name: None,
+                namespace: "bench".into(),
+                ordinal: 0,
+                replicas: 1,
+                assignment: None,
+                bootstrap_servers: Some(kafka.bootstrap_servers()),
+                state_dir: dir.path().join(format!("state-{run}")),
+                checkpoint_interval: None,
+                max_hot_bytes: 256 << 20,
+                bounded: true,
+                create_topics: false,
+                abort_after_events: None,
+            },
+            &shared,
+        )
+        .unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        let Ending::Finished(summary) = ending else {
+            panic!("the bounded run did not finish");
+        };
+        assert_eq!(summary.events, truth.lines, "every input line read");
+        let rate = truth.lines as f64 / seconds;
+        // Read back from 96 partitions filled beforehand, the input's event time is skewed by
+        // what one fetch holds per partition: a part that was late already (up to 90% of the
+        // lateness) can fall beyond it. See docs/benchmarks.md.
+        eprintln!(
+            "run {run}: {} lines in {seconds:.2} s: {rate:.0} events/s; {} complete (truth {}), {} incomplete (truth {}), dead letters {:?}",
+            truth.lines,
+            summary.actions.complete,
+            truth.complete,
+            summary.actions.incomplete,
+            truth.incomplete,
+            summary.dead_letters_by_reason
+        );
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "kafka worker ({}): {} actions, {} lines: median {:.0} events/s over {} runs",
+        if join_only {
+            "shuffle + join"
+        } else {
+            "shuffle + join + process"
+        },
+        actions,
+        truth.lines,
+        rates[rates.len() / 2],
+        runs
+    );
+}
