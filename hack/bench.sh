@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Benchmarks of local mode in a release build, on generated credit-card traffic. For each
-# size: the join alone (read, parse, join, write outputs; `--join-only`), the join and the
-# process stage together, and the process stage alone (the `process_stage` bench binary over
-# the actions the join wrote). Prints medians of several runs; docs/benchmarks.md records the
+# Benchmarks in a release build, on generated credit-card traffic. For each size, local mode:
+# the join alone (read, parse, join, write outputs; `--join-only`), the join and the process
+# stage together, and the process stage alone (the `process_stage` bench binary over the
+# actions the join wrote); then one worker over librdkafka's mock Kafka cluster (the
+# `kafka_worker` bench binary): shuffle + join, and shuffle + join + process. Prints medians of several runs; docs/benchmarks.md records the
 # results with this exact command.
 #
 #   bash hack/bench.sh [ACTIONS...]      default: 100000 500000
@@ -23,6 +24,7 @@ log "building release"
 cargo build -q --release --locked -p weft-worker --bins --benches --target-dir "$WEFT_RELEASE_TARGET_DIR"
 bin="$WEFT_RELEASE_TARGET_DIR/release/weft-worker"
 process_bench=$(ls -t "$WEFT_RELEASE_TARGET_DIR"/release/deps/process_stage-* | grep -v '\.d$' | head -1)
+kafka_bench=$(ls -t "$WEFT_RELEASE_TARGET_DIR"/release/deps/kafka_worker-* | grep -v '\.d$' | head -1)
 work=$(mktemp -d "${TMPDIR:-/tmp}/weft-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 example=manifests/examples/credit-card
@@ -63,4 +65,13 @@ for n in "${sizes[@]}"; do
   rate=$(echo "$line" | sed -E 's/.*median ([0-9]+) actions.*/\1/')
   actions=$(echo "$line" | sed -E 's/.*stage: ([0-9]+) actions.*/\1/')
   printf '%-10s %-14s %-10s %-16s\n' "$n" "process-alone" "$actions" "$rate"
+  # One worker over the mock Kafka cluster (`kafka_worker` bench binary): input events/s.
+  for stages in kafka-join kafka-all; do
+    flags=()
+    [ "$stages" = kafka-join ] && flags=(--join-only)
+    line=$("$kafka_bench" "$n" "$runs" "${flags[@]}" 2>/dev/null)
+    rate=$(echo "$line" | sed -E 's/.*median ([0-9]+) events.*/\1/')
+    lines=$(echo "$line" | sed -E 's/.*actions, ([0-9]+) lines.*/\1/')
+    printf '%-10s %-14s %-10s %-16s\n' "$n" "$stages" "$lines" "$rate"
+  done
 done

@@ -70,27 +70,31 @@ fn main() {
             .unwrap();
         let shared = Arc::new(Shared::new(None));
         let started = Instant::now();
-        let ending = weft_worker::run::run(
-            &RunOptions {
-                pipeline: pipeline.clone(),
-                processes: processes.clone(),
-                config: Vec::new(),
-                pipeline_name: None,
-                namespace: "bench".into(),
-                ordinal: 0,
-                replicas: 1,
-                assignment: None,
-                bootstrap_servers: Some(kafka.bootstrap_servers()),
-                state_dir: dir.path().join(format!("state-{run}")),
-                checkpoint_interval: None,
-                max_hot_bytes: 256 << 20,
-                bounded: true,
-                create_topics: false,
-                abort_after_events: None,
-            },
-            &shared,
-        )
-        .unwrap();
+        let options = RunOptions {
+            pipeline: pipeline.clone(),
+            processes: processes.clone(),
+            config: Vec::new(),
+            pipeline_name: None,
+            namespace: "bench".into(),
+            ordinal: 0,
+            replicas: 1,
+            assignment: None,
+            bootstrap_servers: Some(kafka.bootstrap_servers()),
+            state_dir: dir.path().join(format!("state-{run}")),
+            checkpoint_interval: None,
+            max_hot_bytes: 256 << 20,
+            bounded: true,
+            create_topics: false,
+            abort_after_events: None,
+        };
+        // Its own thread, named: profiles tell the stateful stages from the setup.
+        let ending = std::thread::Builder::new()
+            .name("weft-stateful".into())
+            .spawn(move || weft_worker::run::run(&options, &shared))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
         let seconds = started.elapsed().as_secs_f64();
         let Ending::Finished(summary) = ending else {
             panic!("the bounded run did not finish");
