@@ -40,6 +40,8 @@ pub struct ShuffleConfig {
     pub bounded: bool,
     /// Counts restored from the last checkpoint.
     pub counts: StageCounts,
+    /// How far ahead in event time a raw partition may run (ms); see [`Alignment`].
+    pub align_window: i64,
 }
 
 /// A partition of a bounded run's share of the raw partitions.
@@ -53,6 +55,7 @@ struct SharePartition {
 struct ShuffleStage {
     consumer: BaseConsumer<WeftContext>,
     work: Work,
+    alignment: Alignment,
     ordinal: u32,
     bounded: bool,
     share: Vec<SharePartition>,
@@ -120,6 +123,11 @@ impl Shuffle {
             share,
             ends_known: false,
             published: counts.clone(),
+            alignment: Alignment {
+                window: config.align_window,
+                lanes: HashMap::new(),
+                last_check: Instant::now(),
+            },
         };
         let thread = {
             let (stop, abort) = (stop.clone(), abort.clone());
@@ -226,9 +234,10 @@ fn assign_share(
 }
 
 impl Work {
-    fn on_message(&mut self, message: &BorrowedMessage<'_>) {
+    /// Shuffles one message; returns its event time when it was usable.
+    fn on_message(&mut self, message: &BorrowedMessage<'_>) -> Option<i64> {
         let Some(&source) = self.source_of_topic.get(message.topic()) else {
-            return;
+            return None;
         };
         let plan = &self.plans[source];
         self.counts.count_event("shuffle", &plan.name);
@@ -246,8 +255,12 @@ impl Work {
                     Some((SOURCE_HEADER, plan.name.as_bytes())),
                 );
                 self.counts.count_out(&self.topics.keyed);
+                Some(msg.event_time)
             }
-            Ok(Extracted::Filtered) => self.counts.filtered += 1,
+            Ok(Extracted::Filtered) => {
+                self.counts.filtered += 1;
+                None
+            }
             Err(rejection) => {
                 let name = plan.name.clone();
                 send_dead_letter(
@@ -260,6 +273,99 @@ impl Work {
                     &Received::of(message),
                     &rejection,
                 );
+                None
+            }
+        }
+    }
+}
+
+/// Event-time alignment of the raw partitions (Flink's watermark alignment): a partition more
+/// than `window` ahead of the slowest one still delivering is paused until that one catches
+/// up. Catching up on a backlog, a consumer reads a fetch's worth of each partition in turn,
+/// which can put hours between partitions; downstream, a key group's watermark is the latest
+/// time it has seen, so parts from the partitions behind would arrive late (or the ones ahead
+/// too far in the future) and go to the dead letters.
+struct Alignment {
+    window: i64,
+    lanes: HashMap<(String, i32), Lane>,
+    last_check: Instant,
+}
+
+struct Lane {
+    /// The latest event time read from the partition.
+    time: i64,
+    last_seen: Instant,
+    paused: bool,
+}
+
+/// A partition that delivered nothing for this long is caught up (or empty): it does not
+/// hold the others back.
+const IDLE: Duration = Duration::from_millis(500);
+
+impl Alignment {
+    fn note(&mut self, topic: &str, partition: i32, time: i64) {
+        let now = Instant::now();
+        match self.lanes.get_mut(&(topic.to_string(), partition)) {
+            Some(lane) => {
+                lane.time = lane.time.max(time);
+                lane.last_seen = now;
+            }
+            None => {
+                self.lanes.insert(
+                    (topic.to_string(), partition),
+                    Lane {
+                        time,
+                        last_seen: now,
+                        paused: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Pauses the partitions too far ahead, resumes the ones the others caught up with.
+    fn align(&mut self, consumer: &BaseConsumer<WeftContext>) {
+        let now = Instant::now();
+        if now.duration_since(self.last_check) < Duration::from_millis(10) {
+            return;
+        }
+        self.last_check = now;
+        let floor = self
+            .lanes
+            .values()
+            .filter(|l| l.paused || now.duration_since(l.last_seen) < IDLE)
+            .map(|l| l.time)
+            .min();
+        let Some(floor) = floor else {
+            return;
+        };
+        for ((topic, partition), lane) in &mut self.lanes {
+            let ahead = lane.time.saturating_sub(floor);
+            let change = if !lane.paused && ahead > self.window {
+                Some(true)
+            } else if lane.paused && ahead <= self.window / 2 {
+                Some(false)
+            } else {
+                None
+            };
+            let Some(pause) = change else {
+                continue;
+            };
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, *partition);
+            let result = if pause {
+                consumer.pause(&tpl)
+            } else {
+                consumer.resume(&tpl)
+            };
+            match result {
+                Ok(()) => {
+                    lane.paused = pause;
+                    // Paused, it delivers nothing, and is not idle for that.
+                    lane.last_seen = now;
+                }
+                // Not assigned to this worker any more (a rebalance): forget it.
+                Err(_) => lane.paused = false,
             }
         }
     }
@@ -302,7 +408,10 @@ impl ShuffleStage {
                     }
                     Some(Ok(message)) => {
                         busy = true;
-                        self.work.on_message(&message);
+                        if let Some(time) = self.work.on_message(&message) {
+                            self.alignment
+                                .note(message.topic(), message.partition(), time);
+                        }
                         // Committed once the producer has flushed what it wrote for it.
                         let _ = self.consumer.store_offset_from_message(&message);
                         if self.bounded {
@@ -319,6 +428,7 @@ impl ShuffleStage {
             if busy {
                 self.work.sink.health_ok();
             }
+            self.alignment.align(&self.consumer);
             self.work.sink.poll();
             if self.bounded && self.share_done() {
                 self.flush_and_commit(CommitMode::Sync)?;
