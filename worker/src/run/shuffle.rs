@@ -236,9 +236,7 @@ fn assign_share(
 impl Work {
     /// Shuffles one message; returns its event time when it was usable.
     fn on_message(&mut self, message: &BorrowedMessage<'_>) -> Option<i64> {
-        let Some(&source) = self.source_of_topic.get(message.topic()) else {
-            return None;
-        };
+        let &source = self.source_of_topic.get(message.topic())?;
         let plan = &self.plans[source];
         self.counts.count_event("shuffle", &plan.name);
         self.counts.source_events += 1;
