@@ -205,6 +205,28 @@ impl TestCluster {
         Client::try_from(config).map_err(|e| HarnessError::Client(e.to_string()))
     }
 
+    /// A client acting as a ServiceAccount: cluster-admin impersonating it, so the API server
+    /// authorizes every request with exactly the ServiceAccount's RBAC rights.
+    pub async fn client_as_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Client, HarnessError> {
+        let kubeconfig = Kubeconfig::from_yaml(&kubeconfig_yaml(&self.url, ADMIN_TOKEN))
+            .map_err(|e| HarnessError::Client(e.to_string()))?;
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| HarnessError::Client(e.to_string()))?;
+        config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{name}"));
+        config.auth_info.impersonate_groups = Some(vec![
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".to_string(),
+        ]);
+        Client::try_from(config).map_err(|e| HarnessError::Client(e.to_string()))
+    }
+
     /// The directory the control plane's data and logs live in.
     pub fn dir(&self) -> &Path {
         self.dir.path()
