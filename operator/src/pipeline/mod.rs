@@ -468,3 +468,6 @@ pub async fn run(
         });
     futures::join!(pipeline_controller, definition_controller);
 }
+
+#[cfg(test)]
+mod tests;
