@@ -388,8 +388,13 @@ impl ShuffleStage {
             if stop.load(Ordering::Relaxed) || shared.stop.load(Ordering::Relaxed) {
                 return self.flush_and_commit(CommitMode::Sync);
             }
-            if self.bounded && !self.ends_known && shared.input_complete.load(Ordering::Relaxed) {
-                self.learn_ends()?;
+            if self.bounded
+                && !self.ends_known
+                && shared.input_complete.load(Ordering::Relaxed)
+                && let Err(e) = self.learn_ends()
+            {
+                // The brokers are away: ask again next round.
+                tracing::warn!("{e:#}");
             }
             let mut busy = false;
             for i in 0..BATCH {
