@@ -127,6 +127,7 @@ impl Shuffle {
                 window: config.align_window,
                 lanes: HashMap::new(),
                 last_check: Instant::now(),
+                last_refresh: None,
             },
         };
         let thread = {
@@ -287,6 +288,7 @@ struct Alignment {
     window: i64,
     lanes: HashMap<(String, i32), Lane>,
     last_check: Instant,
+    last_refresh: Option<Instant>,
 }
 
 struct Lane {
@@ -294,13 +296,26 @@ struct Lane {
     time: i64,
     last_seen: Instant,
     paused: bool,
+    /// Read to its end (bounded runs).
+    ended: bool,
 }
 
-/// A partition that delivered nothing for this long is caught up (or empty): it does not
-/// hold the others back.
-const IDLE: Duration = Duration::from_millis(500);
+/// A partition that delivered nothing for this long is taken as caught up (or empty): it no
+/// longer holds the others back. (A bounded run knows when a partition has ended.) Shorter
+/// would let a partition the consumer is merely slow to fetch fall out of the count.
+const IDLE: Duration = Duration::from_secs(5);
 
 impl Alignment {
+    fn note_ended(&mut self, share: &[SharePartition]) {
+        for p in share {
+            if p.end.is_some_and(|end| p.next >= end)
+                && let Some(lane) = self.lanes.get_mut(&(p.topic.clone(), p.partition))
+            {
+                lane.ended = true;
+            }
+        }
+    }
+
     fn note(&mut self, topic: &str, partition: i32, time: i64) {
         let now = Instant::now();
         match self.lanes.get_mut(&(topic.to_string(), partition)) {
@@ -315,6 +330,7 @@ impl Alignment {
                         time,
                         last_seen: now,
                         paused: false,
+                        ended: false,
                     },
                 );
             }
@@ -328,10 +344,30 @@ impl Alignment {
             return;
         }
         self.last_check = now;
+        // Partitions assigned but not read yet count too, as "nothing read": until each has
+        // delivered (or stayed empty past IDLE), the ones that have wait for it.
+        if self
+            .last_refresh
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_refresh = Some(now);
+            if let Ok(assigned) = consumer.assignment() {
+                for e in assigned.elements() {
+                    self.lanes
+                        .entry((e.topic().to_string(), e.partition()))
+                        .or_insert(Lane {
+                            time: i64::MIN,
+                            last_seen: now,
+                            paused: false,
+                            ended: false,
+                        });
+                }
+            }
+        }
         let floor = self
             .lanes
             .values()
-            .filter(|l| l.paused || now.duration_since(l.last_seen) < IDLE)
+            .filter(|l| !l.ended && (l.paused || now.duration_since(l.last_seen) < IDLE))
             .map(|l| l.time)
             .min();
         let Some(floor) = floor else {
@@ -430,6 +466,9 @@ impl ShuffleStage {
             }
             if busy {
                 self.work.sink.health_ok();
+            }
+            if self.bounded {
+                self.alignment.note_ended(&self.share);
             }
             self.alignment.align(&self.consumer);
             self.work.sink.poll();
