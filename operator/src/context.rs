@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::builders::{Capabilities, MANAGER};
+use crate::builders::{Capabilities, MANAGER, ValidatedPipeline};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -87,11 +87,17 @@ impl Drop for Timer<'_> {
     }
 }
 
+/// The admin API addresses of a pipeline's workers.
+pub type WorkerAddresses = Arc<dyn Fn(&ValidatedPipeline) -> Vec<String> + Send + Sync>;
+
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub capabilities: Capabilities,
+    /// In a cluster, each worker's DNS name under the headless Service; tests point it
+    /// elsewhere.
+    pub worker_addresses: WorkerAddresses,
 }
 
 impl Context {
@@ -105,6 +111,14 @@ impl Context {
             client,
             metrics,
             capabilities,
+            worker_addresses: Arc::new(|v: &ValidatedPipeline| {
+                crate::workers::addresses(
+                    &v.name,
+                    &v.namespace,
+                    v.pipeline.spec.workers.replicas,
+                    crate::builders::ADMIN_PORT,
+                )
+            }),
         }
     }
 }

@@ -18,6 +18,7 @@ pub struct Elector {
     api: Api<Lease>,
     name: String,
     identity: String,
+    lease_seconds: i32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,14 +35,21 @@ impl Elector {
             api,
             name: name.to_string(),
             identity: identity.to_string(),
+            lease_seconds: LEASE_SECONDS,
         }
+    }
+
+    /// Another lease duration (tests).
+    pub fn with_lease_seconds(mut self, seconds: i32) -> Elector {
+        self.lease_seconds = seconds;
+        self
     }
 
     fn spec(&self, acquired: Option<MicroTime>, transitions: Option<i32>) -> LeaseSpec {
         let now = MicroTime(Timestamp::now());
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(LEASE_SECONDS),
+            lease_duration_seconds: Some(self.lease_seconds),
             acquire_time: Some(acquired.unwrap_or_else(|| now.clone())),
             renew_time: Some(now),
             lease_transitions: transitions,

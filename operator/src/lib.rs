@@ -9,3 +9,4 @@ pub mod error;
 pub mod leader;
 pub mod pipeline;
 pub mod preflight;
+pub mod workers;

@@ -20,6 +20,7 @@ use weft_crds::manifest::{Resource as Manifest, read_file};
 use weft_crds::{JoinPipeline, ProcessDefinition};
 use weft_operator::builders::Capabilities;
 use weft_operator::context::{Context as OperatorContext, Metrics};
+use weft_operator::leader::Elector;
 use weft_tests::TestCluster;
 
 const NS: &str = "banking";
@@ -118,11 +119,11 @@ async fn the_operator_reconciles_pipelines_and_definitions_with_its_own_rights()
     let capabilities = Capabilities::of_version(&version.major, &version.minor);
     ensure!(!capabilities.pdb_v1, "a 1.20 server has no policy/v1");
     let metrics = Arc::new(Metrics::default());
-    let ctx = Arc::new(OperatorContext::new(
-        client.clone(),
-        capabilities,
-        metrics.clone(),
-    ));
+    // No kubelet runs pods here: a stand-in answers for the workers on /status.
+    let worker = fake_worker().await?;
+    let mut ctx = OperatorContext::new(client.clone(), capabilities, metrics.clone());
+    ctx.worker_addresses = Arc::new(move |_| vec![worker.clone()]);
+    let ctx = Arc::new(ctx);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = futures::FutureExt::shared(async move {
         let _ = stopped.await;
@@ -189,6 +190,9 @@ async fn the_operator_reconciles_pipelines_and_definitions_with_its_own_rights()
     ensure!(condition(&status.conditions, "Degraded").is_some_and(|c| c.status == "False"));
     let assignment = status.assignment.context("assignment")?;
     ensure!(assignment.workers.len() == usize::try_from(jp.spec.workers.replicas)?);
+    let lag = status.lag.context("the workers' lag")?;
+    ensure!(lag.messages == 42, "{lag:?}");
+    ensure!(status.last_checkpoint.is_some());
     let covered: u32 = assignment
         .workers
         .iter()
@@ -331,6 +335,28 @@ async fn the_operator_reconciles_pipelines_and_definitions_with_its_own_rights()
         );
     }
 
+    // Leader election with the operator's rights: one holder at a time, and a lease that
+    // is not renewed passes to the other replica.
+    let leases = Api::namespaced(client.clone(), "weft-system");
+    let first = Elector::new(leases.clone(), "weft-operator-test", "first").with_lease_seconds(1);
+    let second = Elector::new(leases.clone(), "weft-operator-test", "second").with_lease_seconds(1);
+    ensure!(
+        first.try_acquire().await?,
+        "the first candidate takes a free lease"
+    );
+    ensure!(!second.try_acquire().await?, "a held lease is not taken");
+    ensure!(first.try_acquire().await?, "the holder renews");
+    // Not renewed for longer than its duration: it is free.
+    tokio::time::timeout(WAIT, async {
+        while !second.try_acquire().await? {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("the lease never passed on")??;
+    ensure!(!first.try_acquire().await?, "the old holder has lost it");
+
     let _ = stop.send(());
     tokio::time::timeout(WAIT, operator)
         .await
@@ -342,6 +368,26 @@ async fn the_operator_reconciles_pipelines_and_definitions_with_its_own_rights()
         "{text}"
     );
     Ok(())
+}
+
+/// Answers every connection with a worker's `/status`: 42 messages of lag.
+async fn fake_worker() -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).await;
+            let body = r#"{"partitions":[{"lag":40},{"lag":2}],"lastCheckpoint":{"number":1,"at":1800000000000,"durationMs":3.0}}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    Ok(address)
 }
 
 async fn pd_template(admin: &Client) -> Result<ProcessDefinition> {

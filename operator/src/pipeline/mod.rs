@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -19,7 +20,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use weft_crds::join_pipeline::{AssignmentStatus, Phase, WorkerAssignment};
+use weft_crds::join_pipeline::{AssignmentStatus, LagStatus, Phase, WorkerAssignment};
 use weft_crds::keygroup::even_assignment;
 use weft_crds::{JoinPipeline, JoinPipelineStatus, ProcessDefinition};
 
@@ -115,14 +116,26 @@ pub async fn reconcile(jp: Arc<JoinPipeline>, ctx: Arc<Context>) -> Result<Actio
         tracing::debug!(pipeline = %name, "no PodDisruptionBudget: the API server has no policy/v1");
     }
 
-    // Status.
-    let status = running_status(&jp, &v, &applied);
+    // Status, with what the workers report about themselves.
+    let mut status = running_status(&jp, &v, &applied);
+    let addresses = (ctx.worker_addresses)(&v);
+    if let Some(observed) = crate::workers::observe(&addresses).await {
+        status.lag = Some(LagStatus {
+            messages: observed.lag,
+            seconds: None,
+            observed_at: Some(now()),
+        });
+        status.last_checkpoint = observed
+            .oldest_checkpoint
+            .and_then(|ms| k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok())
+            .map(Time);
+    }
     if let Some(not_ready) = not_ready_event(&jp, &status) {
         event(&ctx, &jp, EventType::Warning, "WorkersNotReady", &not_ready).await?;
     }
     write_status(&ctx, &jp, status).await?;
-    // The workers' readiness is watched through the StatefulSet; this is a safety net.
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // Readiness comes through the StatefulSet watch; lag and checkpoints are asked for.
+    Ok(Action::requeue(Duration::from_secs(30)))
 }
 
 /// The pipeline with the definitions it uses, checked as the workers will check them.

@@ -160,11 +160,10 @@ async fn reconcile_with(jp: JoinPipeline, mut objects: HashMap<String, Value>) -
     }));
     let server = tokio::spawn(serve(handle, api.clone()));
     let client = Client::new(service, NS);
-    let ctx = Arc::new(Context::new(
-        client,
-        Capabilities::all(),
-        Arc::new(Metrics::default()),
-    ));
+    let mut ctx = Context::new(client, Capabilities::all(), Arc::new(Metrics::default()));
+    // No workers to ask here.
+    ctx.worker_addresses = Arc::new(|_| Vec::new());
+    let ctx = Arc::new(ctx);
     reconcile(Arc::new(jp), ctx).await.unwrap();
     // The client is gone with the context: the scripted API ends.
     server.await.unwrap();
