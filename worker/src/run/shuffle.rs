@@ -3,7 +3,7 @@
 //! topic's partition of its key group; its offsets are committed to Kafka once what it wrote
 //! is acknowledged (at least once: the join drops the duplicates a restart sends again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -128,6 +128,9 @@ impl Shuffle {
                 lanes: HashMap::new(),
                 last_check: Instant::now(),
                 last_refresh: None,
+                // Nothing is written before the partitions have been looked at once.
+                limit: i64::MIN,
+                held_bytes: 0,
             },
         };
         let thread = {
@@ -235,27 +238,24 @@ fn assign_share(
 }
 
 impl Work {
-    /// Shuffles one message; returns its event time when it was usable.
-    fn on_message(&mut self, message: &BorrowedMessage<'_>) -> Option<i64> {
+    /// Counts a message and sorts it out: a message to route (with its key group, key and
+    /// event time), or one already handled (filtered, or dead-lettered with its reason).
+    fn examine(&mut self, message: &BorrowedMessage<'_>) -> Option<Routed> {
         let &source = self.source_of_topic.get(message.topic())?;
         let plan = &self.plans[source];
         self.counts.count_event("shuffle", &plan.name);
         self.counts.source_events += 1;
         let payload = message.payload().unwrap_or_default();
         match plan.extract(payload) {
-            Ok(Extracted::Message(msg)) => {
-                let kg =
-                    weft_crds::keygroup::key_group(msg.tracking_number.as_bytes(), self.key_groups);
-                self.sink.send(
-                    &self.topics.keyed,
-                    Some(i32::from(kg)),
-                    Some(msg.tracking_number.as_bytes()),
-                    payload,
-                    Some((SOURCE_HEADER, plan.name.as_bytes())),
-                );
-                self.counts.count_out(&self.topics.keyed);
-                Some(msg.event_time)
-            }
+            Ok(Extracted::Message(msg)) => Some(Routed {
+                key_group: weft_crds::keygroup::key_group(
+                    msg.tracking_number.as_bytes(),
+                    self.key_groups,
+                ),
+                key: msg.tracking_number.as_bytes().into(),
+                time: msg.event_time,
+                source,
+            }),
             Ok(Extracted::Filtered) => {
                 self.counts.filtered += 1;
                 None
@@ -276,34 +276,88 @@ impl Work {
             }
         }
     }
+
+    /// Writes a message to the keyed partition of its key group.
+    fn route(&mut self, routed: &Routed, payload: &[u8]) {
+        self.sink.send(
+            &self.topics.keyed,
+            Some(i32::from(routed.key_group)),
+            Some(&routed.key),
+            payload,
+            Some((SOURCE_HEADER, self.plans[routed.source].name.as_bytes())),
+        );
+        self.counts.count_out(&self.topics.keyed);
+    }
 }
 
-/// Event-time alignment of the raw partitions (Flink's watermark alignment): a partition more
-/// than `window` ahead of the slowest one still delivering is paused until that one catches
-/// up. Catching up on a backlog, a consumer reads a fetch's worth of each partition in turn,
-/// which can put hours between partitions; downstream, a key group's watermark is the latest
-/// time it has seen, so parts from the partitions behind would arrive late (or the ones ahead
-/// too far in the future) and go to the dead letters.
+fn note_read(share: &mut [SharePartition], topic: &str, partition: i32, offset: i64) {
+    if let Some(p) = share
+        .iter_mut()
+        .find(|p| p.partition == partition && p.topic == topic)
+    {
+        p.next = offset + 1;
+    }
+}
+
+/// A message on its way to the keyed topic.
+struct Routed {
+    key_group: u16,
+    key: Box<[u8]>,
+    time: i64,
+    source: usize,
+}
+
+/// A message read and not written yet: its partition runs ahead (see [`Alignment`]).
+/// Messages that need no writing (filtered, dead-lettered) queue too, so that offsets are
+/// stored in order.
+struct Held {
+    offset: i64,
+    routed: Option<(Routed, Box<[u8]>)>,
+}
+
+/// Event-time alignment of the raw partitions (as Flink's watermark alignment): a message
+/// more than `window` ahead of the slowest partition still delivering waits in memory until
+/// that one catches up. Catching up on a backlog, a consumer reads a fetch's worth of each
+/// partition in turn, which can put hours between partitions; downstream, a key group's
+/// watermark is the latest time it has seen, so parts from the partitions behind would
+/// arrive late (or the ones ahead too far in the future) and go to the dead letters. Only
+/// when too much waits is a partition paused (librdkafka then drops its prefetch).
 struct Alignment {
     window: i64,
     lanes: HashMap<(String, i32), Lane>,
     last_check: Instant,
     last_refresh: Option<Instant>,
+    /// The latest event time a message may have to be written now.
+    limit: i64,
+    held_bytes: usize,
 }
 
 struct Lane {
     /// The latest event time read from the partition.
     time: i64,
     last_seen: Instant,
-    paused: bool,
     /// Read to its end (bounded runs).
     ended: bool,
+    held: VecDeque<Held>,
+    paused: bool,
 }
 
 /// A partition that delivered nothing for this long is taken as caught up (or empty): it no
 /// longer holds the others back. (A bounded run knows when a partition has ended.) Shorter
 /// would let a partition the consumer is merely slow to fetch fall out of the count.
 const IDLE: Duration = Duration::from_secs(5);
+/// Messages held back, at most, before the partitions holding them are paused.
+const MAX_HELD_BYTES: usize = 128 << 20;
+
+fn new_lane(now: Instant, time: i64) -> Lane {
+    Lane {
+        time,
+        last_seen: now,
+        ended: false,
+        held: VecDeque::new(),
+        paused: false,
+    }
+}
 
 impl Alignment {
     fn note_ended(&mut self, share: &[SharePartition]) {
@@ -316,29 +370,40 @@ impl Alignment {
         }
     }
 
-    fn note(&mut self, topic: &str, partition: i32, time: i64) {
+    fn lane(&mut self, topic: &str, partition: i32) -> &mut Lane {
         let now = Instant::now();
-        match self.lanes.get_mut(&(topic.to_string(), partition)) {
-            Some(lane) => {
-                lane.time = lane.time.max(time);
-                lane.last_seen = now;
-            }
-            None => {
-                self.lanes.insert(
-                    (topic.to_string(), partition),
-                    Lane {
-                        time,
-                        last_seen: now,
-                        paused: false,
-                        ended: false,
-                    },
-                );
-            }
-        }
+        self.lanes
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| new_lane(now, i64::MIN))
     }
 
-    /// Pauses the partitions too far ahead, resumes the ones the others caught up with.
-    fn align(&mut self, consumer: &BaseConsumer<WeftContext>) {
+    /// Whether a message must wait: its partition has messages waiting, or it is too far
+    /// ahead.
+    fn must_wait(&mut self, topic: &str, partition: i32, time: Option<i64>) -> bool {
+        let limit = self.limit;
+        let lane = self.lane(topic, partition);
+        lane.last_seen = Instant::now();
+        if let Some(t) = time {
+            lane.time = lane.time.max(t);
+        }
+        !lane.held.is_empty() || time.is_some_and(|t| t > limit)
+    }
+
+    fn hold(&mut self, topic: &str, partition: i32, held: Held) {
+        self.held_bytes += held
+            .routed
+            .as_ref()
+            .map_or(0, |(r, payload)| payload.len() + r.key.len());
+        self.lane(topic, partition).held.push_back(held);
+    }
+
+    fn holds_nothing(&self) -> bool {
+        self.held_bytes == 0 && self.lanes.values().all(|l| l.held.is_empty())
+    }
+
+    /// Moves the limit, writes what may be written now, and pauses or resumes partitions by
+    /// what is held.
+    fn align(&mut self, consumer: &BaseConsumer<WeftContext>, work: &mut Work) {
         let now = Instant::now();
         if now.duration_since(self.last_check) < Duration::from_millis(10) {
             return;
@@ -355,12 +420,7 @@ impl Alignment {
                 for e in assigned.elements() {
                     self.lanes
                         .entry((e.topic().to_string(), e.partition()))
-                        .or_insert(Lane {
-                            time: i64::MIN,
-                            last_seen: now,
-                            paused: false,
-                            ended: false,
-                        });
+                        .or_insert_with(|| new_lane(now, i64::MIN));
                 }
             }
         }
@@ -370,47 +430,41 @@ impl Alignment {
             .filter(|l| !l.ended && (l.paused || now.duration_since(l.last_seen) < IDLE))
             .map(|l| l.time)
             .min();
-        let Some(floor) = floor else {
-            return;
-        };
+        self.limit = floor.map_or(i64::MAX, |f| f.saturating_add(self.window));
+        let limit = self.limit;
         for ((topic, partition), lane) in &mut self.lanes {
-            let ahead = lane.time.saturating_sub(floor);
-            let change = if !lane.paused && ahead > self.window {
-                Some(true)
-            } else if lane.paused && ahead <= self.window / 2 {
-                Some(false)
-            } else {
-                None
-            };
-            let Some(pause) = change else {
-                continue;
-            };
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(topic, *partition);
-            let result = if pause {
-                consumer.pause(&tpl)
-            } else {
-                consumer.resume(&tpl)
-            };
-            match result {
-                Ok(()) => {
+            while lane
+                .held
+                .front()
+                .is_some_and(|h| h.routed.as_ref().is_none_or(|(r, _)| r.time <= limit))
+            {
+                let Some(held) = lane.held.pop_front() else {
+                    break;
+                };
+                if let Some((routed, payload)) = &held.routed {
+                    work.route(routed, payload);
+                    self.held_bytes = self
+                        .held_bytes
+                        .saturating_sub(payload.len() + routed.key.len());
+                }
+                let _ = consumer.store_offset(topic, *partition, held.offset);
+            }
+            let pause = self.held_bytes > MAX_HELD_BYTES && !lane.held.is_empty();
+            let resume = lane.paused && lane.held.is_empty();
+            if pause != lane.paused && (pause || resume) {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, *partition);
+                let result = if pause {
+                    consumer.pause(&tpl)
+                } else {
+                    consumer.resume(&tpl)
+                };
+                if result.is_ok() {
                     lane.paused = pause;
-                    // Paused, it delivers nothing, and is not idle for that.
                     lane.last_seen = now;
                 }
-                // Not assigned to this worker any more (a rebalance): forget it.
-                Err(_) => lane.paused = false,
             }
         }
-    }
-}
-
-fn note_read(share: &mut [SharePartition], topic: &str, partition: i32, offset: i64) {
-    if let Some(p) = share
-        .iter_mut()
-        .find(|p| p.partition == partition && p.topic == topic)
-    {
-        p.next = offset + 1;
     }
 }
 
@@ -447,12 +501,29 @@ impl ShuffleStage {
                     }
                     Some(Ok(message)) => {
                         busy = true;
-                        if let Some(time) = self.work.on_message(&message) {
-                            self.alignment
-                                .note(message.topic(), message.partition(), time);
+                        let routed = self.work.examine(&message);
+                        let (topic, partition) = (message.topic(), message.partition());
+                        if self.alignment.must_wait(
+                            topic,
+                            partition,
+                            routed.as_ref().map(|r| r.time),
+                        ) {
+                            let payload: Box<[u8]> = message.payload().unwrap_or_default().into();
+                            self.alignment.hold(
+                                topic,
+                                partition,
+                                Held {
+                                    offset: message.offset(),
+                                    routed: routed.map(|r| (r, payload)),
+                                },
+                            );
+                        } else {
+                            if let Some(r) = &routed {
+                                self.work.route(r, message.payload().unwrap_or_default());
+                            }
+                            // Committed once the producer has flushed what it wrote for it.
+                            let _ = self.consumer.store_offset_from_message(&message);
                         }
-                        // Committed once the producer has flushed what it wrote for it.
-                        let _ = self.consumer.store_offset_from_message(&message);
                         if self.bounded {
                             note_read(
                                 &mut self.share,
@@ -470,9 +541,9 @@ impl ShuffleStage {
             if self.bounded {
                 self.alignment.note_ended(&self.share);
             }
-            self.alignment.align(&self.consumer);
+            self.alignment.align(&self.consumer, &mut self.work);
             self.work.sink.poll();
-            if self.bounded && self.share_done() {
+            if self.bounded && self.share_done() && self.alignment.holds_nothing() {
                 self.flush_and_commit(CommitMode::Sync)?;
                 // After everything it shuffled: its end marker, on every keyed partition.
                 let ordinal = self.ordinal.to_string();
