@@ -403,6 +403,17 @@ pub struct OutputsSpec {
     pub alerts: Option<String>,
 }
 
+/// The internal topics of the pipeline `name` in `namespace`, each with `keyGroups`
+/// partitions: the keyed messages (`<namespace>.<name>.keyed`) and the actions routed to the
+/// process stage (`<namespace>.<name>.actions`). The workers use them; the operator deletes
+/// them for `deletionPolicy: Delete`.
+pub fn internal_topics(namespace: &str, name: &str) -> [String; 2] {
+    [
+        format!("{namespace}.{name}.keyed"),
+        format!("{namespace}.{name}.actions"),
+    ]
+}
+
 /// The worker StatefulSet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

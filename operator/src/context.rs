@@ -98,6 +98,8 @@ pub struct Context {
     /// In a cluster, each worker's DNS name under the headless Service; tests point it
     /// elsewhere.
     pub worker_addresses: WorkerAddresses,
+    /// Deletes internal topics for `deletionPolicy: Delete`.
+    pub topic_cleaner: Arc<dyn crate::topics::TopicCleaner>,
 }
 
 impl Context {
@@ -119,6 +121,7 @@ impl Context {
                     crate::builders::ADMIN_PORT,
                 )
             }),
+            topic_cleaner: Arc::new(crate::topics::KafkaTopicCleaner),
         }
     }
 }

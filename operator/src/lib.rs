@@ -9,4 +9,5 @@ pub mod error;
 pub mod leader;
 pub mod pipeline;
 pub mod preflight;
+pub mod topics;
 pub mod workers;

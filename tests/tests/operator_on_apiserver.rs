@@ -123,6 +123,8 @@ async fn the_operator_reconciles_pipelines_and_definitions_with_its_own_rights()
     let worker = fake_worker().await?;
     let mut ctx = OperatorContext::new(client.clone(), capabilities, metrics.clone());
     ctx.worker_addresses = Arc::new(move |_| vec![worker.clone()]);
+    let cleaner = Arc::new(RecordingCleaner::default());
+    ctx.topic_cleaner = cleaner.clone();
     let ctx = Arc::new(ctx);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = futures::FutureExt::shared(async move {
@@ -335,6 +337,61 @@ async fn the_operator_reconciles_pipelines_and_definitions_with_its_own_rights()
         );
     }
 
+    // deletionPolicy: Delete — a finalizer holds the pipeline until its internal topics are
+    // deleted. (A Kafka Admin API is not available here: the mock cluster does not serve
+    // DeleteTopics, so a recording cleaner stands in for KafkaTopicCleaner.)
+    let mut disposable = pipelines.get("credit-card").await?;
+    disposable.metadata = Default::default();
+    disposable.metadata.name = Some("disposable".into());
+    disposable.spec.key_groups = 120;
+    disposable.spec.deletion_policy = weft_crds::join_pipeline::DeletionPolicy::Delete;
+    let uid = pipelines
+        .create(&PostParams::default(), &disposable)
+        .await?
+        .uid()
+        .context("uid")?;
+    wait_for(
+        &pipelines,
+        "disposable",
+        "the finalizer",
+        |o: Option<&JoinPipeline>| {
+            o.is_some_and(|jp| {
+                jp.finalizers()
+                    .iter()
+                    .any(|f| f == weft_operator::pipeline::FINALIZER)
+            })
+        },
+    )
+    .await?;
+    pipelines.delete("disposable", &Default::default()).await?;
+    tokio::time::timeout(
+        WAIT,
+        await_condition(
+            pipelines.clone(),
+            "disposable",
+            conditions::is_deleted(&uid),
+        ),
+    )
+    .await
+    .context("the pipeline was not deleted")??;
+    let deleted = cleaner.calls.lock().map(|c| c.clone()).unwrap_or_default();
+    ensure!(
+        // At least once: a reconcile working from a cache that still shows the finalizer
+        // may delete again, which is why deleting a topic that is gone counts as done.
+        !deleted.is_empty()
+            && deleted.iter().all(|call| {
+                *call
+                    == (
+                        disposable.spec.kafka.bootstrap_servers.clone(),
+                        vec![
+                            "banking.disposable.keyed".to_string(),
+                            "banking.disposable.actions".to_string(),
+                        ],
+                    )
+            }),
+        "{deleted:?}"
+    );
+
     // Leader election with the operator's rights: one holder at a time, and a lease that
     // is not renewed passes to the other replica.
     let leases = Api::namespaced(client.clone(), "weft-system");
@@ -368,6 +425,26 @@ async fn the_operator_reconciles_pipelines_and_definitions_with_its_own_rights()
         "{text}"
     );
     Ok(())
+}
+
+/// Records which topics it was asked to delete.
+#[derive(Default)]
+struct RecordingCleaner {
+    calls: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+}
+
+impl weft_operator::topics::TopicCleaner for RecordingCleaner {
+    fn delete(
+        &self,
+        bootstrap: String,
+        _: std::collections::BTreeMap<String, String>,
+        topics: Vec<String>,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push((bootstrap, topics));
+        }
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Answers every connection with a worker's `/status`: 42 messages of lag.

@@ -20,7 +20,9 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use weft_crds::join_pipeline::{AssignmentStatus, LagStatus, Phase, WorkerAssignment};
+use weft_crds::join_pipeline::{
+    AssignmentStatus, DeletionPolicy, LagStatus, Phase, WorkerAssignment,
+};
 use weft_crds::keygroup::even_assignment;
 use weft_crds::{JoinPipeline, JoinPipelineStatus, ProcessDefinition};
 
@@ -42,11 +44,41 @@ enum Refusal {
     KeyGroupsChanged { running: u16, wanted: u16 },
 }
 
+/// Kept on a pipeline with `deletionPolicy: Delete` until its internal topics are deleted.
+pub const FINALIZER: &str = "weft.dev/internal-topics";
+
 pub async fn reconcile(jp: Arc<JoinPipeline>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = Timer::start(&ctx.metrics, "JoinPipeline");
     let ns = jp.namespace().ok_or(Error::Unnamed("JoinPipeline"))?;
     let name = jp.name_any();
     let client = &ctx.client;
+    let api: Api<JoinPipeline> = Api::namespaced(client.clone(), &ns);
+    let wants_cleanup = jp.spec.deletion_policy == DeletionPolicy::Delete;
+    let has_finalizer = jp.finalizers().iter().any(|f| f == FINALIZER);
+    if jp.metadata.deletion_timestamp.is_some() {
+        // The children go by garbage collection; the topics only through us.
+        if has_finalizer {
+            if wants_cleanup {
+                let topics = weft_crds::join_pipeline::internal_topics(&ns, &name).to_vec();
+                ctx.topic_cleaner
+                    .delete(
+                        jp.spec.kafka.bootstrap_servers.clone(),
+                        jp.spec.kafka.properties.clone(),
+                        topics.clone(),
+                    )
+                    .await
+                    .map_err(Error::Finalizer)?;
+                tracing::info!(pipeline = %name, ?topics, "deleted the internal topics");
+            }
+            set_finalizer(&api, &jp, false).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if wants_cleanup != has_finalizer {
+        // The next reconcile (triggered by this change) does the rest.
+        set_finalizer(&api, &jp, wants_cleanup).await?;
+        return Ok(Action::await_change());
+    }
 
     // Dereference and validate.
     let definitions: Api<ProcessDefinition> = Api::namespaced(client.clone(), &ns);
@@ -136,6 +168,32 @@ pub async fn reconcile(jp: Arc<JoinPipeline>, ctx: Arc<Context>) -> Result<Actio
     write_status(&ctx, &jp, status).await?;
     // Readiness comes through the StatefulSet watch; lag and checkpoints are asked for.
     Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+/// Adds or removes the finalizer, with the resourceVersion so a concurrent change wins.
+async fn set_finalizer(api: &Api<JoinPipeline>, jp: &JoinPipeline, on: bool) -> Result<()> {
+    let mut finalizers: Vec<String> = jp
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if on {
+        finalizers.push(FINALIZER.to_string());
+    }
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": jp.resource_version(),
+        }
+    });
+    api.patch(
+        &jp.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The pipeline with the definitions it uses, checked as the workers will check them.

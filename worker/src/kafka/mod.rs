@@ -49,9 +49,10 @@ impl Topics {
         let name = pipeline.metadata.name.as_deref().unwrap_or_default();
         let outputs = &pipeline.spec.outputs;
         let prefix = format!("{namespace}.{name}");
+        let [keyed, routed_actions] = weft_crds::join_pipeline::internal_topics(namespace, name);
         Topics {
-            keyed: format!("{prefix}.keyed"),
-            routed_actions: format!("{prefix}.actions"),
+            keyed,
+            routed_actions,
             actions: outputs.actions.clone(),
             incomplete: outputs.incomplete.clone(),
             dead_letters: outputs.dead_letters.clone(),
