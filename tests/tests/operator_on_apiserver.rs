@@ -48,14 +48,24 @@ fn condition<'a>(
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// The whole install, as a user does it: `kubectl apply -k manifests/`. (kubectl 1.20
+/// validates against its own schema, which has no CEL rules: `--validate=false`, as the
+/// README says for servers older than 1.25.)
 async fn install(cluster: &TestCluster, admin: &Client) -> Result<()> {
-    let repo = weft_crds::repo_dir();
+    let manifests = weft_crds::repo_dir().join("manifests");
+    let out = cluster.kubectl(&[
+        "apply",
+        "--validate=false",
+        "-k",
+        &manifests.display().to_string(),
+    ])?;
+    ensure!(
+        out.status.success(),
+        "kubectl apply -k manifests/: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    for (file, crd) in weft_crds::crds() {
-        let text = std::fs::read_to_string(repo.join("manifests/crds").join(file))?;
-        let committed: CustomResourceDefinition = serde_yaml::from_str(&text)?;
-        // v1.20's server-side apply refuses the schema's CEL rules; create drops them.
-        crds.create(&PostParams::default(), &committed).await?;
+    for (_, crd) in weft_crds::crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         tokio::time::timeout(
             WAIT,
@@ -63,15 +73,6 @@ async fn install(cluster: &TestCluster, admin: &Client) -> Result<()> {
         )
         .await
         .context("CRD not Established")??;
-    }
-    for file in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
-        let path = repo.join("manifests/operator").join(file);
-        let out = cluster.kubectl(&["apply", "-f", &path.display().to_string()])?;
-        ensure!(
-            out.status.success(),
-            "kubectl apply {file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
     let namespaces: Api<Namespace> = Api::all(admin.clone());
     namespaces
