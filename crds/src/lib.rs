@@ -6,6 +6,7 @@ pub mod cel;
 pub mod duration;
 pub mod join_pipeline;
 pub mod keygroup;
+pub mod logging;
 pub mod manifest;
 pub mod pointer;
 pub mod process_definition;

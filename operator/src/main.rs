@@ -49,27 +49,12 @@ enum Command {
     },
 }
 
-fn init_logging(format: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = format == "json" || (format == "auto" && !std::io::stderr().is_terminal());
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Run { log_format, .. } => init_logging(log_format),
-        Command::CheckCrds => init_logging("text"),
+        Command::Run { log_format, .. } => weft_crds::logging::init(log_format),
+        Command::CheckCrds => weft_crds::logging::init("text"),
     }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -162,26 +162,11 @@ struct RunArgs {
     log_format: String,
 }
 
-fn init_logging(format: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = format == "json" || (format == "auto" && !std::io::stderr().is_terminal());
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Run(args) => init_logging(&args.log_format),
-        _ => init_logging("text"),
+        Command::Run(args) => weft_crds::logging::init(&args.log_format),
+        _ => weft_crds::logging::init("text"),
     }
     match run(cli) {
         Ok(code) => code,

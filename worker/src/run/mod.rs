@@ -257,6 +257,25 @@ fn ordinal_of(value: Option<&[u8]>) -> Option<u32> {
 }
 
 impl Stages {
+    /// Runs `f` on the join engine with the outputs it writes to (borrowed field by field).
+    fn with_join<R>(
+        &mut self,
+        f: impl FnOnce(&mut JoinEngine, &Store, &mut JoinOutputs<'_>) -> R,
+    ) -> R {
+        let mut out = JoinOutputs {
+            out: Outputs {
+                sink: &mut self.sink,
+                topics: &self.topics,
+                counts: &mut self.record.counts,
+                buf: &mut self.buf,
+            },
+            routing: &self.routing,
+            key_groups: self.key_groups,
+            latencies: &mut self.latencies,
+        };
+        f(&mut self.join, &self.store, &mut out)
+    }
+
     fn dead_letter(
         &mut self,
         stage: &str,
@@ -334,18 +353,7 @@ impl Stages {
         let payload = message.payload().unwrap_or_default();
         let rejection = match self.plans[source].extract(payload) {
             Ok(Extracted::Message(msg)) => {
-                let mut out = JoinOutputs {
-                    out: Outputs {
-                        sink: &mut self.sink,
-                        topics: &self.topics,
-                        counts: &mut self.record.counts,
-                        buf: &mut self.buf,
-                    },
-                    routing: &self.routing,
-                    key_groups: self.key_groups,
-                    latencies: &mut self.latencies,
-                };
-                match self.join.process(msg, &self.store, &mut out) {
+                match self.with_join(|join, store, out| join.process(msg, store, out)) {
                     Ok(()) => None,
                     Err(JoinError::Rejected(r)) => Some(r),
                     Err(JoinError::NotOwned(kg)) => Some(Rejection::new(
@@ -475,18 +483,7 @@ impl Stages {
                     >= end
             });
             if keyed_done && sources_done {
-                let mut out = JoinOutputs {
-                    out: Outputs {
-                        sink: &mut self.sink,
-                        topics: &self.topics,
-                        counts: &mut self.record.counts,
-                        buf: &mut self.buf,
-                    },
-                    routing: &self.routing,
-                    key_groups: self.key_groups,
-                    latencies: &mut self.latencies,
-                };
-                self.join.finish_key_group(kg, &self.store, &mut out)?;
+                self.with_join(|join, store, out| join.finish_key_group(kg, store, out))?;
                 self.record.bounded.finished_key_groups.insert(kg);
             }
         }
