@@ -65,7 +65,7 @@ impl JoinOutputs<'_> {
         for plan in self.routing {
             // An action the definition cannot classify still goes to it, keyed by tracking
             // number: the process stage counts it (unmatched, no instance key) where it lives.
-            let instance = plan.classify(text).ok().and_then(|c| c.instance);
+            let instance = plan.instance_key(text);
             let key = instance.as_deref().unwrap_or(tracking_number);
             let kg = key_group(key.as_bytes(), self.key_groups);
             sink.send(
