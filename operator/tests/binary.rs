@@ -62,30 +62,7 @@ async fn the_operator_binary_refuses_to_run_without_crds_then_serves_and_stops()
         "{stderr}"
     );
 
-    let manifests = weft_crds::repo_dir().join("manifests");
-    let applied = cluster.kubectl(&[
-        "apply",
-        "--validate=false",
-        "-k",
-        &manifests.display().to_string(),
-    ])?;
-    ensure!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    let established = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/joinpipelines.weft.dev",
-        "crd/processdefinitions.weft.dev",
-    ])?;
-    ensure!(
-        established.status.success(),
-        "{}",
-        String::from_utf8_lossy(&established.stderr)
-    );
+    cluster.install_weft()?;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

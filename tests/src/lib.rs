@@ -227,6 +227,44 @@ impl TestCluster {
         Client::try_from(config).map_err(|e| HarnessError::Client(e.to_string()))
     }
 
+    /// The whole install as a user does it, `kubectl apply -k manifests/`, then waits until
+    /// the CRDs are Established. (kubectl 1.20 validates against its own schema, which has no
+    /// CEL rules: `--validate=false`, as the README says for servers older than 1.25.)
+    pub fn install_weft(&self) -> Result<(), HarnessError> {
+        let manifests = weft_crds::repo_dir().join("manifests");
+        let check = |what: &str, out: std::process::Output| {
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(HarnessError::Command {
+                    what: what.to_string(),
+                    detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+                })
+            }
+        };
+        check(
+            "kubectl apply -k manifests/",
+            self.kubectl(&[
+                "apply",
+                "--validate=false",
+                "-k",
+                &manifests.display().to_string(),
+            ])?,
+        )?;
+        let mut wait = vec![
+            "wait".to_string(),
+            "--for=condition=Established".to_string(),
+            "--timeout=60s".to_string(),
+        ];
+        wait.extend(
+            weft_crds::crds()
+                .iter()
+                .map(|(_, crd)| format!("crd/{}", crd.metadata.name.clone().unwrap_or_default())),
+        );
+        let wait: Vec<&str> = wait.iter().map(String::as_str).collect();
+        check("waiting for the CRDs", self.kubectl(&wait)?)
+    }
+
     /// The directory the control plane's data and logs live in.
     pub fn dir(&self) -> &Path {
         self.dir.path()

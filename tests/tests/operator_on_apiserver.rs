@@ -11,7 +11,6 @@ use anyhow::{Context, Result, anyhow, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Client, Resource, ResourceExt};
@@ -48,32 +47,9 @@ fn condition<'a>(
     conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// The whole install, as a user does it: `kubectl apply -k manifests/`. (kubectl 1.20
-/// validates against its own schema, which has no CEL rules: `--validate=false`, as the
-/// README says for servers older than 1.25.)
+/// The whole install (`kubectl apply -k manifests/`) and the test's namespace.
 async fn install(cluster: &TestCluster, admin: &Client) -> Result<()> {
-    let manifests = weft_crds::repo_dir().join("manifests");
-    let out = cluster.kubectl(&[
-        "apply",
-        "--validate=false",
-        "-k",
-        &manifests.display().to_string(),
-    ])?;
-    ensure!(
-        out.status.success(),
-        "kubectl apply -k manifests/: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    for (_, crd) in weft_crds::crds() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        tokio::time::timeout(
-            WAIT,
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .context("CRD not Established")??;
-    }
+    cluster.install_weft()?;
     let namespaces: Api<Namespace> = Api::all(admin.clone());
     namespaces
         .create(

@@ -126,8 +126,6 @@ pub fn consumer_config(base: &ClientConfig, group: &str, pipeline: &JoinPipeline
     let mut config = base.clone();
     config
         .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "50")
         .set("statistics.interval.ms", "5000");

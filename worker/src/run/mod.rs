@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -337,8 +337,9 @@ impl Stages {
             self.dead_letter("join", "-", &Received::of(message), &rejection);
             return Ok(());
         };
-        let name = self.plans[source].name.clone();
-        self.record.counts.count_event("join", &name);
+        self.record
+            .counts
+            .count_event("join", &self.plans[source].name);
         if matches!(input, Input::Source(_)) {
             self.record.counts.source_events += 1;
         }
@@ -375,6 +376,8 @@ impl Stages {
             Err(r) => Some(r),
         };
         if let Some(r) = rejection {
+            // Cloned only here: the per-message path borrows the name.
+            let name = self.plans[source].name.clone();
             self.dead_letter("join", &name, &Received::of(message), &r);
         }
         Ok(())
@@ -408,8 +411,9 @@ impl Stages {
             }
             return;
         };
-        let name = self.routing[p].name.clone();
-        self.record.counts.count_event("process", &name);
+        self.record
+            .counts
+            .count_event("process", &self.routing[p].name);
         let rejection = match std::str::from_utf8(message.payload) {
             Err(e) => Some(Rejection::new(DeadLetterReason::NotJson, e.to_string())),
             Ok(text) => {
@@ -435,6 +439,7 @@ impl Stages {
             }
         };
         if let Some(r) = rejection {
+            let name = self.routing[p].name.clone();
             self.dead_letter("process", &name, message, &r);
         }
     }
@@ -1047,35 +1052,19 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         {
             return Ok(Ending::Aborted);
         }
-        let mut busy = false;
-        for i in 0..BATCH {
-            let timeout = if busy || i > 0 {
-                Duration::ZERO
+        let busy = poll_batch(&stateful, "consumer", |message| {
+            let topic = message.topic();
+            let input = if topic == stages.topics.keyed {
+                Input::Keyed
+            } else if topic == stages.topics.routed_actions {
+                Input::Routed
+            } else if let Some(s) = stages.prepartitioned.get(topic) {
+                Input::Source(*s)
             } else {
-                Duration::from_millis(20)
+                return Ok(());
             };
-            match stateful.poll(timeout) {
-                None => break,
-                Some(Err(e)) => {
-                    tracing::warn!(%e, "consumer");
-                    break;
-                }
-                Some(Ok(message)) => {
-                    busy = true;
-                    let topic = message.topic();
-                    let input = if topic == stages.topics.keyed {
-                        Input::Keyed
-                    } else if topic == stages.topics.routed_actions {
-                        Input::Routed
-                    } else if let Some(s) = stages.prepartitioned.get(topic) {
-                        Input::Source(*s)
-                    } else {
-                        continue;
-                    };
-                    stages.on_stateful(input, &message)?;
-                }
-            }
-        }
+            stages.on_stateful(input, message)
+        })?;
         if busy {
             health.brokers_down.store(false, Ordering::Relaxed);
         }
@@ -1172,6 +1161,31 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
             last_publish = Instant::now();
         }
     }
+}
+
+/// Takes up to [`BATCH`] messages from `consumer`, waiting briefly for the first only (so an
+/// idle loop does not spin); `true` when any came.
+pub(crate) fn poll_batch<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    what: &str,
+    mut handle: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<bool> {
+    for i in 0..BATCH {
+        let timeout = if i > 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(20)
+        };
+        match consumer.poll(timeout) {
+            None => return Ok(i > 0),
+            Some(Err(e)) => {
+                tracing::warn!(%e, "{what}");
+                return Ok(i > 0);
+            }
+            Some(Ok(message)) => handle(&message)?,
+        }
+    }
+    Ok(true)
 }
 
 /// Commits the checkpointed offsets of the stateful stages to Kafka under the pipeline's

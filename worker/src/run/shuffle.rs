@@ -15,15 +15,13 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use super::outputs::{Received, send_dead_letter};
-use super::{FLUSH_TIMEOUT, METADATA_TIMEOUT};
+use super::{FLUSH_TIMEOUT, METADATA_TIMEOUT, poll_batch};
 use crate::admin::Shared;
 use crate::kafka::{END_HEADER, Health, SOURCE_HEADER, Topics, WeftContext, partition_count};
 use crate::metrics::StageCounts;
 use crate::sinks::kafka::KafkaSink;
 use crate::sources::{Extracted, SourcePlan};
 
-/// Messages between two looks at the stop flags.
-const BATCH: usize = 1024;
 /// How often the shuffle commits what it has written.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -486,55 +484,38 @@ impl ShuffleStage {
                 // The brokers are away: ask again next round.
                 tracing::warn!("{e:#}");
             }
-            let mut busy = false;
-            for i in 0..BATCH {
-                let timeout = if busy || i > 0 {
-                    Duration::ZERO
+            let (consumer, work, alignment, share) = (
+                &self.consumer,
+                &mut self.work,
+                &mut self.alignment,
+                &mut self.share,
+            );
+            let bounded = self.bounded;
+            let busy = poll_batch(consumer, "shuffle consumer", |message| {
+                let routed = work.examine(message);
+                let (topic, partition) = (message.topic(), message.partition());
+                if alignment.must_wait(topic, partition, routed.as_ref().map(|r| r.time)) {
+                    let payload: Box<[u8]> = message.payload().unwrap_or_default().into();
+                    alignment.hold(
+                        topic,
+                        partition,
+                        Held {
+                            offset: message.offset(),
+                            routed: routed.map(|r| (r, payload)),
+                        },
+                    );
                 } else {
-                    Duration::from_millis(20)
-                };
-                match self.consumer.poll(timeout) {
-                    None => break,
-                    Some(Err(e)) => {
-                        tracing::warn!(%e, "shuffle consumer");
-                        break;
+                    if let Some(r) = &routed {
+                        work.route(r, message.payload().unwrap_or_default());
                     }
-                    Some(Ok(message)) => {
-                        busy = true;
-                        let routed = self.work.examine(&message);
-                        let (topic, partition) = (message.topic(), message.partition());
-                        if self.alignment.must_wait(
-                            topic,
-                            partition,
-                            routed.as_ref().map(|r| r.time),
-                        ) {
-                            let payload: Box<[u8]> = message.payload().unwrap_or_default().into();
-                            self.alignment.hold(
-                                topic,
-                                partition,
-                                Held {
-                                    offset: message.offset(),
-                                    routed: routed.map(|r| (r, payload)),
-                                },
-                            );
-                        } else {
-                            if let Some(r) = &routed {
-                                self.work.route(r, message.payload().unwrap_or_default());
-                            }
-                            // Committed once the producer has flushed what it wrote for it.
-                            let _ = self.consumer.store_offset_from_message(&message);
-                        }
-                        if self.bounded {
-                            note_read(
-                                &mut self.share,
-                                message.topic(),
-                                message.partition(),
-                                message.offset(),
-                            );
-                        }
-                    }
+                    // Committed once the producer has flushed what it wrote for it.
+                    let _ = consumer.store_offset_from_message(message);
                 }
-            }
+                if bounded {
+                    note_read(share, topic, partition, message.offset());
+                }
+                Ok(())
+            })?;
             if busy {
                 self.work.sink.health_ok();
             }
