@@ -189,8 +189,9 @@ pub fn decode_aggregate(bytes: &[u8]) -> Option<Aggregate> {
         };
         for _ in 0..r.u32()? {
             let i = r.i32()?;
-            s.buckets.insert(i, r.i64()?);
+            s.buckets.push((i, r.i64()?));
         }
+        s.buckets.sort_unstable_by_key(|(i, _)| *i);
         Some(Box::new(s))
     } else {
         None

@@ -27,6 +27,7 @@ pub mod predicate;
 pub mod reconfigure;
 pub mod record;
 pub mod sketch;
+pub mod windows;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,7 +38,9 @@ use weft_crds::keygroup::{KeyGroupRange, key_group};
 
 pub use instance::{Applied, Instance};
 pub use plan::{Classified, ProcessPlan};
+use record::RecordTexts;
 use sketch::Sketch;
+use windows::Windows;
 
 /// The value a dimension takes once its distinct values are used up.
 pub const OTHER: &str = "other";
@@ -76,6 +79,20 @@ pub struct Aggregate {
     pub dirty: bool,
     /// Changed since the last checkpoint.
     unsaved: bool,
+}
+
+impl Aggregate {
+    /// Adds another partial aggregate's values (not its flags).
+    pub fn merge(&mut self, other: &Aggregate) {
+        self.count += other.count;
+        self.sum_ms += other.sum_ms;
+        if let Some(sketch) = &other.sketch {
+            match &mut self.sketch {
+                Some(s) => s.merge(sketch),
+                None => self.sketch = Some(sketch.clone()),
+            }
+        }
+    }
 }
 
 /// Values interned to small ids (dimension combinations, variants): aggregate keys stay
@@ -180,80 +197,41 @@ pub struct ProcessState {
     /// Changed since the last checkpoint: instance key → its key group.
     dirty: FxHashMap<String, u16>,
     timers: Vec<BTreeSet<(i64, TimerKind, String)>>,
-    aggregates: FxHashMap<AggregateKey, Aggregate>,
-    /// The aggregates present per (key group, window start), to drop a window whole.
-    windows: BTreeMap<(u16, i64), Vec<(Metric, u32)>>,
-    /// Per owned key group: aggregates changed since they were last emitted (each once:
-    /// listed when its `dirty` flag is set).
-    unemitted: Vec<Vec<AggregateKey>>,
-    /// Aggregates changed (or dropped) since the last checkpoint (each once).
-    unsaved: Vec<AggregateKey>,
-    first_key_group: u16,
+    windows: Windows,
     /// Per owned key group: windows starting before this are closed.
     closed_before: Vec<i64>,
+    pub names: Names,
+    texts: RecordTexts,
+    pub counts: Counts,
+}
+
+/// The value tables of a definition's state: dimension values, their combinations and the
+/// variants (step sequences), interned to small ids.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
     dimension_values: Vec<Vec<String>>,
     dimension_ids: Vec<FxHashMap<String, u32>>,
     combos: Interner<Vec<u32>>,
     variants: Interner<String>,
-    pub counts: Counts,
 }
 
-/// A partial aggregate's key: key group, window start, metric, dimension combination.
-pub type AggregateKey = (u16, i64, Metric, u32);
-
-/// What a checkpoint record holds besides instances and aggregates (which go to their own
-/// column families, changes only).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ProcessMeta {
-    dimension_values: Vec<Vec<String>>,
-    combos: Vec<Vec<u32>>,
-    variants: Vec<String>,
-    counts: Counts,
-}
-
-/// State changes of the process stage for a checkpoint: (key, Some(value) | None to delete).
-#[derive(Debug, Default)]
-pub struct ProcessChanges {
-    pub instances: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pub aggregates: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// Replace the stored state whole: these changes are all of it.
-    pub rewrite: bool,
-}
-
-impl ProcessState {
-    fn new(plan: ProcessPlan, owned: KeyGroupRange) -> ProcessState {
-        let dims = plan.dimensions.len();
-        let steps = plan.steps.len();
-        ProcessState {
-            plan,
-            instances: FxHashMap::default(),
-            dirty: FxHashMap::default(),
-            timers: (0..owned.len()).map(|_| BTreeSet::new()).collect(),
-            aggregates: FxHashMap::default(),
-            windows: BTreeMap::new(),
-            unemitted: vec![Vec::new(); usize::from(owned.len())],
-            unsaved: Vec::new(),
-            first_key_group: owned.start,
-            closed_before: vec![i64::MIN; usize::from(owned.len())],
-            dimension_values: vec![Vec::new(); dims],
-            dimension_ids: vec![FxHashMap::default(); dims],
-            combos: Interner::default(),
-            variants: Interner::default(),
-            counts: Counts {
-                durations: vec![Sketch::default(); steps],
-                ..Counts::default()
-            },
+impl Names {
+    fn new(dimensions: usize) -> Names {
+        Names {
+            dimension_values: vec![Vec::new(); dimensions],
+            dimension_ids: vec![FxHashMap::default(); dimensions],
+            ..Names::default()
         }
     }
 
-    /// The id of a dimension value; once `maxValues` distinct values are taken, new ones are
-    /// `other`. A missing value is `other` too.
-    fn dimension_id(&mut self, dim: usize, value: Option<&str>) -> u32 {
+    /// The id of a dimension value; once `max_values` distinct values are taken, new ones
+    /// are `other`. A missing value is `other` too.
+    fn dimension_id(&mut self, dim: usize, value: Option<&str>, max_values: usize) -> u32 {
         let value = value.unwrap_or(OTHER);
         if let Some(id) = self.dimension_ids[dim].get(value) {
             return *id;
         }
-        let full = self.dimension_values[dim].len() >= self.plan.dimensions[dim].max_values;
+        let full = self.dimension_values[dim].len() >= max_values;
         let value = if full { OTHER } else { value };
         if let Some(id) = self.dimension_ids[dim].get(value) {
             return *id;
@@ -284,6 +262,61 @@ impl ProcessState {
             .get(dim)
             .and_then(|v| v.get(id as usize))
             .map_or(OTHER, String::as_str)
+    }
+}
+
+/// A partial aggregate's key: key group, window start, metric, dimension combination.
+pub type AggregateKey = (u16, i64, Metric, u32);
+
+/// What a checkpoint record holds besides instances and aggregates (which go to their own
+/// column families, changes only).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProcessMeta {
+    dimension_values: Vec<Vec<String>>,
+    combos: Vec<Vec<u32>>,
+    variants: Vec<String>,
+    counts: Counts,
+}
+
+/// State changes of the process stage for a checkpoint: (key, Some(value) | None to delete).
+#[derive(Debug, Default)]
+pub struct ProcessChanges {
+    pub instances: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub aggregates: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Key ranges of dropped windows in the aggregates' store: [from, to).
+    pub dropped_windows: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Replace the stored state whole: these changes are all of it.
+    pub rewrite: bool,
+}
+
+impl ProcessState {
+    fn new(plan: ProcessPlan, owned: KeyGroupRange) -> ProcessState {
+        let dims = plan.dimensions.len();
+        let steps = plan.steps.len();
+        ProcessState {
+            plan,
+            instances: FxHashMap::default(),
+            dirty: FxHashMap::default(),
+            timers: (0..owned.len()).map(|_| BTreeSet::new()).collect(),
+            windows: Windows::new(owned.start, owned.len()),
+            closed_before: vec![i64::MIN; usize::from(owned.len())],
+            names: Names::new(dims),
+            texts: RecordTexts::default(),
+            counts: Counts {
+                durations: vec![Sketch::default(); steps],
+                ..Counts::default()
+            },
+        }
+    }
+
+    fn dimension_id(&mut self, dim: usize, value: Option<&str>) -> u32 {
+        let max_values = self.plan.dimensions[dim].max_values;
+        self.names.dimension_id(dim, value, max_values)
+    }
+
+    /// The id of a combination of dimension value ids.
+    fn combo_id(&mut self, dims: &[u32]) -> u32 {
+        self.names.combos.id(&dims.to_vec())
     }
 
     /// How long an ended instance is kept (a late action may still belong to it) and a window
@@ -326,7 +359,7 @@ impl ProcessState {
     }
 
     fn contributions(&mut self, instance: &Instance) -> Vec<instance::Contribution> {
-        let variants = &mut self.variants;
+        let variants = &mut self.names.variants;
         instance.contributions(
             &self.plan.steps,
             self.plan.outcomes.len(),
@@ -360,35 +393,14 @@ impl ProcessState {
         let start = t.div_euclid(size) * size;
         // A window past its retention was dropped: the change stays in the totals only.
         if start < wm.saturating_sub(size + self.retention(lateness))
-            && !self.windows.contains_key(&(kg, start))
+            && !self.windows.has_window(kg, start)
         {
             self.counts.late_metric_updates += 1;
             return;
         }
-        let key = (kg, start, metric, combo);
-        let agg = match self.aggregates.entry(key) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                self.windows
-                    .entry((kg, start))
-                    .or_default()
-                    .push((metric, combo));
-                v.insert(Aggregate::default())
-            }
+        let Some(agg) = self.windows.change((kg, start, metric, combo)) else {
+            return;
         };
-        if !agg.dirty {
-            agg.dirty = true;
-            if let Some(list) = self
-                .unemitted
-                .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))
-            {
-                list.push(key);
-            }
-        }
-        if !agg.unsaved {
-            agg.unsaved = true;
-            self.unsaved.push(key);
-        }
         agg.count += weight;
         if let Some(ms) = millis {
             agg.sum_ms += ms * weight;
@@ -442,7 +454,9 @@ impl ProcessState {
                 }
                 Metric::SlaBreach(s) => *t.sla_breaches.entry(step(s)).or_default() += n,
                 Metric::Variant(v) => {
-                    *t.variants.entry(self.variant(v).to_string()).or_default() += n;
+                    *t.variants
+                        .entry(self.names.variant(v).to_string())
+                        .or_default() += n;
                 }
                 Metric::Duration(_) | Metric::Transition(..) => {}
             }
@@ -532,7 +546,7 @@ impl ProcessEngine {
     pub fn unsaved(&self) -> usize {
         self.processes
             .iter()
-            .map(|s| s.dirty.len() + s.unsaved.len())
+            .map(|s| s.dirty.len() + s.windows.unsaved())
             .sum()
     }
 
@@ -545,12 +559,12 @@ impl ProcessEngine {
                     "{}: {} instances, {} aggregates in {} windows, {} unemitted, {} unsaved, {} timers, {} combos",
                     s.plan.name,
                     s.instances.len(),
-                    s.aggregates.len(),
                     s.windows.len(),
-                    s.unemitted.iter().map(Vec::len).sum::<usize>(),
-                    s.unsaved.len(),
+                    s.windows.window_count(),
+                    s.windows.unemitted(),
+                    s.windows.unsaved(),
                     s.timers.iter().map(BTreeSet::len).sum::<usize>(),
-                    s.combos.values.len(),
+                    s.names.combos.values.len(),
                 )
             })
             .collect::<Vec<_>>()
@@ -668,7 +682,7 @@ impl ProcessEngine {
                 Instance {
                     key: key.to_string(),
                     key_group: kg,
-                    combo: state.combos.id(&dims),
+                    combo: state.combo_id(&dims),
                     dimensions: dims.clone(),
                     ..Instance::default()
                 },
@@ -681,7 +695,7 @@ impl ProcessEngine {
         let old_combo = instance.combo;
         let mut changed = false;
         for (d, id) in dims.iter().enumerate() {
-            let other = state.dimension_ids[d].get(OTHER).copied();
+            let other = state.names.dimension_ids[d].get(OTHER).copied();
             if c.dimensions[d].is_some()
                 && Some(instance.dimensions[d]) == other
                 && Some(*id) != other
@@ -691,7 +705,7 @@ impl ProcessEngine {
             }
         }
         if changed {
-            instance.combo = state.combos.id(&instance.dimensions);
+            instance.combo = state.names.combos.id(&instance.dimensions);
         }
         let after_end = instance.after_end(&state.plan.steps);
         state.counts.after_end += after_end.saturating_sub(after_end_before) as u64;
@@ -811,25 +825,16 @@ impl ProcessEngine {
                 continue;
             }
             state.closed_before[idx] = closed;
-            emit_closed(state, idx, &mut self.buf, out);
             let expired_before = wm.saturating_sub(size + state.retention(self.lateness));
-            let expired: Vec<(u16, i64)> = state
-                .windows
-                .range((kg, i64::MIN)..(kg, expired_before))
-                .map(|(k, _)| *k)
-                .collect();
-            for (kg, start) in expired {
-                for (metric, combo) in state.windows.remove(&(kg, start)).unwrap_or_default() {
-                    let key = (kg, start, metric, combo);
-                    // A change not emitted yet goes out before the window is dropped.
-                    if state.aggregates.get(&key).is_some_and(|a| a.dirty) {
-                        emit(state, &key, &mut self.buf, out);
-                    }
-                    if state.aggregates.remove(&key).is_some_and(|a| !a.unsaved) {
-                        state.unsaved.push(key);
-                    }
-                }
-            }
+            let mut emit = emitter(
+                &mut state.texts,
+                &state.plan,
+                &state.names,
+                &mut self.buf,
+                out,
+            );
+            state.windows.emit_before(kg, closed, &mut emit);
+            state.windows.drop_before(kg, expired_before, &mut emit);
         }
     }
 
@@ -837,8 +842,16 @@ impl ProcessEngine {
     /// actions). Called before every checkpoint.
     pub fn emit_updates(&mut self, out: &mut impl ProcessOutput) {
         for state in &mut self.processes {
-            for idx in 0..state.unemitted.len() {
-                emit_closed(state, idx, &mut self.buf, out);
+            let mut emit = emitter(
+                &mut state.texts,
+                &state.plan,
+                &state.names,
+                &mut self.buf,
+                out,
+            );
+            for (idx, closed) in state.closed_before.iter().enumerate() {
+                let kg = self.owned.start + idx as u16;
+                state.windows.emit_before(kg, *closed, &mut emit);
             }
         }
     }
@@ -847,13 +860,14 @@ impl ProcessEngine {
     /// (in progress); time does not run out for them as it does for the join's pending parts.
     pub fn finish(&mut self, out: &mut impl ProcessOutput) {
         for state in &mut self.processes {
-            for idx in 0..state.unemitted.len() {
-                let mut due = std::mem::take(&mut state.unemitted[idx]);
-                due.sort_unstable();
-                for key in due {
-                    emit(state, &key, &mut self.buf, out);
-                }
-            }
+            let mut emit = emitter(
+                &mut state.texts,
+                &state.plan,
+                &state.names,
+                &mut self.buf,
+                out,
+            );
+            state.windows.emit_all(&mut emit);
         }
     }
 
@@ -876,16 +890,17 @@ impl ProcessEngine {
                     .instances
                     .push((instance_key(kg, p as u16, &key), value));
             }
-            for key in std::mem::take(&mut state.unsaved) {
-                let value = state.aggregates.get_mut(&key).map(|a| {
-                    a.unsaved = false;
-                    let mut buf = Vec::with_capacity(32);
-                    codec::encode_aggregate(a, &mut buf);
-                    buf
-                });
-                changes
-                    .aggregates
-                    .push((aggregate_key(p as u16, &key), value));
+            let aggregates = &mut changes.aggregates;
+            let dropped = state.windows.take_unsaved(&mut |key, agg| {
+                let mut value = Vec::with_capacity(32);
+                codec::encode_aggregate(agg, &mut value);
+                aggregates.push((aggregate_key(p as u16, &key), Some(value)));
+            });
+            for (kg, start) in dropped {
+                changes.dropped_windows.push((
+                    window_key(kg, p as u16, start),
+                    window_key(kg, p as u16, start.saturating_add(1)),
+                ));
             }
         }
         changes
@@ -896,9 +911,9 @@ impl ProcessEngine {
         self.processes
             .iter()
             .map(|s| ProcessMeta {
-                dimension_values: s.dimension_values.clone(),
-                combos: s.combos.values.clone(),
-                variants: s.variants.values.clone(),
+                dimension_values: s.names.dimension_values.clone(),
+                combos: s.names.combos.values.clone(),
+                variants: s.names.variants.values.clone(),
                 counts: s.counts.clone(),
             })
             .collect()
@@ -917,7 +932,7 @@ impl ProcessEngine {
             self.watermarks[i] = *wm;
         }
         for (state, m) in self.processes.iter_mut().zip(meta) {
-            state.dimension_ids = m
+            state.names.dimension_ids = m
                 .dimension_values
                 .iter()
                 .map(|values| {
@@ -928,9 +943,9 @@ impl ProcessEngine {
                         .collect()
                 })
                 .collect();
-            state.dimension_values = m.dimension_values;
-            state.combos = Interner::from_values(m.combos);
-            state.variants = Interner::from_values(m.variants);
+            state.names.dimension_values = m.dimension_values;
+            state.names.combos = Interner::from_values(m.combos);
+            state.names.variants = Interner::from_values(m.variants);
             state.counts = m.counts;
         }
         let definition = |key: &[u8]| {
@@ -967,20 +982,7 @@ impl ProcessEngine {
             if !self.owned.contains(kg) {
                 continue;
             }
-            let k = (kg, start, metric, combo);
-            if agg.dirty
-                && let Some(list) = state
-                    .unemitted
-                    .get_mut(usize::from(kg.wrapping_sub(state.first_key_group)))
-            {
-                list.push(k);
-            }
-            state
-                .windows
-                .entry((kg, start))
-                .or_default()
-                .push((metric, combo));
-            state.aggregates.insert(k, agg);
+            state.windows.put((kg, start, metric, combo), agg);
         }
         Ok(())
     }
@@ -997,13 +999,19 @@ pub fn instance_key(kg: u16, process: u16, key: &str) -> Vec<u8> {
 
 /// The state key of an aggregate.
 fn aggregate_key(process: u16, (kg, start, metric, combo): &AggregateKey) -> Vec<u8> {
+    let mut k = window_key(*kg, process, *start);
+    codec::encode_metric(metric, &mut k);
+    k.extend_from_slice(&combo.to_be_bytes());
+    k
+}
+
+/// The prefix of a window's aggregate keys.
+fn window_key(kg: u16, process: u16, start: i64) -> Vec<u8> {
     let mut k = Vec::with_capacity(32);
     k.extend_from_slice(&kg.to_be_bytes());
     k.extend_from_slice(&process.to_be_bytes());
     // Sign bit flipped: byte order is time order.
-    k.extend_from_slice(&((*start as u64) ^ (1 << 63)).to_be_bytes());
-    codec::encode_metric(metric, &mut k);
-    k.extend_from_slice(&combo.to_be_bytes());
+    k.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
     k
 }
 
@@ -1015,48 +1023,18 @@ fn split_aggregate_key(key: &[u8]) -> Option<AggregateKey> {
     Some((kg, start, metric, combo))
 }
 
-/// Emits the changed aggregates of key group `idx`'s closed windows, in key order.
-fn emit_closed(
-    state: &mut ProcessState,
-    idx: usize,
-    buf: &mut Vec<u8>,
-    out: &mut impl ProcessOutput,
-) {
-    let closed = state.closed_before[idx];
-    let (mut due, open): (Vec<AggregateKey>, Vec<AggregateKey>) =
-        std::mem::take(&mut state.unemitted[idx])
-            .into_iter()
-            .partition(|(_, start, _, _)| *start < closed);
-    state.unemitted[idx] = open;
-    due.sort_unstable();
-    for key in due {
-        emit(state, &key, buf, out);
-    }
-}
-
-/// Emits one aggregate (with its own idempotent key) and marks it emitted.
-fn emit(
-    state: &mut ProcessState,
-    key: &AggregateKey,
-    buf: &mut Vec<u8>,
-    out: &mut impl ProcessOutput,
-) {
-    let Some(agg) = state.aggregates.get(key) else {
-        return;
-    };
-    if !agg.dirty {
-        return;
-    }
-    let (kg, start, metric, combo) = *key;
-    buf.clear();
-    record::write_metric(buf, state, kg, start, &metric, combo, agg);
-    out.metric(buf);
-    if let Some(agg) = state.aggregates.get_mut(key) {
-        agg.dirty = false;
-        if !agg.unsaved {
-            agg.unsaved = true;
-            state.unsaved.push(*key);
-        }
+/// What emitting an aggregate does: its record (with its own idempotent key) to the output.
+fn emitter<'a>(
+    texts: &'a mut RecordTexts,
+    plan: &'a ProcessPlan,
+    names: &'a Names,
+    buf: &'a mut Vec<u8>,
+    out: &'a mut impl ProcessOutput,
+) -> impl FnMut(AggregateKey, &Aggregate) + 'a {
+    move |key, agg| {
+        buf.clear();
+        record::write_metric(buf, texts, plan, names, key, agg);
+        out.metric(buf);
     }
 }
 

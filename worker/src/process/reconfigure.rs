@@ -111,12 +111,12 @@ impl ProcessEngine {
             instances.push((instance, contributed));
         }
 
-        let old_aggregates = std::mem::take(&mut old.aggregates);
+        let old_aggregates = old.windows.drain();
         let old_metrics = std::mem::take(&mut old.counts.metrics);
         let old = old;
         let mut new = ProcessState::new(plan, self.owned);
         // Variant ids stay valid: the table is copied whole (sequences are step names).
-        new.variants = old.variants.clone();
+        new.names.variants = old.names.variants.clone();
         new.closed_before = old.closed_before.clone();
         let mut combos: FxHashMap<u32, u32> = FxHashMap::default();
         let mut combo = |new: &mut ProcessState, id: u32| -> u32 {
@@ -127,8 +127,8 @@ impl ProcessEngine {
                 .iter()
                 .map(|d| {
                     let d = (*d)?;
-                    let value = old.combo(id).get(d)?;
-                    Some(old.dimension_value(d, *value).to_string())
+                    let value = old.names.combo(id).get(d)?;
+                    Some(old.names.dimension_value(d, *value).to_string())
                 })
                 .collect();
             let ids: Vec<u32> = values
@@ -136,7 +136,7 @@ impl ProcessEngine {
                 .enumerate()
                 .map(|(d, v)| new.dimension_id(d, v.as_deref()))
                 .collect();
-            let c = new.combos.id(&ids);
+            let c = new.combo_id(&ids);
             combos.insert(id, c);
             c
         };
@@ -148,30 +148,14 @@ impl ProcessEngine {
                 continue;
             };
             let key = (kg, start, m, combo(&mut new, c));
-            match new.aggregates.get_mut(&key) {
-                Some(existing) => merge(existing, &agg),
-                None => {
-                    new.windows
-                        .entry((kg, start))
-                        .or_default()
-                        .push((key.2, key.3));
-                    let mut agg = agg;
-                    agg.unsaved = true;
-                    new.aggregates.insert(key, agg);
-                }
-            }
-            new.unsaved.push(key);
-            if let Some(list) = new
-                .unemitted
-                .get_mut(usize::from(kg.wrapping_sub(new.first_key_group)))
-                && new.aggregates.get(&key).is_some_and(|a| a.dirty)
-                && !list.contains(&key)
-            {
-                list.push(key);
-            }
+            new.windows.put(
+                key,
+                Aggregate {
+                    unsaved: true,
+                    ..agg
+                },
+            );
         }
-        new.unsaved.sort_unstable();
-        new.unsaved.dedup();
 
         // Totals.
         new.counts.actions = old.counts.actions;
@@ -212,7 +196,7 @@ impl ProcessEngine {
             instance.actions.sort_unstable();
             report.dropped_actions += (before - instance.actions.len()) as u64;
             instance.combo = old_combo;
-            instance.dimensions = new.combo(old_combo).to_vec();
+            instance.dimensions = new.names.combo(old_combo).to_vec();
             instance.armed_sla = None;
             instance.armed_timeout = None;
             let kg = instance.key_group;
@@ -238,19 +222,6 @@ impl ProcessEngine {
         }
         new
     }
-}
-
-fn merge(into: &mut Aggregate, other: &Aggregate) {
-    into.count += other.count;
-    into.sum_ms += other.sum_ms;
-    if let Some(sketch) = &other.sketch {
-        match &mut into.sketch {
-            Some(s) => s.merge(sketch),
-            None => into.sketch = Some(sketch.clone()),
-        }
-    }
-    into.dirty |= other.dirty;
-    into.unsaved = true;
 }
 
 /// Outcome bits moved to their new positions; bits of removed outcomes dropped.

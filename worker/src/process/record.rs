@@ -7,35 +7,38 @@
 
 use crate::join::record::{push_json_escaped, push_json_string};
 
+use rustc_hash::FxHashMap;
+
 use super::instance::Visit;
-use super::{Aggregate, Instance, Metric, ProcessState};
+use super::sketch::Sketch;
+use super::{Aggregate, AggregateKey, Instance, Metric, Names, ProcessPlan, ProcessState};
 
 fn push_i64(buf: &mut Vec<u8>, n: i64) {
     buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn push_f64(buf: &mut Vec<u8>, x: f64) {
-    match serde_json::Number::from_f64(x) {
-        Some(n) => buf.extend_from_slice(n.to_string().as_bytes()),
-        None => buf.extend_from_slice(b"null"),
+    if x.is_finite() {
+        buf.extend_from_slice(ryu::Buffer::new().format_finite(x).as_bytes());
+    } else {
+        buf.extend_from_slice(b"null");
     }
 }
 
-fn step_name(state: &ProcessState, step: u16) -> &str {
-    state
-        .plan
-        .steps
+fn step_name(plan: &ProcessPlan, step: u16) -> &str {
+    plan.steps
         .get(usize::from(step))
         .map_or("?", |s| s.name.as_str())
 }
 
 /// The metric's name and its qualifier fields (`"step":..`, `"from":..,"to":..`).
 fn describe<'s>(
-    state: &'s ProcessState,
+    plan: &'s ProcessPlan,
+    variant: &'s str,
     metric: &Metric,
 ) -> (&'static str, [(&'static str, &'s str); 2]) {
     const NONE: (&str, &str) = ("", "");
-    let step = |s: &u16| step_name(state, *s);
+    let step = |s: &u16| step_name(plan, *s);
     match metric {
         Metric::Started => ("started", [NONE, NONE]),
         Metric::Completed => ("completed", [NONE, NONE]),
@@ -52,112 +55,201 @@ fn describe<'s>(
             [
                 (
                     "outcome",
-                    state
-                        .plan
-                        .outcomes
+                    plan.outcomes
                         .get(usize::from(*o))
                         .map_or("?", |(n, _)| n.as_str()),
                 ),
                 NONE,
             ],
         ),
-        Metric::Variant(v) => ("variant", [("variant", state.variant(*v)), NONE]),
+        Metric::Variant(_) => ("variant", [("variant", variant), NONE]),
     }
 }
 
-fn push_dimensions(buf: &mut Vec<u8>, state: &ProcessState, dims: &[u32]) {
+/// `{"<dimension>":"<value>",...}`
+fn push_dimensions(buf: &mut Vec<u8>, plan: &ProcessPlan, values: &[&str]) {
     buf.push(b'{');
-    for (d, id) in dims.iter().enumerate() {
+    for (d, value) in values.iter().enumerate() {
         if d > 0 {
             buf.push(b',');
         }
-        let name = state
-            .plan
-            .dimensions
-            .get(d)
-            .map_or("?", |p| p.name.as_str());
+        let name = plan.dimensions.get(d).map_or("?", |p| p.name.as_str());
         push_json_string(buf, name);
         buf.push(b':');
-        push_json_string(buf, state.dimension_value(d, *id));
+        push_json_string(buf, value);
     }
     buf.push(b'}');
+}
+
+/// The parts of a metric record that depend on the metric alone.
+#[derive(Clone, Debug)]
+struct MetricText {
+    /// `{"id":"<definition>/<metric>[/<qualifier>...]/`
+    id: Box<[u8]>,
+    /// `,"process":..,"metric":..[,<qualifier fields>],"windowStart":`
+    fields: Box<[u8]>,
+    /// Durations and transitions carry a sum.
+    has_sum: bool,
+}
+
+/// The parts of a metric record that depend on the dimension combination alone.
+#[derive(Clone, Debug)]
+struct ComboText {
+    /// `[/<value>,<value>...]"` (ends the id)
+    id: Box<[u8]>,
+    /// `,"dimensions":{...},"count":`
+    dimensions: Box<[u8]>,
+}
+
+/// Metric records are mostly the same few strings: rendered once per metric and per
+/// dimension combination (when it is interned), copied per record.
+#[derive(Clone, Debug, Default)]
+pub struct RecordTexts {
+    metrics: FxHashMap<Metric, MetricText>,
+    combos: Vec<ComboText>,
+}
+
+/// The text of a metric, rendered on first use.
+fn metric_text<'t>(
+    metrics: &'t mut FxHashMap<Metric, MetricText>,
+    plan: &ProcessPlan,
+    variants: &[String],
+    metric: &Metric,
+) -> &'t MetricText {
+    metrics.entry(*metric).or_insert_with(|| {
+        let variant = match metric {
+            Metric::Variant(v) => variants.get(*v as usize).map_or("?", String::as_str),
+            _ => "",
+        };
+        let (name, qualifiers) = describe(plan, variant, metric);
+        let qualifiers = qualifiers.iter().filter(|(k, _)| !k.is_empty());
+        let mut id = b"{\"id\":\"".to_vec();
+        push_json_escaped(&mut id, &plan.name);
+        id.push(b'/');
+        id.extend_from_slice(name.as_bytes());
+        for (_, v) in qualifiers.clone() {
+            id.push(b'/');
+            push_json_escaped(&mut id, v);
+        }
+        id.push(b'/');
+        let mut fields = b",\"process\":".to_vec();
+        push_json_string(&mut fields, &plan.name);
+        fields.extend_from_slice(b",\"metric\":\"");
+        fields.extend_from_slice(name.as_bytes());
+        fields.push(b'"');
+        for (k, v) in qualifiers {
+            fields.extend_from_slice(b",\"");
+            fields.extend_from_slice(k.as_bytes());
+            fields.extend_from_slice(b"\":");
+            push_json_string(&mut fields, v);
+        }
+        fields.extend_from_slice(b",\"windowStart\":");
+        MetricText {
+            id: id.into(),
+            fields: fields.into(),
+            has_sum: matches!(metric, Metric::Duration(_) | Metric::Transition(..)),
+        }
+    })
+}
+
+impl RecordTexts {
+    /// Renders the texts of combinations `self.combos.len()..` of `names`.
+    pub fn add_combos(&mut self, plan: &ProcessPlan, names: &Names) {
+        for id in self.combos.len()..names.combos.values.len() {
+            let values: Vec<&str> = names
+                .combo(id as u32)
+                .iter()
+                .enumerate()
+                .map(|(d, v)| names.dimension_value(d, *v))
+                .collect();
+            let mut text = Vec::new();
+            for (d, v) in values.iter().enumerate() {
+                text.push(if d == 0 { b'/' } else { b',' });
+                push_json_escaped(&mut text, v);
+            }
+            text.push(b'"');
+            let mut dimensions = b",\"dimensions\":".to_vec();
+            push_dimensions(&mut dimensions, plan, &values);
+            dimensions.extend_from_slice(b",\"count\":");
+            self.combos.push(ComboText {
+                id: text.into(),
+                dimensions: dimensions.into(),
+            });
+        }
+    }
 }
 
 /// One partial aggregate, and a newline. The id is
 /// `<definition>/<metric>[/<qualifier>...]/<window start>/<key group>[/<dimension values>]`.
 pub fn write_metric(
     buf: &mut Vec<u8>,
-    state: &ProcessState,
-    kg: u16,
-    window_start: i64,
-    metric: &Metric,
-    combo: u32,
+    texts: &mut RecordTexts,
+    plan: &ProcessPlan,
+    names: &Names,
+    (kg, window_start, metric, combo): AggregateKey,
     agg: &Aggregate,
 ) {
-    let dims = state.combo(combo);
-    let (name, qualifiers) = describe(state, metric);
-    let qualifiers = qualifiers.iter().filter(|(k, _)| !k.is_empty());
-    buf.extend_from_slice(b"{\"id\":\"");
-    push_json_escaped(buf, &state.plan.name);
-    buf.push(b'/');
-    buf.extend_from_slice(name.as_bytes());
-    for (_, v) in qualifiers.clone() {
-        buf.push(b'/');
-        push_json_escaped(buf, v);
-    }
-    buf.push(b'/');
+    texts.add_combos(plan, names);
+    let metric_text = metric_text(&mut texts.metrics, plan, &names.variants.values, &metric);
+    buf.extend_from_slice(&metric_text.id);
     push_i64(buf, window_start);
     buf.push(b'/');
     push_i64(buf, i64::from(kg));
-    for (d, v) in dims.iter().enumerate() {
-        buf.push(if d == 0 { b'/' } else { b',' });
-        push_json_escaped(buf, state.dimension_value(d, *v));
-    }
-    buf.extend_from_slice(b"\",\"process\":");
-    push_json_string(buf, &state.plan.name);
-    buf.extend_from_slice(b",\"metric\":\"");
-    buf.extend_from_slice(name.as_bytes());
-    buf.push(b'"');
-    for (k, v) in qualifiers {
-        buf.extend_from_slice(b",\"");
-        buf.extend_from_slice(k.as_bytes());
-        buf.extend_from_slice(b"\":");
-        push_json_string(buf, v);
-    }
-    buf.extend_from_slice(b",\"windowStart\":");
+    let combo_text = texts.combos.get(combo as usize);
+    buf.extend_from_slice(combo_text.map_or(&b"\""[..], |c| &c.id));
+    buf.extend_from_slice(&metric_text.fields);
     push_i64(buf, window_start);
     buf.extend_from_slice(b",\"windowEnd\":");
-    push_i64(buf, window_start + state.plan.window);
+    push_i64(buf, window_start + plan.window);
     buf.extend_from_slice(b",\"keyGroup\":");
     push_i64(buf, i64::from(kg));
-    buf.extend_from_slice(b",\"dimensions\":");
-    push_dimensions(buf, state, dims);
-    buf.extend_from_slice(b",\"count\":");
+    buf.extend_from_slice(
+        combo_text.map_or(&b",\"dimensions\":{},\"count\":"[..], |c| &c.dimensions),
+    );
     push_i64(buf, agg.count);
-    if matches!(metric, Metric::Duration(_) | Metric::Transition(..)) {
+    if metric_text.has_sum {
         buf.extend_from_slice(b",\"sumSeconds\":");
         push_f64(buf, agg.sum_ms as f64 / 1000.0);
     }
     if let Some(sketch) = &agg.sketch {
         for (field, q) in [
-            ("p50Seconds", 0.5),
-            ("p90Seconds", 0.9),
-            ("p99Seconds", 0.99),
+            (&b",\"p50Seconds\":"[..], 0.5),
+            (b",\"p90Seconds\":", 0.9),
+            (b",\"p99Seconds\":", 0.99),
         ] {
             if let Some(v) = sketch.quantile(q) {
-                buf.extend_from_slice(b",\"");
-                buf.extend_from_slice(field.as_bytes());
-                buf.extend_from_slice(b"\":");
+                buf.extend_from_slice(field);
                 push_f64(buf, v);
             }
         }
         buf.extend_from_slice(b",\"sketch\":");
-        match serde_json::to_vec(sketch) {
-            Ok(json) => buf.extend_from_slice(&json),
-            Err(_) => buf.extend_from_slice(b"null"),
-        }
+        push_sketch(buf, sketch);
     }
     buf.extend_from_slice(b"}\n");
+}
+
+/// A sketch as its serde form (`{"count":..,"sum_ms":..[,"zero":..],"buckets":{..}}`),
+/// without serde's per-record allocations.
+fn push_sketch(buf: &mut Vec<u8>, sketch: &Sketch) {
+    buf.extend_from_slice(b"{\"count\":");
+    push_i64(buf, sketch.count);
+    buf.extend_from_slice(b",\"sum_ms\":");
+    push_i64(buf, sketch.sum_ms);
+    if sketch.zero != 0 {
+        buf.extend_from_slice(b",\"zero\":");
+        push_i64(buf, sketch.zero);
+    }
+    buf.extend_from_slice(b",\"buckets\":{");
+    for (n, (index, count)) in sketch.buckets.iter().enumerate() {
+        if n > 0 {
+            buf.push(b',');
+        }
+        buf.push(b'"');
+        push_i64(buf, i64::from(*index));
+        buf.extend_from_slice(b"\":");
+        push_i64(buf, *count);
+    }
+    buf.extend_from_slice(b"}}");
 }
 
 /// An SLA breach, and a newline.
@@ -169,7 +261,7 @@ pub fn write_alert(
     breached_at: i64,
     sla: i64,
 ) {
-    let step = step_name(state, visit.step);
+    let step = step_name(&state.plan, visit.step);
     let id = format!(
         "{}/sla/{}/{step}/{}",
         state.plan.name, instance.key, visit.entered
@@ -191,6 +283,36 @@ pub fn write_alert(
     buf.extend_from_slice(b",\"keyGroup\":");
     push_i64(buf, i64::from(instance.key_group));
     buf.extend_from_slice(b",\"dimensions\":");
-    push_dimensions(buf, state, &instance.dimensions);
+    let values: Vec<&str> = (instance.dimensions.iter().enumerate())
+        .map(|(d, v)| state.names.dimension_value(d, *v))
+        .collect();
+    push_dimensions(buf, &state.plan, &values);
     buf.extend_from_slice(b"}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sketch_is_written_as_serde_writes_it() {
+        let mut sketch = Sketch::default();
+        assert_eq!(
+            {
+                let mut buf = Vec::new();
+                push_sketch(&mut buf, &sketch);
+                buf
+            },
+            serde_json::to_vec(&sketch).unwrap()
+        );
+        [0, 0, 1_500, 90_000, 90_000, 3_600_000]
+            .iter()
+            .for_each(|v| sketch.add(*v));
+        sketch.add_weighted(1_500, -1);
+        let mut buf = Vec::new();
+        push_sketch(&mut buf, &sketch);
+        assert_eq!(buf, serde_json::to_vec(&sketch).unwrap());
+        let back: Sketch = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(back, sketch);
+    }
 }

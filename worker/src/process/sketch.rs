@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Relative accuracy of the quantiles.
 pub const RELATIVE_ACCURACY: f64 = 0.01;
@@ -25,8 +25,11 @@ pub struct Sketch {
     pub sum_ms: i64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub zero: i64,
-    /// Bucket index → count; bucket `i` holds values in `(γ^(i-1), γ^i]` seconds.
-    pub buckets: BTreeMap<i32, i64>,
+    /// (bucket index, count), sorted by index, no zero counts; bucket `i` holds values in
+    /// `(γ^(i-1), γ^i]` seconds. A vector, not a map: most sketches of a window hold one
+    /// or two buckets. Serialized as a map from index to count.
+    #[serde(with = "as_map")]
+    pub buckets: Vec<(i32, i64)>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -48,11 +51,20 @@ impl Sketch {
             self.zero += weight;
         } else {
             let index = (seconds.ln() / gamma().ln()).ceil() as i32;
-            let n = self.buckets.entry(index).or_default();
-            *n += weight;
-            if *n == 0 {
-                self.buckets.remove(&index);
+            self.add_to_bucket(index, weight);
+        }
+    }
+
+    fn add_to_bucket(&mut self, index: i32, n: i64) {
+        match self.buckets.binary_search_by_key(&index, |(i, _)| *i) {
+            Ok(at) => {
+                self.buckets[at].1 += n;
+                if self.buckets[at].1 == 0 {
+                    self.buckets.remove(at);
+                }
             }
+            Err(at) if n != 0 => self.buckets.insert(at, (index, n)),
+            Err(_) => {}
         }
     }
 
@@ -61,11 +73,7 @@ impl Sketch {
         self.sum_ms += other.sum_ms;
         self.zero += other.zero;
         for (i, n) in &other.buckets {
-            let m = self.buckets.entry(*i).or_default();
-            *m += n;
-            if *m == 0 {
-                self.buckets.remove(i);
-            }
+            self.add_to_bucket(*i, *n);
         }
     }
 
@@ -97,6 +105,20 @@ impl Sketch {
             }
         }
         None
+    }
+}
+
+/// Buckets as a JSON map from index to count, as they were when they were a map.
+mod as_map {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(buckets: &[(i32, i64)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(buckets.iter().map(|(i, n)| (i, n)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(i32, i64)>, D::Error> {
+        let map = BTreeMap::<i32, i64>::deserialize(d)?;
+        Ok(map.into_iter().filter(|(_, n)| *n != 0).collect())
     }
 }
 

@@ -149,6 +149,10 @@ impl Store {
             if process.rewrite {
                 // Keys start with the key group (u16): this covers them all.
                 batch.delete_range_cf(cf, &[][..], &[0xffu8; 16][..]);
+            } else if family == CF_AGGREGATES {
+                for (from, to) in &process.dropped_windows {
+                    batch.delete_range_cf(cf, from, to);
+                }
             }
             let mut sorted: Vec<&(Vec<u8>, Option<Vec<u8>>)> = changes.iter().collect();
             sorted.sort_by(|a, b| a.0.cmp(&b.0));

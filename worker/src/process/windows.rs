@@ -1,0 +1,326 @@
+//! The partial aggregates of the retained windows, per owned key group and window.
+//!
+//! One small map per (key group, window) instead of one map over everything: an action
+//! touches the few aggregates of its key group's current window, which stay in cache, and a
+//! window is emitted, saved and dropped as a unit (its stored aggregates go by one range
+//! delete, not one delete per aggregate).
+
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
+
+use super::{Aggregate, AggregateKey, Metric};
+
+#[derive(Debug, Default)]
+struct Window {
+    index: FxHashMap<(Metric, u32), u32>,
+    slots: Vec<(Metric, u32, Aggregate)>,
+    /// Slots changed since they were emitted (each listed once: when `dirty` is set).
+    unemitted: Vec<u32>,
+    /// Slots changed since the last checkpoint (each listed once: when `unsaved` is set).
+    unsaved: Vec<u32>,
+}
+
+impl Window {
+    fn mark_unsaved(&mut self, slot: u32) -> bool {
+        let agg = &mut self.slots[slot as usize].2;
+        if agg.unsaved {
+            return false;
+        }
+        agg.unsaved = true;
+        self.unsaved.push(slot);
+        true
+    }
+}
+
+/// The windows of a range of key groups.
+#[derive(Debug)]
+pub struct Windows {
+    first_key_group: u16,
+    by_key_group: Vec<BTreeMap<i64, Window>>,
+    /// Windows dropped since the last checkpoint (key group, start).
+    dropped: Vec<(u16, i64)>,
+    aggregates: usize,
+    unsaved: usize,
+}
+
+impl Windows {
+    pub fn new(first_key_group: u16, key_groups: u16) -> Windows {
+        Windows {
+            first_key_group,
+            by_key_group: (0..key_groups).map(|_| BTreeMap::new()).collect(),
+            dropped: Vec::new(),
+            aggregates: 0,
+            unsaved: 0,
+        }
+    }
+
+    fn key_group(&mut self, kg: u16) -> Option<&mut BTreeMap<i64, Window>> {
+        self.by_key_group
+            .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))
+    }
+
+    pub fn has_window(&self, kg: u16, start: i64) -> bool {
+        self.by_key_group
+            .get(usize::from(kg.wrapping_sub(self.first_key_group)))
+            .is_some_and(|w| w.contains_key(&start))
+    }
+
+    /// The aggregate of `key`, created when missing, marked changed (to emit and to save).
+    /// `None` for a key group not owned.
+    pub fn change(&mut self, (kg, start, metric, combo): AggregateKey) -> Option<&mut Aggregate> {
+        let windows = self
+            .by_key_group
+            .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))?;
+        let window = windows.entry(start).or_default();
+        let slot = match window.index.get(&(metric, combo)) {
+            Some(slot) => *slot,
+            None => {
+                let slot = window.slots.len() as u32;
+                window.slots.push((metric, combo, Aggregate::default()));
+                window.index.insert((metric, combo), slot);
+                self.aggregates += 1;
+                slot
+            }
+        };
+        if window.mark_unsaved(slot) {
+            self.unsaved += 1;
+        }
+        let agg = &mut window.slots[slot as usize].2;
+        if !agg.dirty {
+            agg.dirty = true;
+            window.unemitted.push(slot);
+        }
+        Some(&mut window.slots[slot as usize].2)
+    }
+
+    /// Emits the changed aggregates of key group `kg`'s windows that start before `before`,
+    /// in key order, and marks them emitted (to be saved so).
+    pub fn emit_before(
+        &mut self,
+        kg: u16,
+        before: i64,
+        emit: &mut impl FnMut(AggregateKey, &Aggregate),
+    ) {
+        let mut newly_unsaved = 0;
+        if let Some(windows) = self.key_group(kg) {
+            for (start, window) in windows.range_mut(..before) {
+                newly_unsaved += emit_window(kg, *start, window, emit);
+            }
+        }
+        self.unsaved += newly_unsaved;
+    }
+
+    /// Drops key group `kg`'s windows that start before `before`, emitting what changed in
+    /// them first.
+    pub fn drop_before(
+        &mut self,
+        kg: u16,
+        before: i64,
+        emit: &mut impl FnMut(AggregateKey, &Aggregate),
+    ) {
+        let Some(windows) = self.key_group(kg) else {
+            return;
+        };
+        let kept = windows.split_off(&before);
+        let expired = std::mem::replace(windows, kept);
+        for (start, mut window) in expired {
+            emit_window(kg, start, &mut window, emit);
+            self.aggregates -= window.slots.len();
+            self.unsaved -= window.unsaved.len();
+            self.dropped.push((kg, start));
+        }
+    }
+
+    /// Every changed aggregate of every window, in key order (the end of a finite input).
+    pub fn emit_all(&mut self, emit: &mut impl FnMut(AggregateKey, &Aggregate)) {
+        let first = self.first_key_group;
+        let mut newly_unsaved = 0;
+        for (i, windows) in self.by_key_group.iter_mut().enumerate() {
+            for (start, window) in windows.iter_mut() {
+                newly_unsaved += emit_window(first + i as u16, *start, window, emit);
+            }
+        }
+        self.unsaved += newly_unsaved;
+    }
+
+    /// Aggregates changed since the last checkpoint, and the windows dropped since; both
+    /// count as saved afterwards.
+    pub fn take_unsaved(
+        &mut self,
+        save: &mut impl FnMut(AggregateKey, &Aggregate),
+    ) -> Vec<(u16, i64)> {
+        let first = self.first_key_group;
+        for (i, windows) in self.by_key_group.iter_mut().enumerate() {
+            for (start, window) in windows.iter_mut() {
+                for slot in std::mem::take(&mut window.unsaved) {
+                    let (metric, combo, agg) = &mut window.slots[slot as usize];
+                    agg.unsaved = false;
+                    save((first + i as u16, *start, *metric, *combo), agg);
+                }
+            }
+        }
+        self.unsaved = 0;
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Puts an aggregate read from the store (or merged in by a reconfiguration) in place,
+    /// adding it to one of the same key. It counts as unsaved when `unsaved` is set.
+    pub fn put(&mut self, (kg, start, metric, combo): AggregateKey, mut agg: Aggregate) {
+        let Some(windows) = self
+            .by_key_group
+            .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))
+        else {
+            return;
+        };
+        let (dirty, unsaved) = (agg.dirty, agg.unsaved);
+        (agg.dirty, agg.unsaved) = (false, false);
+        let window = windows.entry(start).or_default();
+        let slot = match window.index.get(&(metric, combo)) {
+            Some(slot) => {
+                window.slots[*slot as usize].2.merge(&agg);
+                *slot
+            }
+            None => {
+                let slot = window.slots.len() as u32;
+                window.index.insert((metric, combo), slot);
+                window.slots.push((metric, combo, agg));
+                self.aggregates += 1;
+                slot
+            }
+        };
+        let existing = &mut window.slots[slot as usize].2;
+        if dirty && !existing.dirty {
+            existing.dirty = true;
+            window.unemitted.push(slot);
+        }
+        if unsaved && window.mark_unsaved(slot) {
+            self.unsaved += 1;
+        }
+    }
+
+    /// Takes every aggregate out (a reconfiguration maps them to a new definition).
+    pub fn drain(&mut self) -> Vec<(AggregateKey, Aggregate)> {
+        let first = self.first_key_group;
+        let mut all = Vec::with_capacity(self.aggregates);
+        for (i, windows) in self.by_key_group.iter_mut().enumerate() {
+            for (start, window) in std::mem::take(windows) {
+                for (metric, combo, agg) in window.slots {
+                    all.push(((first + i as u16, start, metric, combo), agg));
+                }
+            }
+        }
+        self.aggregates = 0;
+        self.unsaved = 0;
+        all
+    }
+
+    pub fn get(&self, (kg, start, metric, combo): &AggregateKey) -> Option<&Aggregate> {
+        let window = self
+            .by_key_group
+            .get(usize::from(kg.wrapping_sub(self.first_key_group)))?
+            .get(start)?;
+        let slot = window.index.get(&(*metric, *combo))?;
+        Some(&window.slots[*slot as usize].2)
+    }
+
+    pub fn len(&self) -> usize {
+        self.aggregates
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.aggregates == 0
+    }
+
+    pub fn window_count(&self) -> usize {
+        self.by_key_group.iter().map(BTreeMap::len).sum()
+    }
+
+    pub fn unemitted(&self) -> usize {
+        self.by_key_group
+            .iter()
+            .flat_map(BTreeMap::values)
+            .map(|w| w.unemitted.len())
+            .sum()
+    }
+
+    /// Aggregates changed since the last checkpoint, and windows dropped since.
+    pub fn unsaved(&self) -> usize {
+        self.unsaved + self.dropped.len()
+    }
+}
+
+/// Emits a window's changed aggregates sorted by (metric, combination); returns how many of
+/// them became unsaved.
+fn emit_window(
+    kg: u16,
+    start: i64,
+    window: &mut Window,
+    emit: &mut impl FnMut(AggregateKey, &Aggregate),
+) -> usize {
+    if window.unemitted.is_empty() {
+        return 0;
+    }
+    let mut due = std::mem::take(&mut window.unemitted);
+    due.sort_unstable_by_key(|slot| {
+        let (metric, combo, _) = &window.slots[*slot as usize];
+        (*metric, *combo)
+    });
+    let mut newly_unsaved = 0;
+    for slot in due {
+        let (metric, combo, agg) = &mut window.slots[slot as usize];
+        emit((kg, start, *metric, *combo), agg);
+        agg.dirty = false;
+        if window.mark_unsaved(slot) {
+            newly_unsaved += 1;
+        }
+    }
+    newly_unsaved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emitted(w: &mut Windows, kg: u16, before: i64) -> Vec<AggregateKey> {
+        let mut keys = Vec::new();
+        w.emit_before(kg, before, &mut |k, _| keys.push(k));
+        keys
+    }
+
+    #[test]
+    fn changes_are_emitted_once_in_key_order_and_saved() {
+        let mut w = Windows::new(10, 2);
+        assert!(w.change((9, 0, Metric::Started, 0)).is_none(), "not owned");
+        for (metric, combo) in [
+            (Metric::Wip(1), 3),
+            (Metric::Started, 7),
+            (Metric::Wip(1), 3),
+        ] {
+            w.change((10, 60, metric, combo)).unwrap().count += 1;
+        }
+        w.change((11, 0, Metric::Started, 0)).unwrap().count += 1;
+        assert_eq!((w.len(), w.window_count(), w.unsaved()), (3, 2, 3));
+        assert_eq!(emitted(&mut w, 10, 60), vec![], "window 60 is still open");
+        assert_eq!(
+            emitted(&mut w, 10, 120),
+            vec![(10, 60, Metric::Started, 7), (10, 60, Metric::Wip(1), 3)]
+        );
+        assert_eq!(emitted(&mut w, 10, 120), vec![], "emitted once");
+        assert_eq!(w.get(&(10, 60, Metric::Wip(1), 3)).unwrap().count, 2);
+
+        let mut saved = Vec::new();
+        assert_eq!(w.take_unsaved(&mut |k, a| saved.push((k, a.count))), vec![]);
+        assert_eq!(saved.len(), 3);
+        assert_eq!(w.unsaved(), 0);
+
+        // A late change is emitted again, and the dropped window goes as a range.
+        w.change((10, 60, Metric::Started, 7)).unwrap().count += 1;
+        let mut last = Vec::new();
+        w.drop_before(10, 120, &mut |k, a| last.push((k, a.count)));
+        assert_eq!(last, vec![((10, 60, Metric::Started, 7), 2)]);
+        assert_eq!((w.len(), w.window_count()), (1, 1));
+        assert_eq!(w.take_unsaved(&mut |_, _| {}), vec![(10, 60)]);
+        assert!(!w.has_window(10, 60) && w.has_window(11, 0));
+    }
+}
