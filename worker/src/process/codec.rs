@@ -159,7 +159,8 @@ const DIRTY: u8 = 1;
 const SKETCH: u8 = 2;
 
 pub fn encode_aggregate(agg: &Aggregate, out: &mut Vec<u8>) {
-    let flags = if agg.dirty { DIRTY } else { 0 } | if agg.sketch.is_some() { SKETCH } else { 0 };
+    let flags =
+        if agg.stored_dirty { DIRTY } else { 0 } | if agg.sketch.is_some() { SKETCH } else { 0 };
     out.push(flags);
     out.extend_from_slice(&agg.count.to_le_bytes());
     out.extend_from_slice(&agg.sum_ms.to_le_bytes());
@@ -201,6 +202,7 @@ pub fn decode_aggregate(bytes: &[u8]) -> Option<Aggregate> {
         sum_ms,
         sketch,
         dirty: flags & DIRTY != 0,
+        stored_dirty: flags & DIRTY != 0,
         ..Aggregate::default()
     };
     r.0.is_empty().then_some(agg)
@@ -240,6 +242,7 @@ mod tests {
             sum_ms: 181_500,
             sketch: Some(Box::new(sketch)),
             dirty: true,
+            stored_dirty: true,
             ..Aggregate::default()
         };
         let mut buf = Vec::new();

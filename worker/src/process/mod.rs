@@ -79,6 +79,11 @@ pub struct Aggregate {
     pub dirty: bool,
     /// Changed since the last checkpoint.
     unsaved: bool,
+    /// Saved as not emitted although its window was closed (a checkpoint taken without
+    /// [`ProcessEngine::emit_updates`] before it): emitting it must save it again. Every
+    /// other emission needs no save, since a restore knows the aggregates of open windows
+    /// are the unemitted ones.
+    pub stored_dirty: bool,
 }
 
 impl Aggregate {
@@ -820,7 +825,7 @@ impl ProcessEngine {
         let kg = self.owned.start + idx as u16;
         for state in &mut self.processes {
             let size = state.plan.window;
-            let closed = (wm.saturating_sub(size).div_euclid(size)).saturating_mul(size);
+            let closed = closed_before(wm, size);
             if closed <= state.closed_before[idx] {
                 continue;
             }
@@ -891,11 +896,13 @@ impl ProcessEngine {
                     .push((instance_key(kg, p as u16, &key), value));
             }
             let aggregates = &mut changes.aggregates;
-            let dropped = state.windows.take_unsaved(&mut |key, agg| {
-                let mut value = Vec::with_capacity(32);
-                codec::encode_aggregate(agg, &mut value);
-                aggregates.push((aggregate_key(p as u16, &key), Some(value)));
-            });
+            let dropped = state
+                .windows
+                .take_unsaved(&state.closed_before, &mut |key, agg| {
+                    let mut value = Vec::with_capacity(32);
+                    codec::encode_aggregate(agg, &mut value);
+                    aggregates.push((aggregate_key(p as u16, &key), Some(value)));
+                });
             for (kg, start) in dropped {
                 changes.dropped_windows.push((
                     window_key(kg, p as u16, start),
@@ -973,7 +980,7 @@ impl ProcessEngine {
         for (key, value) in aggregates {
             let parsed = split_aggregate_key(&key);
             let agg = codec::decode_aggregate(&value);
-            let (Some((kg, start, metric, combo)), Some(agg)) = (parsed, agg) else {
+            let (Some((kg, start, metric, combo)), Some(mut agg)) = (parsed, agg) else {
                 return Err(format!("corrupt aggregate {key:?}"));
             };
             let Some(state) = self.processes.get_mut(definition(&key)) else {
@@ -982,10 +989,20 @@ impl ProcessEngine {
             if !self.owned.contains(kg) {
                 continue;
             }
+            // Not emitted yet: what was saved so, and everything in windows still open.
+            let wm = self.watermarks[usize::from(kg - self.owned.start)];
+            agg.dirty = agg.stored_dirty || start >= closed_before(wm, state.plan.window);
             state.windows.put((kg, start, metric, combo), agg);
         }
         Ok(())
     }
+}
+
+/// Windows that start before this are closed at time `wm` (one window after their end).
+fn closed_before(wm: i64, size: i64) -> i64 {
+    wm.saturating_sub(size)
+        .div_euclid(size)
+        .saturating_mul(size)
 }
 
 /// The state key of an instance.

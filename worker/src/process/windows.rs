@@ -145,17 +145,20 @@ impl Windows {
     }
 
     /// Aggregates changed since the last checkpoint, and the windows dropped since; both
-    /// count as saved afterwards.
+    /// count as saved afterwards. `closed_before`: per key group, where open windows start.
     pub fn take_unsaved(
         &mut self,
+        closed_before: &[i64],
         save: &mut impl FnMut(AggregateKey, &Aggregate),
     ) -> Vec<(u16, i64)> {
         let first = self.first_key_group;
         for (i, windows) in self.by_key_group.iter_mut().enumerate() {
+            let closed = closed_before.get(i).copied().unwrap_or(i64::MIN);
             for (start, window) in windows.iter_mut() {
                 for slot in std::mem::take(&mut window.unsaved) {
                     let (metric, combo, agg) = &mut window.slots[slot as usize];
                     agg.unsaved = false;
+                    agg.stored_dirty = agg.dirty && *start < closed;
                     save((first + i as u16, *start, *metric, *combo), agg);
                 }
             }
@@ -271,7 +274,7 @@ fn emit_window(
         let (metric, combo, agg) = &mut window.slots[slot as usize];
         emit((kg, start, *metric, *combo), agg);
         agg.dirty = false;
-        if window.mark_unsaved(slot) {
+        if agg.stored_dirty && window.mark_unsaved(slot) {
             newly_unsaved += 1;
         }
     }
@@ -310,17 +313,29 @@ mod tests {
         assert_eq!(w.get(&(10, 60, Metric::Wip(1), 3)).unwrap().count, 2);
 
         let mut saved = Vec::new();
-        assert_eq!(w.take_unsaved(&mut |k, a| saved.push((k, a.count))), vec![]);
+        assert_eq!(
+            w.take_unsaved(&[120, 0], &mut |k, a| saved.push((k, a.count))),
+            vec![]
+        );
         assert_eq!(saved.len(), 3);
         assert_eq!(w.unsaved(), 0);
 
-        // A late change is emitted again, and the dropped window goes as a range.
+        // A late change is emitted again. Saved before it was emitted, it is saved again
+        // after (emitting an aggregate saved as emitted, or in an open window, saves
+        // nothing).
+        w.change((10, 60, Metric::Started, 7)).unwrap().count += 1;
+        let mut flags = Vec::new();
+        w.take_unsaved(&[120, 0], &mut |k, a| flags.push((k, a.stored_dirty)));
+        assert_eq!(flags, vec![((10, 60, Metric::Started, 7), true)]);
+        assert_eq!(emitted(&mut w, 10, 120).len(), 1);
+        assert_eq!(w.unsaved(), 1);
+        w.take_unsaved(&[120, 0], &mut |_, a| assert!(!a.stored_dirty));
         w.change((10, 60, Metric::Started, 7)).unwrap().count += 1;
         let mut last = Vec::new();
         w.drop_before(10, 120, &mut |k, a| last.push((k, a.count)));
-        assert_eq!(last, vec![((10, 60, Metric::Started, 7), 2)]);
+        assert_eq!(last, vec![((10, 60, Metric::Started, 7), 3)]);
         assert_eq!((w.len(), w.window_count()), (1, 1));
-        assert_eq!(w.take_unsaved(&mut |_, _| {}), vec![(10, 60)]);
+        assert_eq!(w.take_unsaved(&[180, 0], &mut |_, _| {}), vec![(10, 60)]);
         assert!(!w.has_window(10, 60) && w.has_window(11, 0));
     }
 }
