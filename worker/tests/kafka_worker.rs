@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use weft_crds::JoinPipeline;
 use weft_worker::admin::Shared;
 use weft_worker::generate::{GenerateOptions, generate_file};
-use weft_worker::kafka::Topics;
 use weft_worker::kafka::embedded::{EmbeddedKafka, RAW_PARTITIONS};
+use weft_worker::kafka::{Topics, batch};
 use weft_worker::local::{InputSpec, LocalOptions, Summary, load_pipeline};
 use weft_worker::run::{Ending, RunOptions};
 
@@ -349,6 +351,32 @@ fn bad_records_on_every_topic_go_to_dead_letters_and_the_stages_keep_running() {
         .kafka
         .produce_lines(&setup.topics.routed_actions, 1, [&b"\xff\xfe"[..]])
         .unwrap();
+    // A batch as the shuffle writes them: an entry the join rejects, then one cut off.
+    let mut bad_batch = Vec::new();
+    batch::push(
+        &mut bad_batch,
+        &batch::Entry {
+            topic: 0,
+            partition: 3,
+            offset: 424_242,
+            payload: br#"{"logType":"NOPE","traceId":"t-x","ts":1700000000000,"env":"prod"}"#,
+        },
+    );
+    bad_batch.extend_from_slice(&[9, 0, 0]);
+    let producer: BaseProducer = setup.kafka.client_config().create().unwrap();
+    let source = setup.pipeline.spec.sources[0].name.as_bytes();
+    producer
+        .send(
+            BaseRecord::<(), [u8]>::to(&setup.topics.keyed)
+                .partition(2)
+                .payload(&bad_batch)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: batch::BATCH_HEADER,
+                    value: Some(source),
+                })),
+        )
+        .unwrap();
+    producer.flush(WAIT).unwrap();
     let summary = finished(run_workers(vec![setup.options(0, 1)]).remove(0));
     let dead = setup
         .kafka
@@ -365,9 +393,32 @@ fn bad_records_on_every_topic_go_to_dead_letters_and_the_stages_keep_running() {
     assert!(reasons.contains("not-json"), "{reasons:?}");
     assert!(reasons.contains("no-tracking-number"), "{reasons:?}");
     assert!(reasons.contains("foreign-record"), "{reasons:?}");
+    // A rejected message of a batch names where the shuffle read it; a cut-off entry names
+    // the batch record.
+    let letters: Vec<serde_json::Value> = dead
+        .iter()
+        .map(|(_, v)| serde_json::from_slice(v).unwrap())
+        .collect();
+    assert!(
+        letters
+            .iter()
+            .any(|v| v["reason"] == "unknown-discriminator"
+                && v["topic"] == raw.as_str()
+                && v["partition"] == 3
+                && v["offset"] == 424_242),
+        "{letters:?}"
+    );
+    assert!(
+        letters
+            .iter()
+            .any(|v| v["topic"] == setup.topics.keyed.as_str()
+                && v["partition"] == 2
+                && v["detail"].as_str().unwrap().contains("malformed batch")),
+        "{letters:?}"
+    );
     assert_eq!(summary.dead_letters, dead.len() as u64);
     assert!(
-        summary.dead_letters >= 5,
+        summary.dead_letters >= 7,
         "{:?}",
         summary.dead_letters_by_reason
     );

@@ -1,6 +1,7 @@
 //! Kafka plumbing shared by the stages: topic names, client settings, the client context that
 //! reports broker health and delivery failures, topic checks, and the embedded mock cluster.
 
+pub mod batch;
 pub mod embedded;
 
 use std::collections::BTreeMap;

@@ -38,6 +38,7 @@ use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 
 use crate::admin::{CheckpointStatus, PartitionStatus, Shared};
 use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinStats};
+use crate::kafka::batch::{self, BATCH_HEADER};
 use crate::kafka::{
     END_HEADER, Health, PROCESS_HEADER, SOURCE_HEADER, Topics, WeftContext, client_config,
     consumer_config, ensure_topic, producer_config,
@@ -205,6 +206,8 @@ struct Stages {
     plans: Vec<SourcePlan>,
     /// Raw topic → the source read from it.
     source_of_topic: HashMap<String, usize>,
+    /// Per source, its topics (batch entries name theirs by position).
+    source_topics: Vec<Vec<String>>,
     /// Topic of each pre-partitioned source.
     prepartitioned: HashMap<String, usize>,
     routing: Vec<ProcessPlan>,
@@ -322,37 +325,91 @@ impl Stages {
         }
     }
 
+    /// A record of the join's input: a batch of the shuffle (see [`crate::kafka::batch`]),
+    /// a single message with a source header (as workers before batches wrote them), or a
+    /// message of a pre-partitioned source.
     fn on_join_input(&mut self, input: Input, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let batch_source = match input {
+            Input::Source(_) => None,
+            _ => header(message, BATCH_HEADER),
+        };
         let source = match input {
             Input::Source(s) => Some(s),
-            _ => header(message, SOURCE_HEADER)
+            _ => batch_source
+                .or_else(|| header(message, SOURCE_HEADER))
                 .and_then(|name| self.plans.iter().position(|p| p.name.as_bytes() == name)),
         };
         let Some(source) = source else {
             self.record.counts.count_event("join", "-");
             let rejection = Rejection::new(
                 DeadLetterReason::Foreign,
-                format!("no known {SOURCE_HEADER} header on the keyed topic"),
+                format!("no known {BATCH_HEADER} or {SOURCE_HEADER} header on the keyed topic"),
             );
             self.dead_letter("join", "-", &Received::of(message), &rejection);
             return Ok(());
         };
+        let from_source = matches!(input, Input::Source(_));
+        if batch_source.is_none() {
+            return self.join_message(source, message, &Received::of(message), from_source);
+        }
+        let payload = message.payload().unwrap_or_default();
+        // Lent out while the join borrows `self`: entries name their topics from it.
+        let source_topics = std::mem::take(&mut self.source_topics);
+        let mut result = Ok(());
+        for entry in batch::entries(payload) {
+            match entry {
+                Ok(e) => {
+                    let topic = source_topics
+                        .get(source)
+                        .and_then(|t| t.get(usize::from(e.topic)))
+                        .map_or("-", String::as_str);
+                    let received = Received {
+                        topic,
+                        partition: e.partition,
+                        offset: e.offset,
+                        payload: e.payload,
+                    };
+                    result = self.join_message(source, message, &received, false);
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let name = self.plans[source].name.clone();
+                    self.record.counts.count_event("join", &name);
+                    let rejection = Rejection::new(DeadLetterReason::Foreign, e.to_string());
+                    self.dead_letter("join", &name, &Received::of(message), &rejection);
+                }
+            }
+        }
+        self.source_topics = source_topics;
+        result
+    }
+
+    /// One message for the join, read as `received` (from `record`, the Kafka record that
+    /// carried it).
+    fn join_message(
+        &mut self,
+        source: usize,
+        record: &BorrowedMessage<'_>,
+        received: &Received<'_>,
+        from_source: bool,
+    ) -> anyhow::Result<()> {
         self.record
             .counts
             .count_event("join", &self.plans[source].name);
-        if matches!(input, Input::Source(_)) {
+        if from_source {
             self.record.counts.source_events += 1;
         }
         if self.bounded
-            && u16::try_from(message.partition())
+            && u16::try_from(record.partition())
                 .is_ok_and(|kg| self.record.bounded.finished_key_groups.contains(&kg))
         {
             // A replay of what a restarted shuffle had already sent before its end marker.
             self.record.counts.after_end += 1;
             return Ok(());
         }
-        let payload = message.payload().unwrap_or_default();
-        let rejection = match self.plans[source].extract(payload) {
+        let rejection = match self.plans[source].extract(received.payload) {
             Ok(Extracted::Message(msg)) => {
                 match self.with_join(|join, store, out| join.process(msg, store, out)) {
                     Ok(()) => None,
@@ -361,8 +418,8 @@ impl Stages {
                         DeadLetterReason::WrongPartition,
                         format!(
                             "key group {kg} arrived on partition {} of {}",
-                            message.partition(),
-                            message.topic()
+                            record.partition(),
+                            record.topic()
                         ),
                     )),
                     Err(e) => return Err(e.into()),
@@ -378,7 +435,7 @@ impl Stages {
         if let Some(r) = rejection {
             // Cloned only here: the per-message path borrows the name.
             let name = self.plans[source].name.clone();
-            self.dead_letter("join", &name, &Received::of(message), &r);
+            self.dead_letter("join", &name, received, &r);
         }
         Ok(())
     }
@@ -943,6 +1000,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         max_hot_bytes: options.max_hot_bytes,
         plans,
         source_of_topic,
+        source_topics: spec.sources.iter().map(|s| s.topics.clone()).collect(),
         prepartitioned,
         routing,
         step_names,
@@ -985,6 +1043,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
                 key_groups,
                 plans: spec.sources.iter().map(SourcePlan::new).collect(),
                 source_of_topic: stages.source_of_topic.clone(),
+                source_topics: stages.source_topics.clone(),
                 ordinal: options.ordinal,
                 replicas: options.replicas,
                 bounded: options.bounded,

@@ -1,7 +1,8 @@
 //! The shuffle stage, on its own thread: it holds no state, so it needs no checkpoint. It
 //! reads the raw source topics, parses, filters, and writes each message to the keyed
-//! topic's partition of its key group; its offsets are committed to Kafka once what it wrote
-//! is acknowledged (at least once: the join drops the duplicates a restart sends again).
+//! topic's partition of its key group, in batches (see [`crate::kafka::batch`]); its offsets
+//! are committed to Kafka once what it wrote is acknowledged (at least once: the join drops
+//! the duplicates a restart sends again).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +18,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use super::outputs::{Received, send_dead_letter};
 use super::{FLUSH_TIMEOUT, METADATA_TIMEOUT, poll_batch};
 use crate::admin::Shared;
-use crate::kafka::{END_HEADER, Health, SOURCE_HEADER, Topics, WeftContext, partition_count};
+use crate::kafka::batch::{self, BATCH_BYTES, BATCH_HEADER, LINGER};
+use crate::kafka::{END_HEADER, Health, Topics, WeftContext, partition_count};
 use crate::metrics::StageCounts;
 use crate::sinks::kafka::KafkaSink;
 use crate::sources::{Extracted, SourcePlan};
@@ -33,6 +35,8 @@ pub struct ShuffleConfig {
     pub key_groups: u16,
     pub plans: Vec<SourcePlan>,
     pub source_of_topic: HashMap<String, usize>,
+    /// Per source, its topics (a batch entry names its topic by position).
+    pub source_topics: Vec<Vec<String>>,
     pub ordinal: u32,
     pub replicas: u32,
     pub bounded: bool,
@@ -67,9 +71,18 @@ struct Work {
     topics: Topics,
     key_groups: u16,
     plans: Vec<SourcePlan>,
-    source_of_topic: HashMap<String, usize>,
+    /// Raw topic → (its source, its position in the source's topics).
+    source_of_topic: HashMap<String, (usize, u16)>,
     counts: StageCounts,
     buf: Vec<u8>,
+    /// Per (key group, source): the batch being filled (see [`batch`]).
+    batches: Vec<OpenBatch>,
+}
+
+#[derive(Default)]
+struct OpenBatch {
+    bytes: Vec<u8>,
+    opened: Option<Instant>,
 }
 
 /// The running stage, seen from the worker's main thread.
@@ -112,9 +125,23 @@ impl Shuffle {
                 topics: config.topics,
                 key_groups: config.key_groups,
                 plans: config.plans,
-                source_of_topic: config.source_of_topic,
+                source_of_topic: config
+                    .source_of_topic
+                    .into_iter()
+                    .map(|(topic, source)| {
+                        let position = config
+                            .source_topics
+                            .get(source)
+                            .and_then(|topics| topics.iter().position(|t| *t == topic))
+                            .unwrap_or(0);
+                        (topic, (source, position as u16))
+                    })
+                    .collect(),
                 counts: config.counts,
                 buf: Vec::with_capacity(4096),
+                batches: (0..usize::from(config.key_groups) * config.source_topics.len().max(1))
+                    .map(|_| OpenBatch::default())
+                    .collect(),
             },
             ordinal: config.ordinal,
             bounded: config.bounded,
@@ -239,7 +266,7 @@ impl Work {
     /// Counts a message and sorts it out: a message to route (with its key group, key and
     /// event time), or one already handled (filtered, or dead-lettered with its reason).
     fn examine(&mut self, message: &BorrowedMessage<'_>) -> Option<Routed> {
-        let &source = self.source_of_topic.get(message.topic())?;
+        let &(source, topic) = self.source_of_topic.get(message.topic())?;
         let plan = &self.plans[source];
         self.counts.count_event("shuffle", &plan.name);
         self.counts.source_events += 1;
@@ -250,9 +277,11 @@ impl Work {
                     msg.tracking_number.as_bytes(),
                     self.key_groups,
                 ),
-                key: msg.tracking_number.as_bytes().into(),
                 time: msg.event_time,
                 source,
+                topic,
+                partition: message.partition(),
+                offset: message.offset(),
             }),
             Ok(Extracted::Filtered) => {
                 self.counts.filtered += 1;
@@ -275,16 +304,59 @@ impl Work {
         }
     }
 
-    /// Writes a message to the keyed partition of its key group.
+    /// Adds a message to the batch for the keyed partition of its key group; a full batch
+    /// is sent.
     fn route(&mut self, routed: &Routed, payload: &[u8]) {
+        let at = usize::from(routed.key_group) * self.plans.len() + routed.source;
+        let Some(open) = self.batches.get_mut(at) else {
+            return;
+        };
+        open.opened.get_or_insert_with(Instant::now);
+        batch::push(
+            &mut open.bytes,
+            &batch::Entry {
+                topic: routed.topic,
+                partition: routed.partition,
+                offset: routed.offset,
+                payload,
+            },
+        );
+        if open.bytes.len() >= BATCH_BYTES {
+            self.send_batch(at);
+        }
+    }
+
+    fn send_batch(&mut self, at: usize) {
+        let sources = self.plans.len().max(1);
+        let Some(open) = self.batches.get_mut(at) else {
+            return;
+        };
+        if open.opened.take().is_none() {
+            return;
+        }
+        let (key_group, source) = (at / sources, at % sources);
         self.sink.send(
             &self.topics.keyed,
-            Some(i32::from(routed.key_group)),
-            Some(&routed.key),
-            payload,
-            Some((SOURCE_HEADER, self.plans[routed.source].name.as_bytes())),
+            Some(key_group as i32),
+            None,
+            &open.bytes,
+            Some((BATCH_HEADER, self.plans[source].name.as_bytes())),
         );
+        open.bytes.clear();
         self.counts.count_out(&self.topics.keyed);
+    }
+
+    /// Sends the batches open longer than [`LINGER`], or all of them.
+    fn send_batches(&mut self, all: bool) {
+        let now = Instant::now();
+        for at in 0..self.batches.len() {
+            let due = self.batches[at]
+                .opened
+                .is_some_and(|t| all || now.duration_since(t) >= LINGER);
+            if due {
+                self.send_batch(at);
+            }
+        }
     }
 }
 
@@ -300,9 +372,12 @@ fn note_read(share: &mut [SharePartition], topic: &str, partition: i32, offset: 
 /// A message on its way to the keyed topic.
 struct Routed {
     key_group: u16,
-    key: Box<[u8]>,
     time: i64,
     source: usize,
+    /// Where it was read: its topic's position in the source's topics, partition, offset.
+    topic: u16,
+    partition: i32,
+    offset: i64,
 }
 
 /// A message read and not written yet: its partition runs ahead (see [`Alignment`]).
@@ -388,10 +463,7 @@ impl Alignment {
     }
 
     fn hold(&mut self, topic: &str, partition: i32, held: Held) {
-        self.held_bytes += held
-            .routed
-            .as_ref()
-            .map_or(0, |(r, payload)| payload.len() + r.key.len());
+        self.held_bytes += held.routed.as_ref().map_or(0, |(_, payload)| payload.len());
         self.lane(topic, partition).held.push_back(held);
     }
 
@@ -441,9 +513,7 @@ impl Alignment {
                 };
                 if let Some((routed, payload)) = &held.routed {
                     work.route(routed, payload);
-                    self.held_bytes = self
-                        .held_bytes
-                        .saturating_sub(payload.len() + routed.key.len());
+                    self.held_bytes = self.held_bytes.saturating_sub(payload.len());
                 }
                 let _ = consumer.store_offset(topic, *partition, held.offset);
             }
@@ -523,6 +593,7 @@ impl ShuffleStage {
                 self.alignment.note_ended(&self.share);
             }
             self.alignment.align(&self.consumer, &mut self.work);
+            self.work.send_batches(false);
             self.work.sink.poll();
             if self.bounded && self.share_done() && self.alignment.holds_nothing() {
                 self.flush_and_commit(CommitMode::Sync)?;
@@ -540,6 +611,7 @@ impl ShuffleStage {
                 return self.flush_and_commit(CommitMode::Sync);
             }
             if last_commit.elapsed() >= COMMIT_INTERVAL {
+                self.work.send_batches(true);
                 // Not acknowledged in time (brokers away): try again next round.
                 if self.work.sink.flush(FLUSH_TIMEOUT).is_ok() {
                     self.commit(CommitMode::Async);
@@ -572,6 +644,7 @@ impl ShuffleStage {
 
     /// Waits (a bounded time) for everything written to be acknowledged, then commits.
     fn flush_and_commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
+        self.work.send_batches(true);
         let deadline = Instant::now() + Duration::from_secs(60);
         while let Err(e) = self.work.sink.flush(FLUSH_TIMEOUT) {
             if Instant::now() > deadline {
