@@ -5,7 +5,7 @@
 //! window is emitted, saved and dropped as a unit (its stored aggregates go by one range
 //! delete, not one delete per aggregate).
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 
@@ -22,6 +22,17 @@ struct Window {
 }
 
 impl Window {
+    /// Sized like its predecessor: windows of a key group hold about as many aggregates, and
+    /// growing a map and a vector slot by slot cost more than filling them.
+    fn sized_like(previous: Option<&Window>) -> Window {
+        let n = previous.map_or(0, |w| w.slots.len());
+        Window {
+            index: FxHashMap::with_capacity_and_hasher(n, Default::default()),
+            slots: Vec::with_capacity(n),
+            ..Window::default()
+        }
+    }
+
     fn mark_unsaved(&mut self, slot: u32) -> bool {
         let agg = &mut self.slots[slot as usize].2;
         if agg.unsaved {
@@ -33,11 +44,44 @@ impl Window {
     }
 }
 
+/// A key group's windows by start, oldest first.
+type Timeline = VecDeque<(i64, Window)>;
+
+/// Where window `start` is in a timeline, or where it would go. Searched from the newest: an
+/// action almost always lands in the latest window or the one before.
+fn position(windows: &Timeline, start: i64) -> Result<usize, usize> {
+    let mut i = windows.len();
+    while i > 0 {
+        let s = windows[i - 1].0;
+        if s == start {
+            return Ok(i - 1);
+        }
+        if s < start {
+            return Err(i);
+        }
+        i -= 1;
+    }
+    Err(0)
+}
+
+/// The window `start` of a timeline, created when missing.
+fn window_at(windows: &mut Timeline, start: i64) -> &mut Window {
+    let i = match position(windows, start) {
+        Ok(i) => i,
+        Err(i) => {
+            let window = Window::sized_like(windows.back().map(|(_, w)| w));
+            windows.insert(i, (start, window));
+            i
+        }
+    };
+    &mut windows[i].1
+}
+
 /// The windows of a range of key groups.
 #[derive(Debug)]
 pub struct Windows {
     first_key_group: u16,
-    by_key_group: Vec<BTreeMap<i64, Window>>,
+    by_key_group: Vec<Timeline>,
     /// Windows dropped since the last checkpoint (key group, start).
     dropped: Vec<(u16, i64)>,
     aggregates: usize,
@@ -48,14 +92,14 @@ impl Windows {
     pub fn new(first_key_group: u16, key_groups: u16) -> Windows {
         Windows {
             first_key_group,
-            by_key_group: (0..key_groups).map(|_| BTreeMap::new()).collect(),
+            by_key_group: (0..key_groups).map(|_| VecDeque::new()).collect(),
             dropped: Vec::new(),
             aggregates: 0,
             unsaved: 0,
         }
     }
 
-    fn key_group(&mut self, kg: u16) -> Option<&mut BTreeMap<i64, Window>> {
+    fn key_group(&mut self, kg: u16) -> Option<&mut Timeline> {
         self.by_key_group
             .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))
     }
@@ -63,7 +107,7 @@ impl Windows {
     pub fn has_window(&self, kg: u16, start: i64) -> bool {
         self.by_key_group
             .get(usize::from(kg.wrapping_sub(self.first_key_group)))
-            .is_some_and(|w| w.contains_key(&start))
+            .is_some_and(|w| position(w, start).is_ok())
     }
 
     /// The aggregate of `key`, created when missing, marked changed (to emit and to save).
@@ -72,7 +116,7 @@ impl Windows {
         let windows = self
             .by_key_group
             .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))?;
-        let window = windows.entry(start).or_default();
+        let window = window_at(windows, start);
         let slot = match window.index.get(&(metric, combo)) {
             Some(slot) => *slot,
             None => {
@@ -104,7 +148,7 @@ impl Windows {
     ) {
         let mut newly_unsaved = 0;
         if let Some(windows) = self.key_group(kg) {
-            for (start, window) in windows.range_mut(..before) {
+            for (start, window) in windows.iter_mut().take_while(|(s, _)| *s < before) {
                 newly_unsaved += emit_window(kg, *start, window, emit);
             }
         }
@@ -119,13 +163,17 @@ impl Windows {
         before: i64,
         emit: &mut impl FnMut(AggregateKey, &Aggregate),
     ) {
-        let Some(windows) = self.key_group(kg) else {
+        let Some(windows) = self
+            .by_key_group
+            .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))
+        else {
             return;
         };
-        let kept = windows.split_off(&before);
-        let expired = std::mem::replace(windows, kept);
-        for (start, mut window) in expired {
-            emit_window(kg, start, &mut window, emit);
+        while windows.front().is_some_and(|(s, _)| *s < before) {
+            let Some((start, mut window)) = windows.pop_front() else {
+                break;
+            };
+            self.unsaved += emit_window(kg, start, &mut window, emit);
             self.aggregates -= window.slots.len();
             self.unsaved -= window.unsaved.len();
             self.dropped.push((kg, start));
@@ -178,7 +226,7 @@ impl Windows {
         };
         let (dirty, unsaved) = (agg.dirty, agg.unsaved);
         (agg.dirty, agg.unsaved) = (false, false);
-        let window = windows.entry(start).or_default();
+        let window = window_at(windows, start);
         let slot = match window.index.get(&(metric, combo)) {
             Some(slot) => {
                 window.slots[*slot as usize].2.merge(&agg);
@@ -219,10 +267,10 @@ impl Windows {
     }
 
     pub fn get(&self, (kg, start, metric, combo): &AggregateKey) -> Option<&Aggregate> {
-        let window = self
+        let windows = self
             .by_key_group
-            .get(usize::from(kg.wrapping_sub(self.first_key_group)))?
-            .get(start)?;
+            .get(usize::from(kg.wrapping_sub(self.first_key_group)))?;
+        let window = &windows[position(windows, *start).ok()?].1;
         let slot = window.index.get(&(*metric, *combo))?;
         Some(&window.slots[*slot as usize].2)
     }
@@ -236,14 +284,14 @@ impl Windows {
     }
 
     pub fn window_count(&self) -> usize {
-        self.by_key_group.iter().map(BTreeMap::len).sum()
+        self.by_key_group.iter().map(VecDeque::len).sum()
     }
 
     pub fn unemitted(&self) -> usize {
         self.by_key_group
             .iter()
-            .flat_map(BTreeMap::values)
-            .map(|w| w.unemitted.len())
+            .flatten()
+            .map(|(_, w)| w.unemitted.len())
             .sum()
     }
 
@@ -331,10 +379,12 @@ mod tests {
         assert_eq!(w.unsaved(), 1);
         w.take_unsaved(&[120, 0], &mut |_, a| assert!(!a.stored_dirty));
         w.change((10, 60, Metric::Started, 7)).unwrap().count += 1;
+        // Saved unemitted, then dropped (emitted on the way out): nothing left to save.
+        w.take_unsaved(&[120, 0], &mut |_, _| {});
         let mut last = Vec::new();
         w.drop_before(10, 120, &mut |k, a| last.push((k, a.count)));
         assert_eq!(last, vec![((10, 60, Metric::Started, 7), 3)]);
-        assert_eq!((w.len(), w.window_count()), (1, 1));
+        assert_eq!((w.len(), w.window_count(), w.unsaved()), (1, 1, 1));
         assert_eq!(w.take_unsaved(&[180, 0], &mut |_, _| {}), vec![(10, 60)]);
         assert!(!w.has_window(10, 60) && w.has_window(11, 0));
     }

@@ -96,9 +96,10 @@ impl JoinOutput for JoinOutputs<'_> {
             pending,
             completed_at,
         );
-        let topic = self.out.topics.actions.clone();
+        let topics = self.out.topics;
+        let topic = &topics.actions;
         self.out
-            .send_buf(&topic, None, Some(tracking_number.as_bytes()), None);
+            .send_buf(topic, None, Some(tracking_number.as_bytes()), None);
         self.latencies
             .push((completed_at - pending.first_event_time()).max(0) as f64 / 1000.0);
         self.route(tracking_number);
@@ -113,9 +114,10 @@ impl JoinOutput for JoinOutputs<'_> {
     ) {
         self.out.buf.clear();
         write_incomplete(self.out.buf, key_group, tracking_number, pending, missing);
-        let topic = self.out.topics.incomplete.clone();
+        let topics = self.out.topics;
+        let topic = &topics.incomplete;
         self.out
-            .send_buf(&topic, None, Some(tracking_number.as_bytes()), None);
+            .send_buf(topic, None, Some(tracking_number.as_bytes()), None);
         self.route(tracking_number);
     }
 }
@@ -123,17 +125,17 @@ impl JoinOutput for JoinOutputs<'_> {
 /// The process stage's outputs: metric records keyed by their idempotent id, alerts by theirs.
 impl ProcessOutput for Outputs<'_> {
     fn metric(&mut self, record: &[u8]) {
-        let Some(topic) = self.topics.metrics.clone() else {
-            return;
-        };
-        self.send_keyed_by_id(&topic, record);
+        let topics = self.topics;
+        if let Some(topic) = &topics.metrics {
+            self.send_keyed_by_id(topic, record);
+        }
     }
 
     fn alert(&mut self, record: &[u8]) {
-        let Some(topic) = self.topics.alerts.clone() else {
-            return;
-        };
-        self.send_keyed_by_id(&topic, record);
+        let topics = self.topics;
+        if let Some(topic) = &topics.alerts {
+            self.send_keyed_by_id(topic, record);
+        }
     }
 }
 
