@@ -74,7 +74,13 @@ impl Instance {
     }
 
     pub fn visits(&self, steps: &[StepPlan]) -> Vec<Visit> {
-        let mut visits: Vec<Visit> = Vec::new();
+        let mut visits = Vec::new();
+        self.visits_into(steps, &mut visits);
+        visits
+    }
+
+    fn visits_into(&self, steps: &[StepPlan], visits: &mut Vec<Visit>) {
+        visits.clear();
         for a in self.effective(steps) {
             if visits.last().is_none_or(|v| v.step != a.step) {
                 visits.push(Visit {
@@ -83,7 +89,6 @@ impl Instance {
                 });
             }
         }
-        visits
     }
 
     pub fn last_action(&self) -> i64 {
@@ -128,11 +133,28 @@ impl Instance {
         outcomes: usize,
         variant: &mut impl FnMut(String) -> u32,
     ) -> Vec<Contribution> {
-        let visits = self.visits(steps);
+        let mut out = Vec::new();
+        self.contributions_into(steps, outcomes, variant, &mut Vec::new(), &mut out);
+        out
+    }
+
+    /// [`Instance::contributions`] into `out` (cleared first), with `visits` as scratch: the
+    /// stage computes them twice per action and reuses both.
+    pub fn contributions_into(
+        &self,
+        steps: &[StepPlan],
+        outcomes: usize,
+        variant: &mut impl FnMut(String) -> u32,
+        visits: &mut Vec<Visit>,
+        out: &mut Vec<Contribution>,
+    ) {
+        out.clear();
+        self.visits_into(steps, visits);
+        let visits = &visits[..];
         let Some(first) = visits.first() else {
-            return Vec::new();
+            return;
         };
-        let mut out: Vec<Contribution> = vec![(Metric::Started, first.entered, None, 1)];
+        out.push((Metric::Started, first.entered, None, 1));
         let completed = visits.last().and_then(|v| completion(*v, steps));
         let ended = completed.or(self.abandoned);
         let mut skipped = false;
@@ -178,14 +200,13 @@ impl Instance {
             };
             out.push((how, end, None, 1));
             out.push((
-                Metric::Variant(variant(variant_of(&visits, steps))),
+                Metric::Variant(variant(variant_of(visits, steps))),
                 end,
                 None,
                 1,
             ));
         }
         out.sort_unstable();
-        out
     }
 }
 
@@ -210,10 +231,13 @@ fn variant_of(visits: &[Visit], steps: &[StepPlan]) -> String {
 }
 
 /// What changes from `old` to `new` (both sorted): the contributions to take back (weight
-/// -1) and to add (weight +1), leaving out those in both.
-pub fn difference(old: &[Contribution], new: &[Contribution]) -> Vec<(Contribution, i64)> {
+/// -1) and to add (weight +1), leaving out those in both; each passed to `out`.
+pub fn differences(
+    old: &[Contribution],
+    new: &[Contribution],
+    mut out: impl FnMut(Contribution, i64),
+) {
     let (mut i, mut j) = (0, 0);
-    let mut out = Vec::new();
     while i < old.len() || j < new.len() {
         match (old.get(i), new.get(j)) {
             (Some(a), Some(b)) if a == b => {
@@ -221,23 +245,22 @@ pub fn difference(old: &[Contribution], new: &[Contribution]) -> Vec<(Contributi
                 j += 1;
             }
             (Some(a), Some(b)) if a < b => {
-                out.push((*a, -1));
+                out(*a, -1);
                 i += 1;
             }
             (Some(_), Some(b)) => {
-                out.push((*b, 1));
+                out(*b, 1);
                 j += 1;
             }
             (Some(a), None) => {
-                out.push((*a, -1));
+                out(*a, -1);
                 i += 1;
             }
             (None, Some(b)) => {
-                out.push((*b, 1));
+                out(*b, 1);
                 j += 1;
             }
             (None, None) => break,
         }
     }
-    out
 }

@@ -208,6 +208,9 @@ pub struct ProcessState {
     pub names: Names,
     texts: RecordTexts,
     pub counts: Counts,
+    /// Scratch vectors of [`ProcessState::contributions`], reused from action to action.
+    spare: Vec<Vec<instance::Contribution>>,
+    visits: Vec<instance::Visit>,
 }
 
 /// The value tables of a definition's state: dimension values, their combinations and the
@@ -307,6 +310,8 @@ impl ProcessState {
             closed_before: vec![i64::MIN; usize::from(owned.len())],
             names: Names::new(dims),
             texts: RecordTexts::default(),
+            spare: Vec::new(),
+            visits: Vec::new(),
             counts: Counts {
                 durations: vec![Sketch::default(); steps],
                 ..Counts::default()
@@ -341,35 +346,45 @@ impl ProcessState {
         combo: u32,
         new: Vec<instance::Contribution>,
     ) {
-        match old {
-            Some((old_combo, old)) if old_combo == combo => {
-                for (c, w) in instance::difference(&old, &new) {
+        match &old {
+            Some((old_combo, old)) if *old_combo == combo => {
+                instance::differences(old, &new, |c, w| {
                     self.apply(kg, wm, lateness, combo, c, w);
-                }
+                });
             }
             Some((old_combo, old)) => {
                 for c in old {
-                    self.apply(kg, wm, lateness, old_combo, c, -1);
+                    self.apply(kg, wm, lateness, *old_combo, *c, -1);
                 }
-                for c in new {
-                    self.apply(kg, wm, lateness, combo, c, 1);
+                for c in &new {
+                    self.apply(kg, wm, lateness, combo, *c, 1);
                 }
             }
             None => {
-                for c in new {
-                    self.apply(kg, wm, lateness, combo, c, 1);
+                for c in &new {
+                    self.apply(kg, wm, lateness, combo, *c, 1);
                 }
             }
         }
+        if let Some((_, old)) = old {
+            self.spare.push(old);
+        }
+        self.spare.push(new);
     }
 
+    /// What an instance contributes, in a vector from the spares (give it back through
+    /// [`ProcessState::replace`] or `spare`).
     fn contributions(&mut self, instance: &Instance) -> Vec<instance::Contribution> {
+        let mut out = self.spare.pop().unwrap_or_default();
         let variants = &mut self.names.variants;
-        instance.contributions(
+        instance.contributions_into(
             &self.plan.steps,
             self.plan.outcomes.len(),
             &mut |v: String| variants.id(&v),
-        )
+            &mut self.visits,
+            &mut out,
+        );
+        out
     }
 
     /// Adds one contribution `weight` times, to its window and to the totals.
@@ -793,9 +808,8 @@ impl ProcessEngine {
                         let old = state.contributions(&instance);
                         instance.abandoned = Some(deadline);
                         let new = state.contributions(&instance);
-                        for (c, w) in instance::difference(&old, &new) {
-                            state.apply(kg, wm, lateness, instance.combo, c, w);
-                        }
+                        let combo = instance.combo;
+                        state.replace(kg, wm, lateness, Some((combo, old)), combo, new);
                         state.set_timers(idx, &mut instance, lateness);
                         state.dirty.insert(key.clone(), kg);
                     }
