@@ -273,6 +273,25 @@ fn two_workers_give_exactly_the_outputs_of_local_mode() {
     assert!(summaries.iter().all(|s| s.events > 0));
     assert_same_as_local(&setup, &summaries);
 
+    // An action whose instance lives on the worker that joined it goes straight to its
+    // process stage; the others travel over the internal actions topic.
+    let routed = setup
+        .kafka
+        .read_topic(&setup.topics.routed_actions, WAIT)
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .count() as u64;
+    let applied: u64 = summaries
+        .iter()
+        .flat_map(|s| s.processes.values())
+        .map(|p| p.actions)
+        .sum();
+    assert!(
+        0 < routed && routed < applied,
+        "{routed} of {applied} routed"
+    );
+
     // The checkpointed offsets are committed under the pipeline's group, for lag monitors:
     // at the end, every keyed partition is read to its end.
     use rdkafka::consumer::{BaseConsumer, Consumer};

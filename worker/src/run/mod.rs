@@ -223,6 +223,8 @@ struct Stages {
     /// Bounded runs: the end offsets of pre-partitioned source partitions.
     source_ends: BTreeMap<(usize, i32), i64>,
     buf: Vec<u8>,
+    /// Actions of the join for the process stage of this worker (see [`JoinOutputs`]).
+    local_actions: Vec<u8>,
     latencies: Vec<f64>,
     parked: Vec<Parked>,
     parked_since: Option<Instant>,
@@ -231,6 +233,9 @@ struct Stages {
     started: Instant,
     previous_seconds: f64,
 }
+
+/// Where an action applied without Kafka came from, in a dead letter.
+const LOCAL: &str = "(this worker's join)";
 
 fn now_millis() -> i64 {
     SystemTime::now()
@@ -274,9 +279,26 @@ impl Stages {
             },
             routing: &self.routing,
             key_groups: self.key_groups,
+            owned: self.owned,
+            local: &mut self.local_actions,
             latencies: &mut self.latencies,
         };
-        f(&mut self.join, &self.store, &mut out)
+        let result = f(&mut self.join, &self.store, &mut out);
+        if !self.local_actions.is_empty() {
+            let local = std::mem::take(&mut self.local_actions);
+            for entry in batch::entries(&local).flatten() {
+                let received = Received {
+                    topic: LOCAL,
+                    partition: entry.partition,
+                    offset: entry.offset,
+                    payload: entry.payload,
+                };
+                self.apply_action(usize::from(entry.topic), &received);
+            }
+            self.local_actions = local;
+            self.local_actions.clear();
+        }
+        result
     }
 
     fn dead_letter(
@@ -468,6 +490,12 @@ impl Stages {
             }
             return;
         };
+        self.apply_action(p, message);
+    }
+
+    /// An action for definition `p`, from the internal actions topic or from this worker's
+    /// own join.
+    fn apply_action(&mut self, p: usize, message: &Received<'_>) {
         self.record
             .counts
             .count_event("process", &self.routing[p].name);
@@ -1014,6 +1042,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         offsets,
         source_ends,
         buf: Vec::with_capacity(4096),
+        local_actions: Vec::new(),
         latencies: Vec::new(),
         parked: Vec::new(),
         parked_since: None,

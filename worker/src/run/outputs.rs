@@ -1,10 +1,10 @@
 //! Where the join and process engines' records go when the worker runs over Kafka.
 
-use weft_crds::keygroup::key_group;
+use weft_crds::keygroup::{KeyGroupRange, key_group};
 
 use crate::join::record::{write_action, write_incomplete};
 use crate::join::{JoinOutput, Pending};
-use crate::kafka::{PROCESS_HEADER, Topics};
+use crate::kafka::{PROCESS_HEADER, Topics, batch};
 use crate::metrics::StageCounts;
 use crate::process::{ProcessOutput, ProcessPlan};
 use crate::sinks::kafka::{HeaderPair, KafkaSink};
@@ -40,12 +40,20 @@ fn count_out(counts: &mut StageCounts, topic: &str) {
     counts.count_out(topic);
 }
 
-/// The join's outputs: the user's actions and incomplete topics, and the internal actions
-/// topic, once per ProcessDefinition, in the partition of the action's instance key.
+/// The join's outputs: the user's actions and incomplete topics, and, once per
+/// ProcessDefinition, the process stage: in `local` when this worker owns the key group of
+/// the action's instance key, else on the internal actions topic in the partition of that
+/// key group.
 pub struct JoinOutputs<'a> {
     pub out: Outputs<'a>,
     pub routing: &'a [ProcessPlan],
     pub key_groups: u16,
+    pub owned: KeyGroupRange,
+    /// Actions for this worker's own process stage, framed as a batch (entry topic = the
+    /// definition's position in `routing`, partition = key group): applied after the join
+    /// call, in the same checkpoint as the join state that made them, so they need no trip
+    /// through Kafka (as Flink chains operators whose partitioning agrees).
+    pub local: &'a mut Vec<u8>,
     /// Event-time seconds from the first part to the completing one, per completed action.
     pub latencies: &'a mut Vec<f64>,
 }
@@ -62,12 +70,24 @@ impl JoinOutputs<'_> {
         let Ok(text) = std::str::from_utf8(record) else {
             return;
         };
-        for plan in self.routing {
+        for (p, plan) in self.routing.iter().enumerate() {
             // An action the definition cannot classify still goes to it, keyed by tracking
             // number: the process stage counts it (unmatched, no instance key) where it lives.
             let instance = plan.instance_key(text);
             let key = instance.as_deref().unwrap_or(tracking_number);
             let kg = key_group(key.as_bytes(), self.key_groups);
+            if self.owned.contains(kg) {
+                batch::push(
+                    self.local,
+                    &batch::Entry {
+                        topic: p as u16,
+                        partition: i32::from(kg),
+                        offset: -1,
+                        payload: record,
+                    },
+                );
+                continue;
+            }
             sink.send(
                 &topics.routed_actions,
                 Some(i32::from(kg)),
