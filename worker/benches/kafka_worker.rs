@@ -113,6 +113,14 @@ fn main() {
             truth.incomplete,
             summary.dead_letters_by_reason
         );
+        if summary.dead_letters > 0 {
+            let dead = kafka
+                .read_topic(&topics.dead_letters, std::time::Duration::from_secs(30))
+                .unwrap();
+            for (_, letter) in dead.iter().take(3) {
+                eprintln!("  e.g. {}", String::from_utf8_lossy(letter));
+            }
+        }
         rates.push(rate);
     }
     rates.sort_by(f64::total_cmp);

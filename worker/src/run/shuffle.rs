@@ -415,6 +415,17 @@ struct Lane {
     paused: bool,
 }
 
+impl Lane {
+    /// The event time up to which the partition has been written: its first held message's,
+    /// or the latest read when it holds none.
+    fn written_up_to(&self) -> i64 {
+        self.held
+            .iter()
+            .find_map(|h| h.routed.as_ref().map(|(r, _)| r.time))
+            .unwrap_or(self.time)
+    }
+}
+
 /// A partition that delivered nothing for this long is taken as caught up (or empty): it no
 /// longer holds the others back. (A bounded run knows when a partition has ended.) Shorter
 /// would let a partition the consumer is merely slow to fetch fall out of the count.
@@ -467,6 +478,21 @@ impl Alignment {
         self.lane(topic, partition).held.push_back(held);
     }
 
+    /// How far the slowest partition has been *written*, not read: a fetch reads a partition
+    /// hundreds of seconds ahead at once, and releasing the others up to that put parts of
+    /// one key group more than the future skew apart. A partition that holds messages counts
+    /// until they are out, idle or ended or not.
+    fn floor(&self, now: Instant) -> Option<i64> {
+        self.lanes
+            .values()
+            .filter(|l| {
+                !l.held.is_empty()
+                    || (!l.ended && (l.paused || now.duration_since(l.last_seen) < IDLE))
+            })
+            .map(Lane::written_up_to)
+            .min()
+    }
+
     fn holds_nothing(&self) -> bool {
         self.held_bytes == 0 && self.lanes.values().all(|l| l.held.is_empty())
     }
@@ -494,12 +520,7 @@ impl Alignment {
                 }
             }
         }
-        let floor = self
-            .lanes
-            .values()
-            .filter(|l| !l.ended && (l.paused || now.duration_since(l.last_seen) < IDLE))
-            .map(|l| l.time)
-            .min();
+        let floor = self.floor(now);
         self.limit = floor.map_or(i64::MAX, |f| f.saturating_add(self.window));
         let limit = self.limit;
         for ((topic, partition), lane) in &mut self.lanes {
@@ -667,5 +688,78 @@ impl ShuffleStage {
         if let Ok(mut published) = self.published.lock() {
             published.clone_from(&self.work.counts);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(time: i64) -> Held {
+        Held {
+            offset: 0,
+            routed: Some((
+                Routed {
+                    key_group: 0,
+                    time,
+                    source: 0,
+                    topic: 0,
+                    partition: 0,
+                    offset: 0,
+                },
+                Box::default(),
+            )),
+        }
+    }
+
+    #[test]
+    fn the_floor_is_where_the_slowest_partition_was_written_not_read() {
+        let now = Instant::now();
+        let mut alignment = Alignment {
+            window: 150,
+            lanes: HashMap::new(),
+            last_check: now,
+            last_refresh: None,
+            limit: i64::MIN,
+            held_bytes: 0,
+        };
+        // Read to 1000, but 100 and on still wait; another read (and wrote) to 500.
+        let mut ahead = new_lane(now, 1000);
+        ahead.held.extend([
+            Held {
+                offset: 0,
+                routed: None,
+            },
+            held(100),
+            held(900),
+        ]);
+        alignment.lanes.insert(("raw".into(), 0), ahead);
+        alignment
+            .lanes
+            .insert(("raw".into(), 1), new_lane(now, 500));
+        assert_eq!(alignment.floor(now), Some(100));
+
+        // An ended or idle partition still counts while it holds messages, not after.
+        let mut ended = new_lane(now, 2000);
+        ended.ended = true;
+        ended.held.push_back(held(50));
+        alignment.lanes.insert(("raw".into(), 2), ended);
+        assert_eq!(alignment.floor(now), Some(50));
+        alignment
+            .lanes
+            .get_mut(&("raw".into(), 2))
+            .unwrap()
+            .held
+            .clear();
+        assert_eq!(alignment.floor(now), Some(100));
+        let later = now + IDLE + Duration::from_secs(1);
+        assert_eq!(alignment.floor(later), Some(100), "holding: not idle");
+        alignment
+            .lanes
+            .get_mut(&("raw".into(), 0))
+            .unwrap()
+            .held
+            .clear();
+        assert_eq!(alignment.floor(later), None, "everything idle");
     }
 }
