@@ -6,9 +6,10 @@
 //! - `timers`: key group BE u16 + deadline (order-preserving u64) + tracking number, empty
 //!   value: the cold entries' timers in deadline order per key group.
 //! - `process`: one process instance per key: key group BE u16 + definition index BE u16 +
-//!   instance key; the value is the instance (JSON).
+//!   instance key; the value is the instance (binary, `process::codec`).
 //! - `aggregates`: the process stage's window partial aggregates: key group BE u16 +
-//!   definition index BE u16 + window start + metric; the value is the aggregate (JSON).
+//!   definition index BE u16 + window start (order-preserving) + metric + combination; the
+//!   value is the aggregate (binary). A window past its retention goes by one range delete.
 //! - `meta`: the checkpoint record (input positions, output lengths, counters, watermarks).
 //!
 //! Every key starts with the key group, so a key group's state is a contiguous range in each
