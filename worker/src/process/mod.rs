@@ -329,6 +329,22 @@ impl ProcessState {
         self.names.combos.id(&dims.to_vec())
     }
 
+    /// The windows, and what emitting one of their aggregates does (its record to `out`):
+    /// borrowed apart, so that the windows can emit while they change.
+    fn emitting<'a>(
+        &'a mut self,
+        buf: &'a mut Vec<u8>,
+        out: &'a mut impl ProcessOutput,
+    ) -> (&'a mut Windows, impl FnMut(AggregateKey, &Aggregate) + 'a) {
+        let (texts, plan, names) = (&mut self.texts, &self.plan, &self.names);
+        let emit = move |key, agg: &Aggregate| {
+            buf.clear();
+            record::write_metric(buf, texts, plan, names, key, agg);
+            out.metric(buf);
+        };
+        (&mut self.windows, emit)
+    }
+
     /// How long an ended instance is kept (a late action may still belong to it) and a window
     /// kept after it was emitted: at least the join's lateness, and ten windows.
     fn retention(&self, lateness: i64) -> i64 {
@@ -845,15 +861,9 @@ impl ProcessEngine {
             }
             state.closed_before[idx] = closed;
             let expired_before = wm.saturating_sub(size + state.retention(self.lateness));
-            let mut emit = emitter(
-                &mut state.texts,
-                &state.plan,
-                &state.names,
-                &mut self.buf,
-                out,
-            );
-            state.windows.emit_before(kg, closed, &mut emit);
-            state.windows.drop_before(kg, expired_before, &mut emit);
+            let (windows, mut emit) = state.emitting(&mut self.buf, out);
+            windows.emit_before(kg, closed, &mut emit);
+            windows.drop_before(kg, expired_before, &mut emit);
         }
     }
 
@@ -861,16 +871,11 @@ impl ProcessEngine {
     /// actions). Called before every checkpoint.
     pub fn emit_updates(&mut self, out: &mut impl ProcessOutput) {
         for state in &mut self.processes {
-            let mut emit = emitter(
-                &mut state.texts,
-                &state.plan,
-                &state.names,
-                &mut self.buf,
-                out,
-            );
-            for (idx, closed) in state.closed_before.iter().enumerate() {
+            let closed_before = state.closed_before.clone();
+            let (windows, mut emit) = state.emitting(&mut self.buf, out);
+            for (idx, closed) in closed_before.iter().enumerate() {
                 let kg = self.owned.start + idx as u16;
-                state.windows.emit_before(kg, *closed, &mut emit);
+                windows.emit_before(kg, *closed, &mut emit);
             }
         }
     }
@@ -879,14 +884,8 @@ impl ProcessEngine {
     /// (in progress); time does not run out for them as it does for the join's pending parts.
     pub fn finish(&mut self, out: &mut impl ProcessOutput) {
         for state in &mut self.processes {
-            let mut emit = emitter(
-                &mut state.texts,
-                &state.plan,
-                &state.names,
-                &mut self.buf,
-                out,
-            );
-            state.windows.emit_all(&mut emit);
+            let (windows, mut emit) = state.emitting(&mut self.buf, out);
+            windows.emit_all(&mut emit);
         }
     }
 
@@ -1052,21 +1051,6 @@ fn split_aggregate_key(key: &[u8]) -> Option<AggregateKey> {
     let metric = codec::decode_metric(key.get(12..21)?)?;
     let combo = u32::from_be_bytes(key.get(21..25)?.try_into().ok()?);
     Some((kg, start, metric, combo))
-}
-
-/// What emitting an aggregate does: its record (with its own idempotent key) to the output.
-fn emitter<'a>(
-    texts: &'a mut RecordTexts,
-    plan: &'a ProcessPlan,
-    names: &'a Names,
-    buf: &'a mut Vec<u8>,
-    out: &'a mut impl ProcessOutput,
-) -> impl FnMut(AggregateKey, &Aggregate) + 'a {
-    move |key, agg| {
-        buf.clear();
-        record::write_metric(buf, texts, plan, names, key, agg);
-        out.metric(buf);
-    }
 }
 
 /// Serializes a map with non-string keys as a list of pairs.
