@@ -99,24 +99,22 @@ impl Windows {
         }
     }
 
-    fn key_group(&mut self, kg: u16) -> Option<&mut Timeline> {
-        self.by_key_group
-            .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))
+    /// Where key group `kg` is in `by_key_group` (out of range when not owned).
+    fn position_of(&self, kg: u16) -> usize {
+        usize::from(kg.wrapping_sub(self.first_key_group))
     }
 
     pub fn has_window(&self, kg: u16, start: i64) -> bool {
         self.by_key_group
-            .get(usize::from(kg.wrapping_sub(self.first_key_group)))
+            .get(self.position_of(kg))
             .is_some_and(|w| position(w, start).is_ok())
     }
 
     /// The aggregate of `key`, created when missing, marked changed (to emit and to save).
     /// `None` for a key group not owned.
     pub fn change(&mut self, (kg, start, metric, combo): AggregateKey) -> Option<&mut Aggregate> {
-        let windows = self
-            .by_key_group
-            .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))?;
-        let window = window_at(windows, start);
+        let i = self.position_of(kg);
+        let window = window_at(self.by_key_group.get_mut(i)?, start);
         let slot = match window.index.get(&(metric, combo)) {
             Some(slot) => *slot,
             None => {
@@ -139,20 +137,20 @@ impl Windows {
     }
 
     /// Emits the changed aggregates of key group `kg`'s windows that start before `before`,
-    /// in key order, and marks them emitted (to be saved so).
+    /// in key order, and marks them emitted.
     pub fn emit_before(
         &mut self,
         kg: u16,
         before: i64,
         emit: &mut impl FnMut(AggregateKey, &Aggregate),
     ) {
-        let mut newly_unsaved = 0;
-        if let Some(windows) = self.key_group(kg) {
-            for (start, window) in windows.iter_mut().take_while(|(s, _)| *s < before) {
-                newly_unsaved += emit_window(kg, *start, window, emit);
-            }
+        let i = self.position_of(kg);
+        let Some(windows) = self.by_key_group.get_mut(i) else {
+            return;
+        };
+        for (start, window) in windows.iter_mut().take_while(|(s, _)| *s < before) {
+            self.unsaved += emit_window(kg, *start, window, emit);
         }
-        self.unsaved += newly_unsaved;
     }
 
     /// Drops key group `kg`'s windows that start before `before`, emitting what changed in
@@ -163,10 +161,8 @@ impl Windows {
         before: i64,
         emit: &mut impl FnMut(AggregateKey, &Aggregate),
     ) {
-        let Some(windows) = self
-            .by_key_group
-            .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))
-        else {
+        let i = self.position_of(kg);
+        let Some(windows) = self.by_key_group.get_mut(i) else {
             return;
         };
         while windows.front().is_some_and(|(s, _)| *s < before) {
@@ -218,10 +214,8 @@ impl Windows {
     /// Puts an aggregate read from the store (or merged in by a reconfiguration) in place,
     /// adding it to one of the same key. It counts as unsaved when `unsaved` is set.
     pub fn put(&mut self, (kg, start, metric, combo): AggregateKey, mut agg: Aggregate) {
-        let Some(windows) = self
-            .by_key_group
-            .get_mut(usize::from(kg.wrapping_sub(self.first_key_group)))
-        else {
+        let i = self.position_of(kg);
+        let Some(windows) = self.by_key_group.get_mut(i) else {
             return;
         };
         let (dirty, unsaved) = (agg.dirty, agg.unsaved);
@@ -267,9 +261,7 @@ impl Windows {
     }
 
     pub fn get(&self, (kg, start, metric, combo): &AggregateKey) -> Option<&Aggregate> {
-        let windows = self
-            .by_key_group
-            .get(usize::from(kg.wrapping_sub(self.first_key_group)))?;
+        let windows = self.by_key_group.get(self.position_of(*kg))?;
         let window = &windows[position(windows, *start).ok()?].1;
         let slot = window.index.get(&(*metric, *combo))?;
         Some(&window.slots[*slot as usize].2)
