@@ -139,7 +139,7 @@ impl Shuffle {
                     .collect(),
                 counts: config.counts,
                 buf: Vec::with_capacity(4096),
-                batches: (0..usize::from(config.key_groups) * config.source_topics.len().max(1))
+                batches: (0..usize::from(config.key_groups) * config.source_topics.len())
                     .map(|_| OpenBatch::default())
                     .collect(),
             },
@@ -327,6 +327,7 @@ impl Work {
     }
 
     fn send_batch(&mut self, at: usize) {
+        // One batch per (key group, source); sources are the pipeline's, as `plans`.
         let sources = self.plans.len().max(1);
         let Some(open) = self.batches.get_mut(at) else {
             return;
