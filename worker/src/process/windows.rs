@@ -199,7 +199,13 @@ impl Windows {
         for (i, windows) in self.by_key_group.iter_mut().enumerate() {
             let closed = closed_before.get(i).copied().unwrap_or(i64::MIN);
             for (start, window) in windows.iter_mut() {
-                for slot in std::mem::take(&mut window.unsaved) {
+                let mut unsaved = std::mem::take(&mut window.unsaved);
+                // In key order: the store's sort of the batch then finds it sorted.
+                unsaved.sort_unstable_by_key(|slot| {
+                    let (metric, combo, _) = &window.slots[*slot as usize];
+                    (*metric, *combo)
+                });
+                for slot in unsaved {
                     let (metric, combo, agg) = &mut window.slots[slot as usize];
                     agg.unsaved = false;
                     agg.stored_dirty = agg.dirty && *start < closed;
