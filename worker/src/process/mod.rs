@@ -290,11 +290,52 @@ pub struct ProcessMeta {
 #[derive(Debug, Default)]
 pub struct ProcessChanges {
     pub instances: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pub aggregates: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Changed aggregates (never deleted one by one: a window goes whole, below).
+    pub aggregates: Puts,
     /// Key ranges of dropped windows in the aggregates' store: [from, to).
     pub dropped_windows: Vec<(Vec<u8>, Vec<u8>)>,
     /// Replace the stored state whole: these changes are all of it.
     pub rewrite: bool,
+}
+
+/// Key-value puts in one buffer: a checkpoint writes millions of aggregates, and two
+/// allocations for each showed in profiles.
+#[derive(Debug, Default)]
+pub struct Puts {
+    bytes: Vec<u8>,
+    /// (start in `bytes`, key length, value length)
+    spans: Vec<(usize, u32, u32)>,
+}
+
+impl Puts {
+    /// Adds a put whose key and value the two functions write.
+    pub fn push(&mut self, key: impl FnOnce(&mut Vec<u8>), value: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.bytes.len();
+        key(&mut self.bytes);
+        let key_len = self.bytes.len() - start;
+        value(&mut self.bytes);
+        let value_len = self.bytes.len() - start - key_len;
+        self.spans.push((start, key_len as u32, value_len as u32));
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// (key, value) in the order pushed.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans.iter().map(|&(start, k, v)| {
+            let key_end = start + k as usize;
+            (
+                &self.bytes[start..key_end],
+                &self.bytes[key_end..key_end + v as usize],
+            )
+        })
+    }
 }
 
 impl ProcessState {
@@ -912,9 +953,10 @@ impl ProcessEngine {
             let dropped = state
                 .windows
                 .take_unsaved(&state.closed_before, &mut |key, agg| {
-                    let mut value = Vec::with_capacity(32);
-                    codec::encode_aggregate(agg, &mut value);
-                    aggregates.push((aggregate_key(p as u16, &key), Some(value)));
+                    aggregates.push(
+                        |k| push_aggregate_key(k, p as u16, &key),
+                        |v| codec::encode_aggregate(agg, v),
+                    );
                 });
             for (kg, start) in dropped {
                 changes.dropped_windows.push((
@@ -1027,22 +1069,25 @@ pub fn instance_key(kg: u16, process: u16, key: &str) -> Vec<u8> {
     k
 }
 
-/// The state key of an aggregate.
-fn aggregate_key(process: u16, (kg, start, metric, combo): &AggregateKey) -> Vec<u8> {
-    let mut k = window_key(*kg, process, *start);
-    codec::encode_metric(metric, &mut k);
+/// Appends the state key of an aggregate.
+fn push_aggregate_key(k: &mut Vec<u8>, process: u16, (kg, start, metric, combo): &AggregateKey) {
+    push_window_key(k, *kg, process, *start);
+    codec::encode_metric(metric, k);
     k.extend_from_slice(&combo.to_be_bytes());
-    k
 }
 
 /// The prefix of a window's aggregate keys.
 fn window_key(kg: u16, process: u16, start: i64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(32);
+    let mut k = Vec::with_capacity(12);
+    push_window_key(&mut k, kg, process, start);
+    k
+}
+
+fn push_window_key(k: &mut Vec<u8>, kg: u16, process: u16, start: i64) {
     k.extend_from_slice(&kg.to_be_bytes());
     k.extend_from_slice(&process.to_be_bytes());
     // Sign bit flipped: byte order is time order.
     k.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
-    k
 }
 
 fn split_aggregate_key(key: &[u8]) -> Option<AggregateKey> {

@@ -258,7 +258,10 @@ fn restored_state_continues_exactly() {
             meta,
             &watermarks,
             stored(changes.instances),
-            stored(changes.aggregates),
+            changes
+                .aggregates
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec())),
         )
         .unwrap();
     for a in &log[7..] {

@@ -142,27 +142,31 @@ impl Store {
                 }
             }
         }
-        for (family, changes) in [
-            (CF_PROCESS, &process.instances),
-            (CF_AGGREGATES, &process.aggregates),
-        ] {
-            let cf = self.cf(family)?;
-            if process.rewrite {
-                // Keys start with the key group (u16): this covers them all.
+        let instances = self.cf(CF_PROCESS)?;
+        let aggregates = self.cf(CF_AGGREGATES)?;
+        if process.rewrite {
+            // Keys start with the key group (u16): this covers them all.
+            for cf in [instances, aggregates] {
                 batch.delete_range_cf(cf, &[][..], &[0xffu8; 16][..]);
-            } else if family == CF_AGGREGATES {
-                for (from, to) in &process.dropped_windows {
-                    batch.delete_range_cf(cf, from, to);
-                }
             }
-            let mut sorted: Vec<&(Vec<u8>, Option<Vec<u8>>)> = changes.iter().collect();
-            sorted.sort_by(|a, b| a.0.cmp(&b.0));
-            for (key, value) in sorted {
-                match value {
-                    Some(v) => batch.put_cf(cf, key, v),
-                    None => batch.delete_cf(cf, key),
-                }
+        } else {
+            for (from, to) in &process.dropped_windows {
+                batch.delete_range_cf(aggregates, from, to);
             }
+        }
+        let mut sorted: Vec<&(Vec<u8>, Option<Vec<u8>>)> = process.instances.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, value) in sorted {
+            match value {
+                Some(v) => batch.put_cf(instances, key, v),
+                None => batch.delete_cf(instances, key),
+            }
+        }
+        // Listed in key order per definition already (a stable sort finds the runs).
+        let mut sorted: Vec<(&[u8], &[u8])> = process.aggregates.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        for (key, value) in sorted {
+            batch.put_cf(aggregates, key, value);
         }
         batch.put_cf(self.cf(CF_META)?, CHECKPOINT_KEY, record);
         let mut options = WriteOptions::default();
