@@ -318,14 +318,6 @@ impl Puts {
         self.spans.push((start, key_len as u32, value_len as u32));
     }
 
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
     /// (key, value) in the order pushed.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.spans.iter().map(|&(start, k, v)| {
@@ -363,11 +355,6 @@ impl ProcessState {
     fn dimension_id(&mut self, dim: usize, value: Option<&str>) -> u32 {
         let max_values = self.plan.dimensions[dim].max_values;
         self.names.dimension_id(dim, value, max_values)
-    }
-
-    /// The id of a combination of dimension value ids.
-    fn combo_id(&mut self, dims: &[u32]) -> u32 {
-        self.names.combos.id(&dims.to_vec())
     }
 
     /// The windows, and what emitting one of their aggregates does (its record to `out`):
@@ -759,7 +746,7 @@ impl ProcessEngine {
                 Instance {
                     key: key.to_string(),
                     key_group: kg,
-                    combo: state.combo_id(&dims),
+                    combo: state.names.combos.id(&dims),
                     dimensions: dims.clone(),
                     ..Instance::default()
                 },

@@ -136,7 +136,7 @@ impl ProcessEngine {
                 .enumerate()
                 .map(|(d, v)| new.dimension_id(d, v.as_deref()))
                 .collect();
-            let c = new.combo_id(&ids);
+            let c = new.names.combos.id(&ids);
             combos.insert(id, c);
             c
         };

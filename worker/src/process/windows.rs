@@ -266,6 +266,7 @@ impl Windows {
         all
     }
 
+    #[cfg(test)]
     pub fn get(&self, (kg, start, metric, combo): &AggregateKey) -> Option<&Aggregate> {
         let windows = self.by_key_group.get(self.position_of(*kg))?;
         let window = &windows[position(windows, *start).ok()?].1;
