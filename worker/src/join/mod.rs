@@ -10,9 +10,7 @@
 //! in arrival order, so results do not depend on how key groups are spread over workers.
 
 pub mod record;
-
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+mod timers;
 
 use std::collections::hash_map::Entry as HashEntry;
 
@@ -22,6 +20,7 @@ use weft_crds::join_pipeline::JoinSpec;
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
 use crate::sources::{DeadLetterReason, Message, Rejection};
+use timers::{Timer, Timers};
 
 /// Join settings in milliseconds, from the pipeline's `spec.join`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -412,7 +411,7 @@ pub enum Change {
 /// the hot map.
 struct Books<'e> {
     config: &'e JoinConfig,
-    timers: &'e mut BinaryHeap<Timer>,
+    timers: &'e mut Timers,
     hot_bytes: &'e mut usize,
     stats: &'e mut JoinStats,
 }
@@ -426,7 +425,7 @@ impl Books<'_> {
         let until = pending.deadline - self.config.lateness + self.config.dedupe;
         let removed = slot.entry.as_ref().map_or(0, Entry::bytes);
         *self.hot_bytes = (*self.hot_bytes + TIMER_BYTES).saturating_sub(removed);
-        self.timers.push(Reverse((until, key.clone())));
+        self.timers.push(until, key.clone());
         slot.entry = Some(Entry::Done(Done {
             until,
             outcome,
@@ -460,8 +459,6 @@ struct Slot {
     persisted: Persisted,
     dirty: bool,
 }
-
-type Timer = Reverse<(i64, StateKey)>;
 
 /// Where a due timer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -536,7 +533,7 @@ pub struct JoinEngine {
     config: JoinConfig,
     owned: KeyGroupRange,
     slots: FxHashMap<StateKey, Slot>,
-    timers: Vec<BinaryHeap<Timer>>,
+    timers: Vec<Timers>,
     watermarks: Vec<i64>,
     cold_next: Vec<Option<i64>>,
     /// Cold timers before this deadline have been handed out already.
@@ -558,7 +555,9 @@ impl JoinEngine {
             config,
             owned,
             slots: FxHashMap::default(),
-            timers: (0..n).map(|_| BinaryHeap::new()).collect(),
+            timers: (0..n)
+                .map(|_| Timers::new(config.lateness.saturating_add(config.dedupe)))
+                .collect(),
             watermarks: vec![i64::MIN; n],
             cold_next: vec![None; n],
             cold_scanned: vec![i64::MIN; n],
@@ -723,7 +722,7 @@ impl JoinEngine {
                     // goes stale.
                     pending.deadline = t.saturating_add(lateness);
                     *books.hot_bytes += TIMER_BYTES;
-                    books.timers.push(Reverse((pending.deadline, key.clone())));
+                    books.timers.push(pending.deadline, key.clone());
                 }
             }
             // A new tracking number (or one whose persisted entry was removed since the
@@ -751,7 +750,7 @@ impl JoinEngine {
                     books.finish(slot, &key, &pending, Outcome::Completed);
                 } else {
                     *books.hot_bytes += pending.bytes() + TIMER_BYTES;
-                    books.timers.push(Reverse((pending.deadline, key)));
+                    books.timers.push(pending.deadline, key);
                     slot.entry = Some(Entry::Pending(Box::new(pending)));
                     slot.dirty = true;
                 }
@@ -800,6 +799,34 @@ impl JoinEngine {
         out: &mut impl JoinOutput,
     ) -> Result<(), StateError> {
         self.forget_store = true;
+        // Markers only wait to expire, so those in memory alone go now, and every timer is
+        // set again for the entries left: `finish` then walks the pending entries, not two
+        // timers per action. Its outputs are the same: each pending entry's timer is the one
+        // at its deadline. Entries with a stored version stay (a cold timer may name them).
+        let mut freed = 0;
+        self.slots.retain(|key, slot| {
+            let keep =
+                slot.persisted.get().is_some() || matches!(slot.entry, Some(Entry::Pending(_)));
+            if !keep {
+                freed += SLOT_BYTES + key.heap_bytes();
+            }
+            keep
+        });
+        for timers in &mut self.timers {
+            freed += timers.len() * TIMER_BYTES;
+            timers.clear();
+        }
+        for (key, slot) in &self.slots {
+            if let Some(entry) = &slot.entry {
+                let (kg, _) = split_key(key);
+                let idx = usize::from(kg.wrapping_sub(self.owned.start));
+                if let Some(timers) = self.timers.get_mut(idx) {
+                    timers.push(entry.deadline(), key.clone());
+                    freed = freed.saturating_sub(TIMER_BYTES);
+                }
+            }
+        }
+        self.hot_bytes = self.hot_bytes.saturating_sub(freed);
         self.finish(cold, out)?;
         self.stored.clear();
         Ok(())
@@ -876,14 +903,9 @@ impl JoinEngine {
         let kg = self.owned.start + idx as u16;
         loop {
             let mut due: Vec<(i64, StateKey, TimerSource)> = Vec::new();
-            while let Some(Reverse((deadline, _))) = self.timers[idx].peek() {
-                if *deadline >= wm {
-                    break;
-                }
-                if let Some(Reverse((deadline, key))) = self.timers[idx].pop() {
-                    self.hot_bytes = self.hot_bytes.saturating_sub(TIMER_BYTES);
-                    due.push((deadline, key, TimerSource::Hot));
-                }
+            while let Some((deadline, key)) = self.timers[idx].pop_due(wm) {
+                self.hot_bytes = self.hot_bytes.saturating_sub(TIMER_BYTES);
+                due.push((deadline, key, TimerSource::Hot));
             }
             if self.cold_next[idx].is_some_and(|d| d < wm) {
                 due.extend(
@@ -1030,11 +1052,9 @@ impl JoinEngine {
             true
         });
         if evict != Evict::Nothing {
-            for (i, heap) in self.timers.iter_mut().enumerate() {
+            for (i, timers) in self.timers.iter_mut().enumerate() {
                 // Timers of entries that left go with them (the store has their timers).
-                let before = heap.len();
-                heap.retain(|Reverse((_, key))| self.slots.contains_key(key));
-                freed += (before - heap.len()) * TIMER_BYTES;
+                freed += timers.retain(|(_, key)| self.slots.contains_key(key)) * TIMER_BYTES;
                 if let Some(d) = evicted_deadlines[i] {
                     self.cold_next[i] = Some(self.cold_next[i].map_or(d, |c| c.min(d)));
                 }

@@ -1,0 +1,180 @@
+//! The join's timers for one key group: pending entries' lateness deadlines and dedupe
+//! markers' expiries, about two per action.
+//!
+//! One binary heap over all of them holds every marker of the dedupe horizon, and each push
+//! and pop walks it through cache misses. Almost all timers are far in the future, so they
+//! wait unsorted in coarse buckets by deadline (an append each); a bucket is sorted, in a
+//! small heap, only when the watermark reaches it. Timers come out in exactly the order one
+//! heap would give.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use super::StateKey;
+
+/// A deadline and the entry it belongs to.
+pub type Timer = (i64, StateKey);
+
+/// Buckets a wheel spans at most; a timer beyond them goes straight to the heap.
+const BUCKETS: usize = 1024;
+/// Narrowest bucket, ms.
+const MIN_WIDTH: i64 = 1000;
+/// Emptied buckets kept for reuse (their capacity), per key group.
+const SPARE_BUCKETS: usize = 8;
+
+pub struct Timers {
+    /// The timers before `near_end` (and any beyond the wheel), sorted.
+    near: BinaryHeap<Reverse<Timer>>,
+    near_end: i64,
+    /// Bucket `i` holds the timers in `[near_end + i * width, near_end + (i + 1) * width)`.
+    far: VecDeque<Vec<Timer>>,
+    width: i64,
+    len: usize,
+    spare: Vec<Vec<Timer>>,
+}
+
+impl Timers {
+    /// A wheel for deadlines up to `span` ms ahead of the watermark (lateness plus dedupe).
+    pub fn new(span: i64) -> Timers {
+        Timers {
+            near: BinaryHeap::new(),
+            near_end: i64::MIN,
+            far: VecDeque::new(),
+            width: (span / (BUCKETS as i64 / 2)).max(MIN_WIDTH),
+            len: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn push(&mut self, deadline: i64, key: StateKey) {
+        self.len += 1;
+        // With no bucket in use the wheel starts again at this deadline's bucket (an idle key
+        // group must not walk empty buckets to get there).
+        if self.far.is_empty() {
+            let start = deadline.div_euclid(self.width).saturating_mul(self.width);
+            self.near_end = self.near_end.max(start);
+        }
+        let bucket = deadline
+            .checked_sub(self.near_end)
+            .filter(|d| *d >= 0)
+            .map(|d| d / self.width)
+            .and_then(|b| usize::try_from(b).ok())
+            .filter(|b| *b < BUCKETS);
+        let Some(bucket) = bucket else {
+            self.near.push(Reverse((deadline, key)));
+            return;
+        };
+        while self.far.len() <= bucket {
+            let empty = self.spare.pop().unwrap_or_default();
+            self.far.push_back(empty);
+        }
+        self.far[bucket].push((deadline, key));
+    }
+
+    /// The earliest timer before `wm`, taken out.
+    pub fn pop_due(&mut self, wm: i64) -> Option<Timer> {
+        // Every bucket that starts before `wm` may hold a due timer: into the heap with it.
+        while self.near_end < wm {
+            let Some(mut bucket) = self.far.pop_front() else {
+                break;
+            };
+            self.near_end = self.near_end.saturating_add(self.width);
+            self.near.extend(bucket.drain(..).map(Reverse));
+            if self.spare.len() < SPARE_BUCKETS {
+                self.spare.push(bucket);
+            }
+        }
+        let Reverse((deadline, _)) = self.near.peek()?;
+        if *deadline >= wm {
+            return None;
+        }
+        self.len -= 1;
+        self.near.pop().map(|Reverse(t)| t)
+    }
+
+    /// Keeps the timers `keep` says yes to; returns how many went.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Timer) -> bool) -> usize {
+        self.near.retain(|Reverse(t)| keep(t));
+        for bucket in &mut self.far {
+            bucket.retain(&mut keep);
+        }
+        let before = self.len;
+        self.len = self.near.len() + self.far.iter().map(Vec::len).sum::<usize>();
+        before - self.len
+    }
+
+    /// Drops every timer.
+    pub fn clear(&mut self) {
+        self.near.clear();
+        self.far.clear();
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::join::state_key;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the pushes and watermarks, timers come out exactly as from one heap.
+        #[test]
+        fn pops_like_one_heap(
+            ops in proptest::collection::vec((any::<bool>(), 0i64..40_000, 0u16..50), 1..400),
+            span in 0i64..20_000,
+        ) {
+            let mut wheel = Timers::new(span);
+            let mut heap: BinaryHeap<Reverse<Timer>> = BinaryHeap::new();
+            let mut wm = 0i64;
+            for (advance, step, n) in ops {
+                if advance {
+                    wm += step / 4;
+                    loop {
+                        let expected = match heap.peek() {
+                            Some(Reverse((d, _))) if *d < wm => heap.pop().map(|Reverse(t)| t),
+                            _ => None,
+                        };
+                        let got = wheel.pop_due(wm);
+                        prop_assert_eq!(&got, &expected);
+                        if got.is_none() {
+                            break;
+                        }
+                    }
+                } else {
+                    // Deadlines at or after the watermark, as the join sets them.
+                    let deadline = wm + step;
+                    let key = state_key(n % 3, &format!("T{n}"));
+                    wheel.push(deadline, key.clone());
+                    heap.push(Reverse((deadline, key)));
+                }
+                prop_assert_eq!(wheel.len(), heap.len());
+            }
+            let kept = wheel.retain(|(d, _)| d % 2 == 0);
+            heap.retain(|Reverse((d, _))| d % 2 == 0);
+            prop_assert_eq!(wheel.len(), heap.len());
+            prop_assert!(kept <= 400);
+            let mut rest = Vec::new();
+            while let Some(t) = wheel.pop_due(i64::MAX) {
+                rest.push(t);
+            }
+            prop_assert_eq!(rest, heap.into_sorted_vec().into_iter().rev().map(|Reverse(t)| t).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn extreme_deadlines_do_not_overflow() {
+        let mut wheel = Timers::new(7_200_000);
+        wheel.push(i64::MAX, state_key(0, "a"));
+        wheel.push(i64::MIN, state_key(0, "b"));
+        wheel.push(0, state_key(0, "c"));
+        assert_eq!(wheel.pop_due(1).map(|t| t.0), Some(i64::MIN));
+        assert_eq!(wheel.pop_due(1).map(|t| t.0), Some(0));
+        assert_eq!(wheel.pop_due(i64::MAX), None);
+        assert_eq!(wheel.len(), 1);
+    }
+}
