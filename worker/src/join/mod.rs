@@ -417,15 +417,29 @@ struct Books<'e> {
 }
 
 impl Books<'_> {
-    /// Replaces a resolved entry by its dedupe marker, in place.
-    fn finish(&mut self, slot: &mut Slot, key: &StateKey, pending: &Pending, outcome: Outcome) {
-        if slot.persisted.get().is_some() {
+    /// Replaces a resolved entry by its dedupe marker, in place. `pending_timer`: the
+    /// entry's timer at its deadline is still to fire (a completion before the deadline);
+    /// the marker's own timer is then set when that one fires, so an entry has one timer at a
+    /// time. Only for an entry never stored: a stored one's timer may be in the cold tier.
+    fn finish(
+        &mut self,
+        slot: &mut Slot,
+        key: &StateKey,
+        pending: &Pending,
+        outcome: Outcome,
+        pending_timer: bool,
+    ) {
+        let stored = slot.persisted.get().is_some();
+        if stored {
             self.stats.actions_persisted += 1;
         }
-        let until = pending.deadline - self.config.lateness + self.config.dedupe;
+        let until = marker_until(self.config, pending.deadline);
         let removed = slot.entry.as_ref().map_or(0, Entry::bytes);
-        *self.hot_bytes = (*self.hot_bytes + TIMER_BYTES).saturating_sub(removed);
-        self.timers.push(until, key.clone());
+        *self.hot_bytes = self.hot_bytes.saturating_sub(removed);
+        if stored || !pending_timer {
+            *self.hot_bytes += TIMER_BYTES;
+            self.timers.push(until, key.clone());
+        }
         slot.entry = Some(Entry::Done(Done {
             until,
             outcome,
@@ -433,6 +447,12 @@ impl Books<'_> {
         }));
         slot.dirty = true;
     }
+}
+
+/// Until when the marker of an entry resolved with lateness deadline `deadline` lasts: the
+/// dedupe horizon from its first part.
+fn marker_until(config: &JoinConfig, deadline: i64) -> i64 {
+    deadline - config.lateness + config.dedupe
 }
 
 /// The deadline of a stored entry's version, or none: an `Option<i64>` in 8 bytes (no real
@@ -715,7 +735,7 @@ impl JoinEngine {
                         pending.last_event_time(),
                     );
                     books.stats.complete += 1;
-                    books.finish(slot, &key, &pending, Outcome::Completed);
+                    books.finish(slot, &key, &pending, Outcome::Completed, true);
                 } else if t.saturating_add(lateness) < pending.deadline {
                     // The lateness bound runs from the earliest part, whichever arrived
                     // first: the outcome must not depend on arrival order. The old timer
@@ -747,7 +767,7 @@ impl JoinEngine {
                         pending.last_event_time(),
                     );
                     books.stats.complete += 1;
-                    books.finish(slot, &key, &pending, Outcome::Completed);
+                    books.finish(slot, &key, &pending, Outcome::Completed, false);
                 } else {
                     *books.hot_bytes += pending.bytes() + TIMER_BYTES;
                     books.timers.push(pending.deadline, key);
@@ -962,9 +982,17 @@ impl JoinEngine {
                         let (_, tn) = split_key(&key);
                         out.incomplete(kg, tn, &pending, required & !pending.mask());
                         books.stats.incomplete += 1;
-                        books.finish(slot, &key, &pending, Outcome::Expired);
+                        books.finish(slot, &key, &pending, Outcome::Expired, false);
                     }
                     Some(Entry::Done(done)) if done.until == deadline => self.remove(&key),
+                    // The timer of the entry that completed before its deadline: the
+                    // marker's own timer now (see `Books::finish`).
+                    Some(Entry::Done(done))
+                        if marker_until(books.config, deadline) == done.until =>
+                    {
+                        *books.hot_bytes += TIMER_BYTES;
+                        books.timers.push(done.until, key);
+                    }
                     _ => {}
                 }
             }
