@@ -358,6 +358,60 @@ fn fingerprint(key: &[u8]) -> u64 {
     rustc_hash::FxBuildHasher.hash_one((0x9e37_79b9_7f4a_7c15u64, key))
 }
 
+/// Fingerprints of the keys in the store, with counts: a key whose fingerprint is absent is
+/// certainly not in RocksDB, so a new tracking number costs no RocksDB lookup even after
+/// evictions (a fingerprint collision only costs a lookup). Memory stays bounded: past
+/// `limit` keys it stops keeping count, and every key of a key group with cold entries is
+/// looked up (RocksDB's bloom filter answers most misses) until the store is cleared whole.
+struct StoredKeys {
+    counts: Option<FxHashMap<u64, u32>>,
+    limit: usize,
+}
+
+/// Stored keys tracked at most (about 20 bytes each).
+const STORED_KEYS_LIMIT: usize = 2 << 20;
+
+impl StoredKeys {
+    fn new(limit: usize) -> StoredKeys {
+        StoredKeys {
+            counts: Some(FxHashMap::default()),
+            limit,
+        }
+    }
+
+    fn added(&mut self, key: &[u8]) {
+        if let Some(counts) = &mut self.counts {
+            *counts.entry(fingerprint(key)).or_default() += 1;
+            if counts.len() > self.limit {
+                self.counts = None;
+            }
+        }
+    }
+
+    fn removed(&mut self, key: &[u8]) {
+        if let Some(counts) = &mut self.counts {
+            let fp = fingerprint(key);
+            if let Some(n) = counts.get_mut(&fp) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&fp);
+                }
+            }
+        }
+    }
+
+    fn may_contain(&self, key: &[u8]) -> bool {
+        self.counts
+            .as_ref()
+            .is_none_or(|c| c.contains_key(&fingerprint(key)))
+    }
+
+    /// The store is empty.
+    fn clear(&mut self) {
+        self.counts = Some(FxHashMap::default());
+    }
+}
+
 /// Where joined results go.
 pub trait JoinOutput {
     /// A complete action: every required part arrived.
@@ -559,10 +613,7 @@ pub struct JoinEngine {
     /// Cold timers before this deadline have been handed out already.
     cold_scanned: Vec<i64>,
     hot_bytes: usize,
-    /// Fingerprints of the keys in the store, with counts: a key whose fingerprint is absent
-    /// is certainly not in RocksDB, so a new tracking number costs no RocksDB lookup even
-    /// after evictions (a fingerprint collision only costs a lookup).
-    stored: FxHashMap<u64, u32>,
+    stored: StoredKeys,
     /// Set by [`JoinEngine::finish_and_forget_store`].
     forget_store: bool,
     pub stats: JoinStats,
@@ -582,10 +633,17 @@ impl JoinEngine {
             cold_next: vec![None; n],
             cold_scanned: vec![i64::MIN; n],
             hot_bytes: 0,
-            stored: FxHashMap::default(),
+            stored: StoredKeys::new(STORED_KEYS_LIMIT),
             forget_store: false,
             stats: JoinStats::default(),
         }
+    }
+
+    /// [`JoinEngine::new`] that keeps count of at most `limit` stored keys.
+    #[cfg(test)]
+    fn with_stored_keys_limit(mut self, limit: usize) -> JoinEngine {
+        self.stored = StoredKeys::new(limit);
+        self
     }
 
     /// Approximate bytes of state held in memory.
@@ -627,7 +685,7 @@ impl JoinEngine {
         }
         self.stats = stats;
         let stored = &mut self.stored;
-        cold.for_each_key(&mut |key| *stored.entry(fingerprint(key)).or_default() += 1)?;
+        cold.for_each_key(&mut |key| stored.added(key))?;
         for i in 0..self.cold_next.len() {
             self.cold_next[i] = cold.next_deadline(self.owned.start + i as u16, i64::MIN)?;
         }
@@ -874,8 +932,7 @@ impl JoinEngine {
         cold: &impl ColdStore,
         certain: bool,
     ) -> Result<(), StateError> {
-        if (!certain
-            && (self.cold_next[idx].is_none() || !self.stored.contains_key(&fingerprint(key))))
+        if (!certain && (self.cold_next[idx].is_none() || !self.stored.may_contain(key)))
             || self.slots.contains_key(key)
         {
             return Ok(());
@@ -1033,7 +1090,7 @@ impl JoinEngine {
                             });
                         }
                         if slot.persisted.get().is_none() {
-                            *stored.entry(fingerprint(key)).or_default() += 1;
+                            stored.added(key);
                         }
                         slot.persisted = Persisted::at(deadline);
                     }
@@ -1043,13 +1100,7 @@ impl JoinEngine {
                                 key: key.clone(),
                                 deadline,
                             });
-                            let fp = fingerprint(key);
-                            if let Some(n) = stored.get_mut(&fp) {
-                                *n -= 1;
-                                if *n == 0 {
-                                    stored.remove(&fp);
-                                }
-                            }
+                            stored.removed(key);
                         }
                         freed += SLOT_BYTES + key.heap_bytes();
                         return false;

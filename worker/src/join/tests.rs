@@ -356,7 +356,16 @@ fn run(msgs: &[Message<'static>], key_groups: u16, splits: u32, evict_at: &[usiz
     let ranges = weft_crds::keygroup::even_assignment(splits, key_groups);
     let mut engines: Vec<(JoinEngine, MemCold)> = ranges
         .iter()
-        .map(|r| (JoinEngine::new(config(key_groups), *r), MemCold::default()))
+        .map(|r| {
+            // Half the scenarios past the stored-keys limit: every cold key group asks the store.
+            let engine = JoinEngine::new(config(key_groups), *r);
+            let engine = if evict_at.len() % 2 == 1 {
+                engine.with_stored_keys_limit(1)
+            } else {
+                engine
+            };
+            (engine, MemCold::default())
+        })
         .collect();
     let mut out = Recorded::default();
     for (i, m) in msgs.iter().enumerate() {
