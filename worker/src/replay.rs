@@ -145,7 +145,7 @@ fn analyse(dir: &Path, plans: &[ProcessPlan], summary: Summary) -> anyhow::Resul
                             let instance =
                                 tally.instances.entry(key.to_string()).or_insert_with(|| {
                                     Instance {
-                                        key: key.into_owned(),
+                                        key: key.as_ref().into(),
                                         ..Instance::default()
                                     }
                                 });

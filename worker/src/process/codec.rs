@@ -99,7 +99,7 @@ pub fn decode_instance(bytes: &[u8]) -> Option<Instance> {
         dimensions.push(r.u32()?);
     }
     let instance = Instance {
-        key,
+        key: key.into(),
         key_group,
         actions,
         dimensions,

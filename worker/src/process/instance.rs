@@ -8,6 +8,8 @@
 //! aggregates are sums, so taking back is adding with a negative weight. The results are
 //! those of processing the actions in event-time order, whatever order they came in.
 
+use std::sync::Arc;
+
 use super::Metric;
 use super::plan::StepPlan;
 
@@ -30,7 +32,7 @@ pub struct Visit {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Instance {
-    pub key: String,
+    pub key: Arc<str>,
     pub key_group: u16,
     /// Sorted by (time, tracking number).
     pub actions: Vec<Applied>,

@@ -31,6 +31,7 @@ pub mod windows;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -198,10 +199,12 @@ pub enum ProcessError {
 /// The state of one definition over the owned key groups.
 pub struct ProcessState {
     pub plan: ProcessPlan,
-    instances: FxHashMap<String, Instance>,
+    /// Instance keys are shared (`Arc<str>`) by the instance, the changed set and the
+    /// timers: setting a timer or marking a change copies no string.
+    instances: FxHashMap<Arc<str>, Instance>,
     /// Changed since the last checkpoint: instance key → its key group.
-    dirty: FxHashMap<String, u16>,
-    timers: Vec<BTreeSet<(i64, TimerKind, String)>>,
+    dirty: FxHashMap<Arc<str>, u16>,
+    timers: Vec<BTreeSet<(i64, TimerKind, Arc<str>)>>,
     windows: Windows,
     /// Per owned key group: windows starting before this are closed.
     closed_before: Vec<i64>,
@@ -211,6 +214,8 @@ pub struct ProcessState {
     /// Scratch vectors of [`ProcessState::contributions`], reused from action to action.
     spare: Vec<Vec<instance::Contribution>>,
     visits: Vec<instance::Visit>,
+    /// Scratch: the dimension value ids of the action being applied.
+    dims: Vec<u32>,
 }
 
 /// The value tables of a definition's state: dimension values, their combinations and the
@@ -345,6 +350,7 @@ impl ProcessState {
             texts: RecordTexts::default(),
             spare: Vec::new(),
             visits: Vec::new(),
+            dims: Vec::new(),
             counts: Counts {
                 durations: vec![Sketch::default(); steps],
                 ..Counts::default()
@@ -699,12 +705,12 @@ impl ProcessEngine {
         let lateness = self.lateness;
         let state = &mut self.processes[p];
         let tracking_number = c.tracking_number.map(Cow::into_owned).unwrap_or_default();
-        let dims: Vec<u32> = c
-            .dimensions
-            .iter()
-            .enumerate()
-            .map(|(d, v)| state.dimension_id(d, v.as_deref()))
-            .collect();
+        let mut dims = std::mem::take(&mut state.dims);
+        dims.clear();
+        for (d, v) in c.dimensions.iter().enumerate() {
+            let id = state.dimension_id(d, v.as_deref());
+            dims.push(id);
+        }
         let applied = Applied {
             time: t,
             tracking_number,
@@ -736,6 +742,7 @@ impl ProcessEngine {
                     if let Some(slot) = state.instances.get_mut(key.as_ref()) {
                         *slot = i;
                     }
+                    state.dims = dims;
                     return Ok(());
                 }
                 let old = state.contributions(&i);
@@ -744,7 +751,7 @@ impl ProcessEngine {
             }
             None => (
                 Instance {
-                    key: key.to_string(),
+                    key: Arc::from(key.as_ref()),
                     key_group: kg,
                     combo: state.names.combos.id(&dims),
                     dimensions: dims.clone(),
@@ -771,6 +778,7 @@ impl ProcessEngine {
         if changed {
             instance.combo = state.names.combos.id(&instance.dimensions);
         }
+        state.dims = dims;
         let after_end = instance.after_end(&state.plan.steps);
         state.counts.after_end += after_end.saturating_sub(after_end_before) as u64;
         let new = state.contributions(&instance);
@@ -784,7 +792,7 @@ impl ProcessEngine {
         );
         state.set_timers(idx, &mut instance, lateness);
         if !state.dirty.contains_key(key.as_ref()) {
-            state.dirty.insert(key.to_string(), kg);
+            state.dirty.insert(instance.key.clone(), kg);
         }
         match state.instances.get_mut(key.as_ref()) {
             Some(slot) => *slot = instance,
@@ -810,7 +818,7 @@ impl ProcessEngine {
                     break;
                 };
                 // A timer is stale when its instance moved on since it was set.
-                let Some(mut instance) = state.instances.remove(&key) else {
+                let Some(mut instance) = state.instances.remove(&*key) else {
                     continue;
                 };
                 let ended = instance.ended(&state.plan.steps);
@@ -927,7 +935,7 @@ impl ProcessEngine {
         };
         for (p, state) in self.processes.iter_mut().enumerate() {
             for (key, kg) in std::mem::take(&mut state.dirty) {
-                let value = state.instances.get(&key).map(|i| {
+                let value = state.instances.get(&*key).map(|i| {
                     let mut buf = Vec::with_capacity(128);
                     codec::encode_instance(i, &mut buf);
                     buf
