@@ -12,6 +12,7 @@
 pub mod record;
 mod timers;
 
+use std::collections::VecDeque;
 use std::collections::hash_map::Entry as HashEntry;
 
 use rustc_hash::FxHashMap;
@@ -368,6 +369,9 @@ struct StoredKeys {
     limit: usize,
 }
 
+/// How far ahead of a key group's watermark its cold timers are read (event time, ms).
+const COLD_READ_AHEAD: i64 = 60_000;
+
 /// Stored keys tracked at most (about 20 bytes each).
 const STORED_KEYS_LIMIT: usize = 2 << 20;
 
@@ -612,6 +616,12 @@ pub struct JoinEngine {
     cold_next: Vec<Option<i64>>,
     /// Cold timers before this deadline have been handed out already.
     cold_scanned: Vec<i64>,
+    /// Cold timers read ahead: every stored timer from `cold_scanned` up to `cold_read_to`
+    /// (exclusive), as of the read. One RocksDB iterator per [`COLD_READ_AHEAD`] of event
+    /// time, not two per cold timer (iterators over memtables and every SST file cost more
+    /// than the rest of the cold path together).
+    cold_ahead: Vec<VecDeque<ColdTimer>>,
+    cold_read_to: Vec<i64>,
     hot_bytes: usize,
     stored: StoredKeys,
     /// Set by [`JoinEngine::finish_and_forget_store`].
@@ -632,6 +642,8 @@ impl JoinEngine {
             watermarks: vec![i64::MIN; n],
             cold_next: vec![None; n],
             cold_scanned: vec![i64::MIN; n],
+            cold_ahead: (0..n).map(|_| VecDeque::new()).collect(),
+            cold_read_to: vec![i64::MIN; n],
             hot_bytes: 0,
             stored: StoredKeys::new(STORED_KEYS_LIMIT),
             forget_store: false,
@@ -985,20 +997,29 @@ impl JoinEngine {
                 due.push((deadline, key, TimerSource::Hot));
             }
             if self.cold_next[idx].is_some_and(|d| d < wm) {
-                due.extend(
-                    cold.due(kg, self.cold_scanned[idx], wm)?
-                        .into_iter()
-                        .map(|t| {
-                            let source = if t.marker {
-                                TimerSource::ColdMarker
-                            } else {
-                                TimerSource::Cold
-                            };
-                            (t.deadline, StateKey::new(&t.key), source)
-                        }),
-                );
+                if self.cold_read_to[idx] < wm {
+                    let from = self.cold_read_to[idx].max(self.cold_scanned[idx]);
+                    let to = wm.saturating_add(COLD_READ_AHEAD);
+                    self.cold_ahead[idx].extend(cold.due(kg, from, to)?);
+                    self.cold_read_to[idx] = to;
+                }
+                let ahead = &mut self.cold_ahead[idx];
+                while ahead.front().is_some_and(|t| t.deadline < wm) {
+                    let Some(t) = ahead.pop_front() else {
+                        break;
+                    };
+                    let source = if t.marker {
+                        TimerSource::ColdMarker
+                    } else {
+                        TimerSource::Cold
+                    };
+                    due.push((t.deadline, StateKey::new(&t.key), source));
+                }
                 self.cold_scanned[idx] = wm;
-                self.cold_next[idx] = cold.next_deadline(kg, wm)?;
+                self.cold_next[idx] = match ahead.front() {
+                    Some(t) => Some(t.deadline),
+                    None => cold.next_deadline(kg, self.cold_read_to[idx])?,
+                };
             }
             if due.is_empty() {
                 return Ok(());
@@ -1136,6 +1157,9 @@ impl JoinEngine {
                 freed += timers.retain(|(_, key)| self.slots.contains_key(key)) * TIMER_BYTES;
                 if let Some(d) = evicted_deadlines[i] {
                     self.cold_next[i] = Some(self.cold_next[i].map_or(d, |c| c.min(d)));
+                    // New cold timers: what was read ahead is incomplete now.
+                    self.cold_ahead[i].clear();
+                    self.cold_read_to[i] = self.cold_scanned[i];
                 }
             }
         }
