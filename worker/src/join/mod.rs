@@ -369,9 +369,6 @@ struct StoredKeys {
     limit: usize,
 }
 
-/// How far ahead of a key group's watermark its cold timers are read (event time, ms).
-const COLD_READ_AHEAD: i64 = 60_000;
-
 /// Stored keys tracked at most (about 20 bytes each).
 const STORED_KEYS_LIMIT: usize = 2 << 20;
 
@@ -561,6 +558,9 @@ pub enum Evict {
         max: usize,
     },
 }
+
+/// How far ahead of a key group's watermark its cold timers are read (event time, ms).
+const COLD_READ_AHEAD: i64 = 60_000;
 
 /// Entries one checkpoint moves to RocksDB at most when the join is over its memory budget.
 pub const EVICTION_CHUNK: usize = 200_000;
