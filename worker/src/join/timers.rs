@@ -15,8 +15,10 @@ use super::StateKey;
 /// A deadline and the entry it belongs to.
 pub type Timer = (i64, StateKey);
 
-/// Buckets a wheel spans at most; a timer beyond them goes straight to the heap.
-const BUCKETS: usize = 1024;
+/// Buckets a wheel spans at most; a timer beyond them goes straight to the heap. Few and
+/// wide: every key group has its own wheel (up to 32,768 of them), and an empty bucket
+/// still costs a vector header.
+const BUCKETS: usize = 256;
 /// Narrowest bucket, ms.
 const MIN_WIDTH: i64 = 1000;
 /// Emptied buckets kept for reuse (their capacity), per key group.
