@@ -613,6 +613,9 @@ pub struct JoinEngine {
     slots: FxHashMap<StateKey, Slot>,
     timers: Vec<Timers>,
     watermarks: Vec<i64>,
+    /// The latest event time any owned key group accepted (ended key groups aside): what a
+    /// message may not be more than the future skew ahead of (with its key group's).
+    worker_watermark: i64,
     cold_next: Vec<Option<i64>>,
     /// Cold timers before this deadline have been handed out already.
     cold_scanned: Vec<i64>,
@@ -640,6 +643,7 @@ impl JoinEngine {
                 .map(|_| Timers::new(config.lateness.saturating_add(config.dedupe)))
                 .collect(),
             watermarks: vec![i64::MIN; n],
+            worker_watermark: i64::MIN,
             cold_next: vec![None; n],
             cold_scanned: vec![i64::MIN; n],
             cold_ahead: (0..n).map(|_| VecDeque::new()).collect(),
@@ -694,6 +698,10 @@ impl JoinEngine {
     ) -> Result<(), StateError> {
         for (i, wm) in watermarks.iter().enumerate().take(self.watermarks.len()) {
             self.watermarks[i] = *wm;
+            // A key group whose input ended (`i64::MAX`) says nothing about the others' time.
+            if *wm != i64::MAX {
+                self.worker_watermark = self.worker_watermark.max(*wm);
+            }
         }
         self.stats = stats;
         let stored = &mut self.stored;
@@ -725,12 +733,19 @@ impl JoinEngine {
         let idx = self.index(kg)?;
         let wm = self.watermarks[idx];
         let t = msg.event_time;
-        if wm != i64::MIN && t > wm.saturating_add(self.config.max_future_skew) {
+        // Ahead of what? Of the later of the key group's watermark and the worker's: a key
+        // group quiet for longer than the skew (a sparse key group, a quiet night) must take
+        // up the time the others have reached, or every message it gets from then on would be
+        // "in the future" and it would never move again. A clock far ahead of everything the
+        // worker has seen is still refused.
+        let reference = wm.max(self.worker_watermark);
+        if reference != i64::MIN && t > reference.saturating_add(self.config.max_future_skew) {
             return Err(JoinError::Rejected(Rejection::new(
                 DeadLetterReason::FutureEventTime,
                 format!(
-                    "event time {t} is {} ms ahead of the key group's watermark {wm}",
-                    t - wm
+                    "event time {t} is {} ms ahead of the watermark {reference} (the later of \
+                     its key group's and the worker's)",
+                    t - reference
                 ),
             )));
         }
@@ -848,6 +863,7 @@ impl JoinEngine {
         }
         if t > wm {
             self.watermarks[idx] = t;
+            self.worker_watermark = self.worker_watermark.max(t);
             self.fire(idx, cold, out)?;
         }
         Ok(())

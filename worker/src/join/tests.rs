@@ -216,6 +216,55 @@ fn a_timestamp_far_ahead_of_the_watermark_is_refused_without_moving_time() {
     assert!(out.incomplete.is_empty());
 }
 
+/// A key group that got nothing for longer than the future skew takes up the time its
+/// worker's other key groups reached: its next messages are not refused as "in the future"
+/// (it would never move again), and its old pending entry expires. A clock far ahead of
+/// everything is still refused, for a key group's first message too.
+#[test]
+fn a_key_group_quiet_for_longer_than_the_skew_catches_up() {
+    let mut engine = all(64);
+    let kg = |tn: &str| key_group(tn.as_bytes(), 64);
+    let quiet = "q-1";
+    let busy: Vec<String> = (0..200)
+        .map(|i| format!("b-{i}"))
+        .filter(|tn| kg(tn) != kg(quiet))
+        .collect();
+    let mut out = Recorded::default();
+    engine
+        .process(msg(quiet, Part::Request, T0), &NoCold, &mut out)
+        .unwrap();
+    // The others move on by ten times the skew, a step at a time.
+    let step = L / 2;
+    let mut t = T0;
+    for tn in busy.iter().take(80) {
+        t += step;
+        engine
+            .process(msg(tn, Part::Request, t), &NoCold, &mut out)
+            .unwrap();
+    }
+    assert!(t - T0 > 4 * 4 * L, "the others are far ahead: {}", t - T0);
+    let same_group = (2..)
+        .map(|i| format!("q-{i}"))
+        .find(|tn| kg(tn) == kg(quiet))
+        .unwrap();
+    let before = out.incomplete.len();
+    engine
+        .process(msg(&same_group, Part::Request, t), &NoCold, &mut out)
+        .unwrap_or_else(|e| panic!("the quiet key group's message was refused: {e:?}"));
+    assert_eq!(engine.watermarks()[usize::from(kg(quiet))], t);
+    assert!(
+        out.incomplete[before..].contains(&(quiet.to_string(), 0b110)),
+        "its old entry expired: {:?}",
+        &out.incomplete[before..]
+    );
+    let far = engine
+        .process(msg("z-1", Part::Request, t + 5 * L), &NoCold, &mut out)
+        .unwrap_err();
+    assert!(
+        matches!(far, JoinError::Rejected(ref r) if r.reason == DeadLetterReason::FutureEventTime)
+    );
+}
+
 #[test]
 fn markers_are_dropped_after_the_dedupe_horizon() {
     let mut engine = all(1);
