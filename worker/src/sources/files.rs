@@ -87,15 +87,15 @@ impl LineReader {
         if self.end == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
         }
-        loop {
+        let n = loop {
             match self.reader.read(&mut self.buf[self.end..]) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.end += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                read => break read?,
             }
-            return Ok(());
-        }
+        };
+        self.end += n;
+        self.eof = n == 0;
+        Ok(())
     }
 
     pub fn position(&self) -> &Position {
