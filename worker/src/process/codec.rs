@@ -114,20 +114,7 @@ pub fn decode_instance(bytes: &[u8]) -> Option<Instance> {
 
 /// A metric as a tag and two numbers, 9 bytes.
 pub fn encode_metric(metric: &Metric, out: &mut Vec<u8>) {
-    let (tag, a, b): (u8, u32, u32) = match *metric {
-        Metric::Started => (0, 0, 0),
-        Metric::Completed => (1, 0, 0),
-        Metric::Abandoned => (2, 0, 0),
-        Metric::Wip(s) => (3, s.into(), 0),
-        Metric::Entered(s) => (4, s.into(), 0),
-        Metric::Duration(s) => (5, s.into(), 0),
-        Metric::Transition(x, y) => (6, x.into(), y.into()),
-        Metric::Return(x, y) => (7, x.into(), y.into()),
-        Metric::Outcome(o) => (8, o.into(), 0),
-        Metric::SlaBreach(s) => (9, s.into(), 0),
-        Metric::SkippedSteps => (10, 0, 0),
-        Metric::Variant(v) => (11, v, 0),
-    };
+    let (tag, a, b) = metric.parts();
     out.push(tag);
     out.extend_from_slice(&a.to_le_bytes());
     out.extend_from_slice(&b.to_le_bytes());

@@ -69,6 +69,33 @@ pub enum Metric {
     Variant(u32),
 }
 
+impl Metric {
+    /// The variant's number (in declaration order) and its fields: what the state key
+    /// stores and what sorting compares.
+    pub fn parts(&self) -> (u8, u32, u32) {
+        match *self {
+            Metric::Started => (0, 0, 0),
+            Metric::Completed => (1, 0, 0),
+            Metric::Abandoned => (2, 0, 0),
+            Metric::Wip(s) => (3, s.into(), 0),
+            Metric::Entered(s) => (4, s.into(), 0),
+            Metric::Duration(s) => (5, s.into(), 0),
+            Metric::Transition(x, y) => (6, x.into(), y.into()),
+            Metric::Return(x, y) => (7, x.into(), y.into()),
+            Metric::Outcome(o) => (8, o.into(), 0),
+            Metric::SlaBreach(s) => (9, s.into(), 0),
+            Metric::SkippedSteps => (10, 0, 0),
+            Metric::Variant(v) => (11, v, 0),
+        }
+    }
+
+    /// A number that sorts as the metric does (the second field is at most a step, u16).
+    pub fn sort_key(&self) -> u64 {
+        let (variant, a, b) = self.parts();
+        u64::from(variant) << 56 | u64::from(a) << 16 | u64::from(b)
+    }
+}
+
 /// A partial aggregate.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Aggregate {

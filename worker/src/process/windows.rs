@@ -11,13 +11,23 @@ use rustc_hash::FxHashMap;
 
 use super::{Aggregate, AggregateKey, Metric};
 
+/// The aggregates of one window. Slots are appended as aggregates appear; which of them are
+/// unemitted or unsaved is told by each aggregate's flags, and found through two candidate
+/// sets: every slot from `emitted_len` (`saved_len`) on, since a new aggregate is both, and
+/// the older slots listed in `unemitted` (`unsaved`) when their flag was set again. Most
+/// aggregates of a window are new, so most of them are never listed.
 #[derive(Debug, Default)]
 struct Window {
     index: FxHashMap<(Metric, u32), u32>,
     slots: Vec<(Metric, u32, Aggregate)>,
-    /// Slots changed since they were emitted (each listed once: when `dirty` is set).
+    /// Slots before this were all looked at by the last emission.
+    emitted_len: u32,
+    /// Older slots changed since they were emitted (each listed once: when `dirty` is set).
     unemitted: Vec<u32>,
-    /// Slots changed since the last checkpoint (each listed once: when `unsaved` is set).
+    /// Slots before this were all looked at by the last checkpoint.
+    saved_len: u32,
+    /// Older slots changed since the last checkpoint (each listed once: when `unsaved` is
+    /// set).
     unsaved: Vec<u32>,
 }
 
@@ -33,14 +43,75 @@ impl Window {
         }
     }
 
+    /// A new slot holding `agg` (flags as they are: the caller marks it).
+    fn push(&mut self, metric: Metric, combo: u32, agg: Aggregate) -> u32 {
+        let slot = self.slots.len() as u32;
+        self.slots.push((metric, combo, agg));
+        self.index.insert((metric, combo), slot);
+        slot
+    }
+
+    /// Sets the slot's `unsaved` flag; true when it was not set.
     fn mark_unsaved(&mut self, slot: u32) -> bool {
         let agg = &mut self.slots[slot as usize].2;
         if agg.unsaved {
             return false;
         }
         agg.unsaved = true;
-        self.unsaved.push(slot);
+        if slot < self.saved_len {
+            self.unsaved.push(slot);
+        }
         true
+    }
+
+    /// Sets the slot's `dirty` flag.
+    fn mark_dirty(&mut self, slot: u32) {
+        let agg = &mut self.slots[slot as usize].2;
+        if !agg.dirty {
+            agg.dirty = true;
+            if slot < self.emitted_len {
+                self.unemitted.push(slot);
+            }
+        }
+    }
+
+    /// The slots that may be unemitted, in key order; afterwards none is listed.
+    fn take_unemitted(&mut self) -> Vec<u32> {
+        let listed = std::mem::take(&mut self.unemitted);
+        let fresh = self.emitted_len..self.slots.len() as u32;
+        self.emitted_len = self.slots.len() as u32;
+        self.in_key_order(listed.into_iter().chain(fresh), |a| a.dirty)
+    }
+
+    /// The slots that may be unsaved, in key order; afterwards none is listed.
+    fn take_unsaved(&mut self) -> Vec<u32> {
+        let listed = std::mem::take(&mut self.unsaved);
+        let fresh = self.saved_len..self.slots.len() as u32;
+        self.saved_len = self.slots.len() as u32;
+        self.in_key_order(listed.into_iter().chain(fresh), |a| a.unsaved)
+    }
+
+    /// Those of `slots` whose aggregate passes `keep`, sorted by (metric, combination).
+    /// Sorted as packed keys beside the slot numbers: comparing through the slots was a
+    /// quarter of emitting.
+    fn in_key_order(
+        &self,
+        slots: impl Iterator<Item = u32>,
+        keep: impl Fn(&Aggregate) -> bool,
+    ) -> Vec<u32> {
+        let mut keyed: Vec<(u64, u32, u32)> = slots
+            .filter_map(|slot| {
+                let (metric, combo, agg) = &self.slots[slot as usize];
+                keep(agg).then(|| (metric.sort_key(), *combo, slot))
+            })
+            .collect();
+        keyed.sort_unstable();
+        keyed.into_iter().map(|(_, _, slot)| slot).collect()
+    }
+
+    /// How many slots may be unemitted (an upper bound).
+    fn unemitted_bound(&self) -> usize {
+        self.unemitted.len() + self.slots.len() - self.emitted_len as usize
     }
 }
 
@@ -118,21 +189,14 @@ impl Windows {
         let slot = match window.index.get(&(metric, combo)) {
             Some(slot) => *slot,
             None => {
-                let slot = window.slots.len() as u32;
-                window.slots.push((metric, combo, Aggregate::default()));
-                window.index.insert((metric, combo), slot);
                 self.aggregates += 1;
-                slot
+                window.push(metric, combo, Aggregate::default())
             }
         };
         if window.mark_unsaved(slot) {
             self.unsaved += 1;
         }
-        let agg = &mut window.slots[slot as usize].2;
-        if !agg.dirty {
-            agg.dirty = true;
-            window.unemitted.push(slot);
-        }
+        window.mark_dirty(slot);
         Some(&mut window.slots[slot as usize].2)
     }
 
@@ -171,7 +235,7 @@ impl Windows {
             };
             self.unsaved += emit_window(kg, start, &mut window, emit);
             self.aggregates -= window.slots.len();
-            self.unsaved -= window.unsaved.len();
+            self.unsaved -= window.slots.iter().filter(|(_, _, a)| a.unsaved).count();
             self.dropped.push((kg, start));
         }
     }
@@ -199,13 +263,7 @@ impl Windows {
         for (i, windows) in self.by_key_group.iter_mut().enumerate() {
             let closed = closed_before.get(i).copied().unwrap_or(i64::MIN);
             for (start, window) in windows.iter_mut() {
-                let mut unsaved = std::mem::take(&mut window.unsaved);
-                // In key order: the store's sort of the batch then finds it sorted.
-                unsaved.sort_unstable_by_key(|slot| {
-                    let (metric, combo, _) = &window.slots[*slot as usize];
-                    (*metric, *combo)
-                });
-                for slot in unsaved {
+                for slot in window.take_unsaved() {
                     let (metric, combo, agg) = &mut window.slots[slot as usize];
                     agg.unsaved = false;
                     agg.stored_dirty = agg.dirty && *start < closed;
@@ -233,17 +291,12 @@ impl Windows {
                 *slot
             }
             None => {
-                let slot = window.slots.len() as u32;
-                window.index.insert((metric, combo), slot);
-                window.slots.push((metric, combo, agg));
                 self.aggregates += 1;
-                slot
+                window.push(metric, combo, agg)
             }
         };
-        let existing = &mut window.slots[slot as usize].2;
-        if dirty && !existing.dirty {
-            existing.dirty = true;
-            window.unemitted.push(slot);
+        if dirty {
+            window.mark_dirty(slot);
         }
         if unsaved && window.mark_unsaved(slot) {
             self.unsaved += 1;
@@ -290,8 +343,9 @@ impl Windows {
         self.by_key_group
             .iter()
             .flatten()
-            .map(|(_, w)| w.unemitted.len())
-            .sum()
+            .flat_map(|(_, w)| &w.slots)
+            .filter(|(_, _, a)| a.dirty)
+            .count()
     }
 
     /// Aggregates changed since the last checkpoint, and windows dropped since.
@@ -308,16 +362,11 @@ fn emit_window(
     window: &mut Window,
     emit: &mut impl FnMut(AggregateKey, &Aggregate),
 ) -> usize {
-    if window.unemitted.is_empty() {
+    if window.unemitted_bound() == 0 {
         return 0;
     }
-    let mut due = std::mem::take(&mut window.unemitted);
-    due.sort_unstable_by_key(|slot| {
-        let (metric, combo, _) = &window.slots[*slot as usize];
-        (*metric, *combo)
-    });
     let mut newly_unsaved = 0;
-    for slot in due {
+    for slot in window.take_unemitted() {
         let (metric, combo, agg) = &mut window.slots[slot as usize];
         emit((kg, start, *metric, *combo), agg);
         agg.dirty = false;
@@ -386,5 +435,57 @@ mod tests {
         assert_eq!((w.len(), w.window_count(), w.unsaved()), (1, 1, 1));
         assert_eq!(w.take_unsaved(&[180, 0], &mut |_, _| {}), vec![(10, 60)]);
         assert!(!w.has_window(10, 60) && w.has_window(11, 0));
+    }
+
+    #[test]
+    fn restored_aggregates_are_neither_emitted_nor_saved_until_they_change() {
+        let mut w = Windows::new(0, 1);
+        for combo in 0..4 {
+            let agg = Aggregate {
+                count: 1,
+                ..Aggregate::default()
+            };
+            w.put((0, 0, Metric::Started, combo), agg);
+        }
+        w.change((0, 0, Metric::Started, 2)).unwrap().count += 1;
+        w.change((0, 0, Metric::Entered(0), 9)).unwrap().count += 1;
+        assert_eq!((w.len(), w.unemitted(), w.unsaved()), (5, 2, 2));
+        let mut saved = Vec::new();
+        w.take_unsaved(&[0], &mut |k, a| saved.push((k.2, k.3, a.count)));
+        assert_eq!(
+            saved,
+            vec![(Metric::Started, 2, 2), (Metric::Entered(0), 9, 1)]
+        );
+        assert_eq!(
+            emitted(&mut w, 0, 60),
+            vec![(0, 0, Metric::Started, 2), (0, 0, Metric::Entered(0), 9)]
+        );
+        assert_eq!((w.unemitted(), w.unsaved()), (0, 0));
+    }
+
+    #[test]
+    fn sort_keys_order_metrics_as_they_compare() {
+        let metrics = [
+            Metric::Variant(70_000),
+            Metric::Transition(1, 0),
+            Metric::Started,
+            Metric::Return(0, 3),
+            Metric::Wip(2),
+            Metric::Transition(0, 5),
+            Metric::Variant(3),
+            Metric::SlaBreach(1),
+            Metric::Wip(1),
+            Metric::SkippedSteps,
+            Metric::Outcome(0),
+            Metric::Duration(4),
+            Metric::Entered(u16::MAX),
+            Metric::Completed,
+            Metric::Abandoned,
+        ];
+        let mut by_ord = metrics.to_vec();
+        by_ord.sort();
+        let mut by_key = metrics.to_vec();
+        by_key.sort_by_key(Metric::sort_key);
+        assert_eq!(by_ord, by_key);
     }
 }
