@@ -759,14 +759,10 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         };
         // After the end of input every entry has resolved and every marker expired.
         let clear_join = finished && engine.holds_nothing();
-        let mut changes = engine.checkpoint_changes(evict);
+        let changes = engine.checkpoint_changes(evict);
         let instances = process_engine.checkpoint_changes();
-        store.write_checkpoint(
-            &mut changes,
-            &instances,
-            &serde_json::to_vec(&record)?,
-            clear_join,
-        )?;
+        // Written while the next events are read (see `Store`).
+        store.write_checkpoint(changes, instances, serde_json::to_vec(&record)?, clear_join)?;
         Ok(())
     };
 
@@ -877,6 +873,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             true,
             Evict::Everything { max: usize::MAX },
         )?;
+        store.settle()?;
         if interactive {
             eprintln!();
         }

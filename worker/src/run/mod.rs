@@ -663,11 +663,13 @@ impl Stages {
         r.peak_hot_entries = r.peak_hot_entries.max(self.join.hot_entries() as u64);
         let finished = r.bounded.finished;
         let bytes = serde_json::to_vec(&*r)?;
-        let mut changes = self.join.checkpoint_changes(evict);
+        let changes = self.join.checkpoint_changes(evict);
         let process_changes = self.process.checkpoint_changes();
         let clear_join = finished && self.join.holds_nothing();
         self.store
-            .write_checkpoint(&mut changes, &process_changes, &bytes, clear_join)?;
+            .write_checkpoint(changes, process_changes, bytes, clear_join)?;
+        // Written before the offsets are committed to Kafka and the checkpoint reported.
+        self.store.settle()?;
         let seconds = t0.elapsed().as_secs_f64();
         if let Ok(m) = shared.metrics.lock() {
             m.checkpoints.inc();

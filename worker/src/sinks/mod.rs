@@ -109,3 +109,46 @@ pub fn write_dead_letter(
     push_json_string(buf, &String::from_utf8_lossy(shown));
     buf.extend_from_slice(b"}\n");
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_flushed_file_holds_every_record_in_order_and_reopens_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut file = JsonLinesFile::open(&path, 0).unwrap();
+        let mut expected = Vec::new();
+        // Records crossing several chunks, and a flush in the middle.
+        for i in 0..60_000 {
+            let record = format!("{{\"n\":{i},\"pad\":\"{}\"}}\n", "x".repeat(i % 50));
+            file.write(record.as_bytes()).unwrap();
+            expected.extend_from_slice(record.as_bytes());
+            if i == 20_000 {
+                let len = file.flush().unwrap();
+                assert_eq!(std::fs::read(&path).unwrap().len() as u64, len);
+            }
+        }
+        let len = file.flush().unwrap();
+        assert_eq!(len, expected.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+
+        // What was written after a checkpoint is cut away on reopening at its length.
+        file.write(b"{\"after\":true}\n").unwrap();
+        drop(file);
+        let mut file = JsonLinesFile::open(&path, len).unwrap();
+        file.write(b"{\"again\":true}\n").unwrap();
+        assert_eq!(file.flush().unwrap(), len + 15);
+        drop(file);
+        expected.extend_from_slice(b"{\"again\":true}\n");
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+
+        let error = JsonLinesFile::open(&path, len + 1000).err().unwrap();
+        assert!(
+            error.to_string().contains("changed outside Weft"),
+            "{error}"
+        );
+    }
+}

@@ -14,10 +14,18 @@
 //!
 //! Every key starts with the key group, so a key group's state is a contiguous range in each
 //! family: that is what a rescale exports, ingests and deletes.
+//!
+//! A checkpoint's batch is built and written on a thread of its own while the caller goes on
+//! with the next events (it was a quarter of a local run's main thread). Every read, and the
+//! next checkpoint, first waits for it ([`Store::settle`]): what the join evicted into that
+//! batch is read back only once it is in RocksDB. The batch holds the checkpoint record with
+//! the state, so a crash while it is being written restores the checkpoint before it.
 
 pub mod codec;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
@@ -37,7 +45,9 @@ const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 
 /// One worker's RocksDB.
 pub struct Store {
-    db: DB,
+    db: Arc<DB>,
+    /// The checkpoint being written, if any.
+    writing: Mutex<Option<JoinHandle<Result<(), StateError>>>>,
 }
 
 fn store_err(e: rocksdb::Error) -> StateError {
@@ -67,115 +77,165 @@ impl Store {
             ColumnFamilyDescriptor::new(name, cf)
         };
         let db = DB::open_cf_descriptors(&opts, path, FAMILIES.map(family)).map_err(store_err)?;
-        Ok(Store { db })
+        Ok(Store {
+            db: Arc::new(db),
+            writing: Mutex::new(None),
+        })
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StateError> {
-        self.db
-            .cf_handle(name)
-            .ok_or_else(|| StateError::Store(format!("column family {name} missing")))
+        family(&self.db, name)
     }
 
     /// The last checkpoint record, if any.
     pub fn checkpoint(&self) -> Result<Option<Vec<u8>>, StateError> {
+        self.settle()?;
         self.db
             .get_cf(self.cf(CF_META)?, CHECKPOINT_KEY)
             .map_err(store_err)
     }
 
-    /// Writes the join's and the process stage's state changes and the checkpoint record in
-    /// one atomic batch. With `clear_join`, the join's state is known to be empty: its
-    /// families are cleared whole (puts in `changes` are still written).
+    /// Starts writing the join's and the process stage's state changes and the checkpoint
+    /// record in one atomic batch, on the writer thread, once the previous checkpoint is
+    /// written. With `clear_join`, the join's state is known to be empty: its families are
+    /// cleared whole (puts in `changes` are still written). [`Store::settle`] waits for it
+    /// and reports how it went.
     pub fn write_checkpoint(
         &self,
-        changes: &mut Vec<Change>,
-        process: &ProcessChanges,
-        record: &[u8],
+        changes: Vec<Change>,
+        process: ProcessChanges,
+        record: Vec<u8>,
         clear_join: bool,
     ) -> Result<(), StateError> {
-        let join = self.cf(CF_JOIN)?;
-        let timers = self.cf(CF_TIMERS)?;
-        // Each family's writes in key order: RocksDB's memtable inserts ascending keys far
-        // faster than random ones (an eviction writes the whole hot tier at once). Sorted in
-        // place, encoded straight into the batch: no second copy of the state.
-        let mut batch = WriteBatch::default();
-        if clear_join {
-            // The join holds nothing any more (the end of a finite input): two range
-            // tombstones instead of a delete per key, which for an input of millions of
-            // actions would be a write batch of hundreds of MiB.
-            for cf in [join, timers] {
-                batch.delete_range_cf(cf, &[][..], &[0xffu8; 16][..]);
-            }
-            changes.retain(|c| matches!(c, Change::Put { .. }));
+        let mut writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(previous) = writing.take() {
+            finished(previous)?;
         }
-        let mut buf = Vec::new();
-        changes.sort_unstable_by(|a, b| change_key(a).cmp(change_key(b)));
-        for change in changes.iter() {
-            match change {
-                Change::Put { key, entry, .. } => {
-                    buf.clear();
-                    codec::encode_entry(entry, &mut buf);
-                    batch.put_cf(join, key, &buf);
-                }
-                Change::Delete { key, .. } => batch.delete_cf(join, key),
-            }
-        }
-        // Timer order (key group, deadline, tracking number), compared without building keys.
-        changes.sort_unstable_by(|a, b| timer_order(a).cmp(&timer_order(b)));
-        for change in changes.iter() {
-            match change {
-                Change::Put {
-                    key,
-                    entry,
-                    old_deadline,
-                } => {
-                    // A stale timer goes before the new one (they may be the same key).
-                    if let Some(old) = old_deadline {
-                        batch.delete_cf(timers, codec::timer_key(key, *old));
-                    }
-                    // The value says whether the entry is a marker (see `ColdTimer`).
-                    let marker = u8::from(matches!(entry, Entry::Done(_)));
-                    batch.put_cf(timers, codec::timer_key(key, entry.deadline()), [marker]);
-                }
-                Change::Delete { key, deadline } => {
-                    batch.delete_cf(timers, codec::timer_key(key, *deadline));
-                }
-            }
-        }
-        let instances = self.cf(CF_PROCESS)?;
-        let aggregates = self.cf(CF_AGGREGATES)?;
-        if process.rewrite {
-            // Keys start with the key group (u16): this covers them all.
-            for cf in [instances, aggregates] {
-                batch.delete_range_cf(cf, &[][..], &[0xffu8; 16][..]);
-            }
-        } else {
-            for (from, to) in &process.dropped_windows {
-                batch.delete_range_cf(aggregates, from, to);
-            }
-        }
-        let mut sorted: Vec<&(Vec<u8>, Option<Vec<u8>>)> = process.instances.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, value) in sorted {
-            match value {
-                Some(v) => batch.put_cf(instances, key, v),
-                None => batch.delete_cf(instances, key),
-            }
-        }
-        // Listed in key order per definition already (a stable sort finds the runs).
-        let mut sorted: Vec<(&[u8], &[u8])> = process.aggregates.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(b.0));
-        for (key, value) in sorted {
-            batch.put_cf(aggregates, key, value);
-        }
-        batch.put_cf(self.cf(CF_META)?, CHECKPOINT_KEY, record);
-        let mut options = WriteOptions::default();
-        // The WAL reaches the OS before write() returns: a killed process loses nothing;
-        // fsync per checkpoint would only add protection against power loss.
-        options.set_sync(false);
-        self.db.write_opt(batch, &options).map_err(store_err)
+        let db = Arc::clone(&self.db);
+        let writer = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || write_batch(&db, changes, &process, &record, clear_join))
+            .map_err(|e| StateError::Store(format!("starting the checkpoint writer: {e}")))?;
+        *writing = Some(writer);
+        Ok(())
     }
 
+    /// Waits until the checkpoint being written, if any, is in RocksDB; its error, if it
+    /// failed.
+    pub fn settle(&self) -> Result<(), StateError> {
+        let mut writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        match writing.take() {
+            Some(writer) => finished(writer),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Waits for a checkpoint writer.
+fn finished(writer: JoinHandle<Result<(), StateError>>) -> Result<(), StateError> {
+    writer
+        .join()
+        .unwrap_or_else(|_| Err(StateError::Store("the checkpoint writer panicked".into())))
+}
+
+fn family<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StateError> {
+    db.cf_handle(name)
+        .ok_or_else(|| StateError::Store(format!("column family {name} missing")))
+}
+
+/// Builds a checkpoint's batch and writes it (see [`Store::write_checkpoint`]).
+fn write_batch(
+    db: &DB,
+    mut changes: Vec<Change>,
+    process: &ProcessChanges,
+    record: &[u8],
+    clear_join: bool,
+) -> Result<(), StateError> {
+    let cf = |name| family(db, name);
+    let join = cf(CF_JOIN)?;
+    let timers = cf(CF_TIMERS)?;
+    // Each family's writes in key order: RocksDB's memtable inserts ascending keys far
+    // faster than random ones (an eviction writes the whole hot tier at once). Sorted in
+    // place, encoded straight into the batch: no second copy of the state.
+    let mut batch = WriteBatch::default();
+    if clear_join {
+        // The join holds nothing any more (the end of a finite input): two range
+        // tombstones instead of a delete per key, which for an input of millions of
+        // actions would be a write batch of hundreds of MiB.
+        for cf in [join, timers] {
+            batch.delete_range_cf(cf, &[][..], &[0xffu8; 16][..]);
+        }
+        changes.retain(|c| matches!(c, Change::Put { .. }));
+    }
+    let mut buf = Vec::new();
+    changes.sort_unstable_by(|a, b| change_key(a).cmp(change_key(b)));
+    for change in changes.iter() {
+        match change {
+            Change::Put { key, entry, .. } => {
+                buf.clear();
+                codec::encode_entry(entry, &mut buf);
+                batch.put_cf(join, key, &buf);
+            }
+            Change::Delete { key, .. } => batch.delete_cf(join, key),
+        }
+    }
+    // Timer order (key group, deadline, tracking number), compared without building keys.
+    changes.sort_unstable_by(|a, b| timer_order(a).cmp(&timer_order(b)));
+    for change in changes.iter() {
+        match change {
+            Change::Put {
+                key,
+                entry,
+                old_deadline,
+            } => {
+                // A stale timer goes before the new one (they may be the same key).
+                if let Some(old) = old_deadline {
+                    batch.delete_cf(timers, codec::timer_key(key, *old));
+                }
+                // The value says whether the entry is a marker (see `ColdTimer`).
+                let marker = u8::from(matches!(entry, Entry::Done(_)));
+                batch.put_cf(timers, codec::timer_key(key, entry.deadline()), [marker]);
+            }
+            Change::Delete { key, deadline } => {
+                batch.delete_cf(timers, codec::timer_key(key, *deadline));
+            }
+        }
+    }
+    let instances = cf(CF_PROCESS)?;
+    let aggregates = cf(CF_AGGREGATES)?;
+    if process.rewrite {
+        // Keys start with the key group (u16): this covers them all.
+        for cf in [instances, aggregates] {
+            batch.delete_range_cf(cf, &[][..], &[0xffu8; 16][..]);
+        }
+    } else {
+        for (from, to) in &process.dropped_windows {
+            batch.delete_range_cf(aggregates, from, to);
+        }
+    }
+    let mut sorted: Vec<&(Vec<u8>, Option<Vec<u8>>)> = process.instances.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, value) in sorted {
+        match value {
+            Some(v) => batch.put_cf(instances, key, v),
+            None => batch.delete_cf(instances, key),
+        }
+    }
+    // Listed in key order per definition already (a stable sort finds the runs).
+    let mut sorted: Vec<(&[u8], &[u8])> = process.aggregates.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, value) in sorted {
+        batch.put_cf(aggregates, key, value);
+    }
+    batch.put_cf(cf(CF_META)?, CHECKPOINT_KEY, record);
+    let mut options = WriteOptions::default();
+    // The WAL reaches the OS before write() returns: a killed process loses nothing;
+    // fsync per checkpoint would only add protection against power loss.
+    options.set_sync(false);
+    db.write_opt(batch, &options).map_err(store_err)
+}
+
+impl Store {
     /// Bytes of SST files (what state costs on disk after flushes and compactions).
     pub fn sst_bytes(&self) -> u64 {
         FAMILIES
@@ -188,6 +248,16 @@ impl Store {
                     .flatten()
             })
             .sum()
+    }
+}
+
+impl Drop for Store {
+    /// A checkpoint still being written is finished: callers that need its outcome call
+    /// [`Store::settle`] first.
+    fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            tracing::error!(error = %e, "the last checkpoint was not written");
+        }
     }
 }
 
@@ -224,6 +294,7 @@ impl Store {
     }
 
     fn all(&self, family: &str) -> Result<Vec<KeyValue>, StateError> {
+        self.settle()?;
         self.db
             .iterator_cf(self.cf(family)?, IteratorMode::Start)
             .map(|item| {
@@ -236,6 +307,7 @@ impl Store {
 
 impl ColdStore for Store {
     fn get(&self, key: &[u8]) -> Result<Option<Entry>, StateError> {
+        self.settle()?;
         match self
             .db
             .get_pinned_cf(self.cf(CF_JOIN)?, key)
@@ -254,6 +326,7 @@ impl ColdStore for Store {
     }
 
     fn due(&self, key_group: u16, from: i64, before: i64) -> Result<Vec<ColdTimer>, StateError> {
+        self.settle()?;
         let start = codec::timer_prefix(key_group, from);
         let mut read = ReadOptions::default();
         read.set_iterate_upper_bound(codec::timer_prefix(key_group, before));
@@ -279,6 +352,7 @@ impl ColdStore for Store {
     }
 
     fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StateError> {
+        self.settle()?;
         for item in self.db.iterator_cf(self.cf(CF_JOIN)?, IteratorMode::Start) {
             let (key, _) = item.map_err(store_err)?;
             f(&key);
@@ -287,6 +361,7 @@ impl ColdStore for Store {
     }
 
     fn next_deadline(&self, key_group: u16, from: i64) -> Result<Option<i64>, StateError> {
+        self.settle()?;
         let start = codec::timer_prefix(key_group, from);
         let mut read = ReadOptions::default();
         read.set_iterate_upper_bound(codec::timer_prefix(key_group, i64::MAX));
