@@ -232,6 +232,15 @@ struct Stages {
     shuffle_counts: Option<Arc<std::sync::Mutex<StageCounts>>>,
     started: Instant,
     previous_seconds: f64,
+    /// The checkpoint being written, until it is in RocksDB.
+    unconfirmed: Option<Unconfirmed>,
+}
+
+/// A checkpoint handed to the store's writer; reported (metrics, status, offsets committed
+/// to Kafka) once written.
+struct Unconfirmed {
+    number: u64,
+    started: Instant,
 }
 
 /// Where an action applied without Kafka came from, in a dead letter.
@@ -612,6 +621,8 @@ impl Stages {
             // Their offsets are behind what a checkpoint would record.
             return Ok(false);
         }
+        // The previous one is reported before the record changes.
+        self.confirm(shared, true)?;
         let t0 = Instant::now();
         let mut out = Outputs {
             sink: &mut self.sink,
@@ -666,11 +677,29 @@ impl Stages {
         let changes = self.join.checkpoint_changes(evict);
         let process_changes = self.process.checkpoint_changes();
         let clear_join = finished && self.join.holds_nothing();
+        // Written while the next messages are processed: the state is what the batch
+        // holds, and any read of the store waits for it (see `Store`).
         self.store
             .write_checkpoint(changes, process_changes, bytes, clear_join)?;
-        // Written before the offsets are committed to Kafka and the checkpoint reported.
+        self.unconfirmed = Some(Unconfirmed {
+            number: self.record.checkpoints,
+            started: t0,
+        });
+        Ok(true)
+    }
+
+    /// Reports the checkpoint being written once it is in RocksDB (with `wait`, waits for
+    /// it): metrics, status, checkpointed offsets. True when one was reported: the caller
+    /// then commits the offsets to Kafka, so that lag tools see only written checkpoints.
+    fn confirm(&mut self, shared: &Shared, wait: bool) -> anyhow::Result<bool> {
+        if self.unconfirmed.is_none() || !(wait || self.store.is_settled()) {
+            return Ok(false);
+        }
         self.store.settle()?;
-        let seconds = t0.elapsed().as_secs_f64();
+        let Some(Unconfirmed { number, started }) = self.unconfirmed.take() else {
+            return Ok(false);
+        };
+        let seconds = started.elapsed().as_secs_f64();
         if let Ok(m) = shared.metrics.lock() {
             m.checkpoints.inc();
             m.checkpoint_duration.observe(seconds);
@@ -681,7 +710,6 @@ impl Stages {
         if let Ok(mut text) = shared.process_exposition.lock() {
             *text = process_exposition(&self.step_names, &self.process);
         }
-        let number = self.record.checkpoints;
         shared.update_status(|s| {
             s.last_checkpoint = Some(CheckpointStatus {
                 number,
@@ -745,6 +773,7 @@ impl Stages {
                 bail!("the brokers did not acknowledge the outputs; the last checkpoint stands");
             }
         }
+        self.confirm(shared, true)?;
         Ok(())
     }
 
@@ -1050,6 +1079,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         parked_since: None,
         shuffle_counts: None,
         started,
+        unconfirmed: None,
     };
     if stages.record.bounded.finished {
         shared.update_status(|s| s.phase = "finished".into());
@@ -1225,11 +1255,13 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
 
         if due {
             if stages.checkpoint_with_eviction(shared)? {
-                commit_offsets(&stateful, &stages, CommitMode::Async);
                 last_checkpoint = Instant::now();
             } else {
                 shared.set_ready(false);
             }
+        }
+        if stages.confirm(shared, false)? {
+            commit_offsets(&stateful, &stages, CommitMode::Async);
         }
         if last_publish.elapsed() >= Duration::from_millis(500) {
             if let Some(sh) = shuffle.as_mut() {

@@ -120,6 +120,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether no checkpoint is being written ([`Store::settle`] would not wait).
+    pub fn is_settled(&self) -> bool {
+        self.writing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(JoinHandle::is_finished)
+    }
+
     /// Waits until the checkpoint being written, if any, is in RocksDB; its error, if it
     /// failed.
     pub fn settle(&self) -> Result<(), StateError> {
