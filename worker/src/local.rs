@@ -19,6 +19,7 @@ use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 
 use crate::join::record::{write_action, write_incomplete};
 use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinOutput, JoinStats, Pending};
+use crate::process::thread::{ProcessThread, StageOutput};
 use crate::process::{ProcessEngine, ProcessMeta, ProcessOutput, ProcessPlan, Totals};
 use crate::sinks::{JsonLinesFile, Origin, write_dead_letter};
 use crate::sources::files::{LineReader, Position};
@@ -365,10 +366,12 @@ struct Outputs {
     /// Action records (complete and incomplete) not yet given to the process stage.
     for_process: Vec<u8>,
     process_enabled: bool,
-    process: ProcessSinks,
 }
 
-/// The process stage's outputs.
+/// Action records gathered before they go to the process thread.
+const PROCESS_BATCH: usize = 64 << 10;
+
+/// The process stage's outputs (on its thread).
 struct ProcessSinks {
     metrics: JsonLinesFile,
     alerts: JsonLinesFile,
@@ -381,6 +384,24 @@ impl ProcessOutput for ProcessSinks {
     }
     fn alert(&mut self, record: &[u8]) {
         Outputs::write(&mut self.alerts, record, &mut self.error);
+    }
+}
+
+impl StageOutput for ProcessSinks {
+    /// The lengths of metrics.jsonl and alerts.jsonl.
+    type Flushed = [(&'static str, u64); 2];
+
+    fn flush(&mut self) -> Result<Self::Flushed, String> {
+        let lengths = (|| {
+            if let Some(e) = self.error.take() {
+                return Err(e);
+            }
+            Ok([
+                ("metrics", self.metrics.flush()?),
+                ("alerts", self.alerts.flush()?),
+            ])
+        })();
+        lengths.map_err(|e| format!("writing metrics or alerts: {e}"))
     }
 }
 
@@ -417,31 +438,28 @@ impl Outputs {
         Self::write(&mut self.dead_letters, &self.buf, &mut self.error);
     }
 
+    /// Flushes the join's outputs; their lengths.
     fn flush(&mut self) -> std::io::Result<BTreeMap<String, u64>> {
-        if let Some(e) = self.error.take().or_else(|| self.process.error.take()) {
+        if let Some(e) = self.error.take() {
             return Err(e);
         }
         Ok(BTreeMap::from([
             ("actions".to_string(), self.actions.flush()?),
             ("incomplete".to_string(), self.incomplete.flush()?),
             ("deadLetters".to_string(), self.dead_letters.flush()?),
-            ("metrics".to_string(), self.process.metrics.flush()?),
-            ("alerts".to_string(), self.process.alerts.flush()?),
         ]))
     }
 
-    /// Gives the actions the join emitted to the process stage.
-    fn feed_process(&mut self, engine: &mut ProcessEngine) -> anyhow::Result<()> {
-        if self.for_process.is_empty() {
-            return Ok(());
+    /// Gives the actions the join emitted to the process stage: a batch once it is big
+    /// enough, everything when `all`.
+    fn feed_process(
+        &mut self,
+        process: &mut ProcessThread<ProcessSinks>,
+        all: bool,
+    ) -> anyhow::Result<()> {
+        if all || self.for_process.len() >= PROCESS_BATCH {
+            process.send(&mut self.for_process)?;
         }
-        let records = std::mem::take(&mut self.for_process);
-        for line in records.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let text = std::str::from_utf8(line).context("action record")?;
-            engine.apply(text, &mut self.process)?;
-        }
-        self.for_process = records;
-        self.for_process.clear();
         Ok(())
     }
 }
@@ -679,13 +697,13 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         dead_letters: open("dead-letters.jsonl", "deadLetters")?,
         buf: Vec::with_capacity(4096),
         error: None,
-        for_process: Vec::with_capacity(4096),
+        for_process: Vec::with_capacity(PROCESS_BATCH + 4096),
         process_enabled: !options.join_only,
-        process: ProcessSinks {
-            metrics: open("metrics.jsonl", "metrics")?,
-            alerts: open("alerts.jsonl", "alerts")?,
-            error: None,
-        },
+    };
+    let process_sinks = ProcessSinks {
+        metrics: open("metrics.jsonl", "metrics")?,
+        alerts: open("alerts.jsonl", "alerts")?,
+        error: None,
     };
 
     let owned = KeyGroupRange {
@@ -708,6 +726,8 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             store.process_aggregates()?,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
+    let mut process = ProcessThread::start(process_engine, process_sinks)
+        .context("starting the process stage")?;
 
     let mut readers = Vec::new();
     for ((index, path), position) in bindings.iter().zip(&checkpoint.inputs) {
@@ -733,7 +753,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
     let mut since_check = 0u32;
 
     let do_checkpoint = |engine: &mut JoinEngine,
-                         process_engine: &mut ProcessEngine,
+                         process: &mut ProcessThread<ProcessSinks>,
                          outputs: &mut Outputs,
                          readers: &[(usize, LineReader)],
                          cursor: usize,
@@ -743,8 +763,16 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
      -> anyhow::Result<()> {
         counters.checkpoints += 1;
         counters.seconds = previous_seconds + started.elapsed().as_secs_f64();
-        process_engine.emit_updates(&mut outputs.process);
-        let lengths = outputs.flush().context("writing outputs")?;
+        // The process stage takes its part after every action sent before, while the join
+        // takes its own.
+        outputs.feed_process(process, true)?;
+        let stage = process.checkpoint()?;
+        let mut lengths = outputs.flush().context("writing outputs")?;
+        // After the end of input every entry has resolved and every marker expired.
+        let clear_join = finished && engine.holds_nothing();
+        let changes = engine.checkpoint_changes(evict);
+        let stage = stage.wait(process)?;
+        lengths.extend(stage.flushed.map(|(name, len)| (name.to_string(), len)));
         let record = Checkpoint {
             inputs: readers.iter().map(|(_, r)| r.position().clone()).collect(),
             cursor,
@@ -753,16 +781,17 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             join: engine.stats.clone(),
             counters: counters.clone(),
             finished,
-            processes: process_engine.meta(),
-            process_watermarks: process_engine.watermarks().to_vec(),
+            processes: stage.meta,
+            process_watermarks: stage.watermarks,
             join_only: options.join_only,
         };
-        // After the end of input every entry has resolved and every marker expired.
-        let clear_join = finished && engine.holds_nothing();
-        let changes = engine.checkpoint_changes(evict);
-        let instances = process_engine.checkpoint_changes();
         // Written while the next events are read (see `Store`).
-        store.write_checkpoint(changes, instances, serde_json::to_vec(&record)?, clear_join)?;
+        store.write_checkpoint(
+            changes,
+            stage.changes,
+            serde_json::to_vec(&record)?,
+            clear_join,
+        )?;
         Ok(())
     };
 
@@ -784,7 +813,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             let rejection = match plan.extract(raw) {
                 Ok(Extracted::Message(msg)) => match engine.process(msg, &store, &mut outputs) {
                     Ok(()) => {
-                        outputs.feed_process(&mut process_engine)?;
+                        outputs.feed_process(&mut process, false)?;
                         None
                     }
                     Err(JoinError::Rejected(r)) => Some(r),
@@ -821,14 +850,14 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
                 // them in one batch, which RocksDB holds whole in memory (and its memtable
                 // too), so so many changes make a checkpoint due.
                 let due = last_checkpoint.elapsed() >= interval
-                    || process_engine.unsaved() >= PROCESS_CHANGES_PER_CHECKPOINT;
+                    || process.unsaved() >= PROCESS_CHANGES_PER_CHECKPOINT;
                 if over_budget || due {
                     let mut evict = Evict::first(over_budget);
                     loop {
                         let before = engine.hot_entries();
                         do_checkpoint(
                             &mut engine,
-                            &mut process_engine,
+                            &mut process,
                             &mut outputs,
                             &readers,
                             cursor,
@@ -860,12 +889,12 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         }
         // End of input: time runs out for everything still pending.
         engine.finish_and_forget_store(&store, &mut outputs)?;
-        outputs.feed_process(&mut process_engine)?;
-        process_engine.finish(&mut outputs.process);
+        outputs.feed_process(&mut process, true)?;
+        process.finish_input()?;
         counters.note_peaks(&engine);
         do_checkpoint(
             &mut engine,
-            &mut process_engine,
+            &mut process,
             &mut outputs,
             &readers,
             cursor,
@@ -878,6 +907,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             eprintln!();
         }
     }
+    let (process_engine, _) = process.close()?;
 
     let summary = Summary::build(
         name,

@@ -27,6 +27,7 @@ pub mod predicate;
 pub mod reconfigure;
 pub mod record;
 pub mod sketch;
+pub mod thread;
 pub mod windows;
 
 use std::borrow::Cow;

@@ -1,0 +1,197 @@
+//! The process stage on a thread of its own, fed the join's action records in batches: the
+//! join and the process stage of one worker run on two cores instead of taking turns on one.
+//!
+//! The stage sees the same actions in the same order as when it ran inline, and a checkpoint
+//! is a barrier in that order: the stage answers it after applying every batch sent before,
+//! with its outputs flushed and its state changes, so the caller writes one consistent
+//! checkpoint of both stages.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use super::{ProcessChanges, ProcessEngine, ProcessMeta, ProcessOutput};
+
+/// Batches on their way to the stage: enough to keep it busy, few enough that a checkpoint
+/// barrier waits for little.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// The stage's outputs, as the thread owns them.
+pub trait StageOutput: ProcessOutput + Send + 'static {
+    /// What a checkpoint records of the outputs once flushed (local mode: file lengths).
+    type Flushed: Send + 'static;
+    fn flush(&mut self) -> Result<Self::Flushed, String>;
+}
+
+/// The stage's part of a checkpoint.
+pub struct StageCheckpoint<F> {
+    pub flushed: F,
+    pub meta: Vec<ProcessMeta>,
+    pub watermarks: Vec<i64>,
+    pub changes: ProcessChanges,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("the process stage stopped: {0}")]
+    Stopped(String),
+}
+
+enum Job<F> {
+    /// Action records, one per line.
+    Actions(Vec<u8>),
+    /// The end of a finite input: every changed aggregate is emitted.
+    Finish,
+    Checkpoint(SyncSender<Result<StageCheckpoint<F>, String>>),
+}
+
+type Outcome<O> = Result<(ProcessEngine, O), String>;
+
+/// The running stage. Dropping it without [`ProcessThread::close`] stops the thread after
+/// the batches already sent.
+pub struct ProcessThread<O: StageOutput> {
+    jobs: Option<SyncSender<Job<O::Flushed>>>,
+    /// Batches the stage is done with, to be filled again.
+    spares: Receiver<Vec<u8>>,
+    unsaved: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<Outcome<O>>>,
+}
+
+/// A checkpoint asked of the stage; [`PendingCheckpoint::wait`] for its answer.
+pub struct PendingCheckpoint<F>(Receiver<Result<StageCheckpoint<F>, String>>);
+
+impl<F> PendingCheckpoint<F> {
+    pub fn wait<O: StageOutput<Flushed = F>>(
+        self,
+        stage: &mut ProcessThread<O>,
+    ) -> Result<StageCheckpoint<F>, StageError> {
+        match self.0.recv() {
+            Ok(Ok(checkpoint)) => Ok(checkpoint),
+            Ok(Err(e)) => Err(StageError::Stopped(e)),
+            Err(_) => Err(stage.stopped()),
+        }
+    }
+}
+
+impl<O: StageOutput> ProcessThread<O> {
+    pub fn start(mut engine: ProcessEngine, mut output: O) -> std::io::Result<Self> {
+        let (jobs, queue) = sync_channel::<Job<O::Flushed>>(BATCHES_IN_FLIGHT);
+        let (give_back, spares) = sync_channel(BATCHES_IN_FLIGHT + 1);
+        let unsaved = Arc::new(AtomicUsize::new(engine.unsaved()));
+        let shared = Arc::clone(&unsaved);
+        let thread = std::thread::Builder::new()
+            .name("process".into())
+            .spawn(move || {
+                for job in queue {
+                    match job {
+                        Job::Actions(mut batch) => {
+                            apply_batch(&mut engine, &batch, &mut output)?;
+                            shared.store(engine.unsaved(), Ordering::Relaxed);
+                            batch.clear();
+                            let _ = give_back.try_send(batch);
+                        }
+                        Job::Finish => engine.finish(&mut output),
+                        Job::Checkpoint(reply) => {
+                            let answer = checkpoint(&mut engine, &mut output);
+                            shared.store(engine.unsaved(), Ordering::Relaxed);
+                            let failed = answer.as_ref().err().cloned();
+                            let _ = reply.send(answer);
+                            if let Some(e) = failed {
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                Ok((engine, output))
+            })?;
+        Ok(ProcessThread {
+            jobs: Some(jobs),
+            spares,
+            unsaved,
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends the action records in `batch` (whole lines) to the stage, leaving `batch` empty.
+    pub fn send(&mut self, batch: &mut Vec<u8>) -> Result<(), StageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let spare = self.spares.try_recv().unwrap_or_default();
+        let full = std::mem::replace(batch, spare);
+        self.job(Job::Actions(full))
+    }
+
+    /// Changes the stage holds that the next checkpoint writes, as of its last batch.
+    pub fn unsaved(&self) -> usize {
+        self.unsaved.load(Ordering::Relaxed)
+    }
+
+    /// Emits every changed aggregate (the end of a finite input), after the batches sent.
+    pub fn finish_input(&mut self) -> Result<(), StageError> {
+        self.job(Job::Finish)
+    }
+
+    /// Asks for the stage's checkpoint, after the batches sent; the caller prepares its own
+    /// part meanwhile.
+    pub fn checkpoint(&mut self) -> Result<PendingCheckpoint<O::Flushed>, StageError> {
+        let (reply, answer) = sync_channel(1);
+        self.job(Job::Checkpoint(reply))?;
+        Ok(PendingCheckpoint(answer))
+    }
+
+    /// Stops the stage once it has done everything sent, and gives back the engine (for the
+    /// summary) and the outputs.
+    pub fn close(mut self) -> Result<(ProcessEngine, O), StageError> {
+        self.jobs = None;
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(outcome)) => outcome.map_err(StageError::Stopped),
+            Some(Err(_)) => Err(StageError::Stopped("the thread panicked".into())),
+            None => Err(StageError::Stopped("already closed".into())),
+        }
+    }
+
+    fn job(&mut self, job: Job<O::Flushed>) -> Result<(), StageError> {
+        match self.jobs.as_ref().map(|jobs| jobs.send(job)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self.stopped()),
+        }
+    }
+
+    /// Why the thread is gone (it stopped on an error).
+    fn stopped(&mut self) -> StageError {
+        self.jobs = None;
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => StageError::Stopped(e),
+            Some(Err(_)) => StageError::Stopped("the thread panicked".into()),
+            _ => StageError::Stopped("the thread is gone".into()),
+        }
+    }
+}
+
+fn apply_batch(
+    engine: &mut ProcessEngine,
+    batch: &[u8],
+    output: &mut impl ProcessOutput,
+) -> Result<(), String> {
+    for line in batch.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let text = std::str::from_utf8(line).map_err(|e| format!("action record: {e}"))?;
+        engine.apply(text, output).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn checkpoint<O: StageOutput>(
+    engine: &mut ProcessEngine,
+    output: &mut O,
+) -> Result<StageCheckpoint<O::Flushed>, String> {
+    engine.emit_updates(output);
+    let flushed = output.flush()?;
+    Ok(StageCheckpoint {
+        flushed,
+        meta: engine.meta(),
+        watermarks: engine.watermarks().to_vec(),
+        changes: engine.checkpoint_changes(),
+    })
+}
