@@ -56,6 +56,8 @@ pub struct ProcessThread<O: StageOutput> {
     spares: Receiver<Vec<u8>>,
     unsaved: Arc<AtomicUsize>,
     thread: Option<JoinHandle<Outcome<O>>>,
+    /// Why the stage stopped, once known.
+    failure: Option<String>,
 }
 
 /// A checkpoint asked of the stage; [`PendingCheckpoint::wait`] for its answer.
@@ -68,7 +70,11 @@ impl<F> PendingCheckpoint<F> {
     ) -> Result<StageCheckpoint<F>, StageError> {
         match self.0.recv() {
             Ok(Ok(checkpoint)) => Ok(checkpoint),
-            Ok(Err(e)) => Err(StageError::Stopped(e)),
+            Ok(Err(e)) => {
+                // The thread stops after answering so: nothing more goes to it.
+                stage.failure = Some(e);
+                Err(stage.stopped())
+            }
             Err(_) => Err(stage.stopped()),
         }
     }
@@ -110,6 +116,7 @@ impl<O: StageOutput> ProcessThread<O> {
             spares,
             unsaved,
             thread: Some(thread),
+            failure: None,
         })
     }
 
@@ -159,14 +166,18 @@ impl<O: StageOutput> ProcessThread<O> {
         }
     }
 
-    /// Why the thread is gone (it stopped on an error).
+    /// Why the thread is gone (it stopped on an error); it takes no more jobs.
     fn stopped(&mut self) -> StageError {
         self.jobs = None;
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(Err(e))) => StageError::Stopped(e),
-            Some(Err(_)) => StageError::Stopped("the thread panicked".into()),
-            _ => StageError::Stopped("the thread is gone".into()),
+        if let Some(thread) = self.thread.take() {
+            self.failure = Some(match thread.join() {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => "the thread ended".into(),
+                Err(_) => "the thread panicked".into(),
+            });
         }
+        let failure = self.failure.clone();
+        StageError::Stopped(failure.unwrap_or_else(|| "the thread is gone".into()))
     }
 }
 
@@ -194,4 +205,112 @@ fn checkpoint<O: StageOutput>(
         watermarks: engine.watermarks().to_vec(),
         changes: engine.checkpoint_changes(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::process::ProcessPlan;
+    use weft_crds::keygroup::KeyGroupRange;
+
+    #[derive(Default)]
+    struct Collected {
+        metrics: usize,
+        fail_flush: bool,
+    }
+
+    impl ProcessOutput for Collected {
+        fn metric(&mut self, _: &[u8]) {
+            self.metrics += 1;
+        }
+        fn alert(&mut self, _: &[u8]) {}
+    }
+
+    impl StageOutput for Collected {
+        type Flushed = usize;
+        fn flush(&mut self) -> Result<usize, String> {
+            if self.fail_flush {
+                return Err("disk full".into());
+            }
+            Ok(self.metrics)
+        }
+    }
+
+    fn engine() -> ProcessEngine {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/examples/credit-card"
+        );
+        let resources = [
+            std::path::PathBuf::from(format!("{example}/processdefinition.yaml")),
+            std::path::PathBuf::from(format!("{example}/joinpipeline.yaml")),
+        ];
+        let (_, processes) = crate::local::load_pipeline(&resources, None).unwrap();
+        let plans = processes
+            .iter()
+            .map(|(name, spec)| ProcessPlan::compile(name, spec).unwrap())
+            .collect();
+        ProcessEngine::new(plans, 8, KeyGroupRange { start: 0, end: 8 }, 3_600_000)
+    }
+
+    fn action(n: u32, path: &str) -> String {
+        let t = 1_763_798_400_000i64 + i64::from(n) * 1_000;
+        format!(
+            "{{\"trackingNumber\":\"T-{n}\",\"keyGroup\":0,\"firstEventTime\":{t},\"completedEventTime\":{t},\"request\":{{\"eventTime\":{t},\"path\":\"/cc/{path}\",\"applicationNo\":\"A-{}\",\"product\":\"gold\",\"institution\":\"B001\"}},\"response\":{{\"eventTime\":{t},\"applicationNo\":\"A-{}\",\"status\":200,\"decision\":\"approved\"}},\"tracking\":{{\"eventTime\":{t},\"channel\":\"web\",\"page\":\"cc-{path}\"}}}}\n",
+            n / 2,
+            n / 2
+        )
+    }
+
+    #[test]
+    fn a_checkpoint_answers_after_every_action_sent_before_it() {
+        let mut stage = ProcessThread::start(engine(), Collected::default()).unwrap();
+        let mut inline = engine();
+        let mut inline_out = Collected::default();
+        for n in 0..400 {
+            let mut batch = action(n, if n % 2 == 0 { "apply" } else { "review" }).into_bytes();
+            inline
+                .apply(
+                    std::str::from_utf8(&batch).unwrap().trim_end(),
+                    &mut inline_out,
+                )
+                .unwrap();
+            stage.send(&mut batch).unwrap();
+            assert!(batch.is_empty());
+        }
+        let checkpoint = stage.checkpoint().unwrap().wait(&mut stage).unwrap();
+        inline.emit_updates(&mut inline_out);
+        let expected = inline.checkpoint_changes();
+        assert_eq!(checkpoint.flushed, inline_out.metrics);
+        assert_eq!(checkpoint.watermarks, inline.watermarks());
+        assert_eq!(checkpoint.changes.instances.len(), expected.instances.len());
+        assert_eq!(
+            checkpoint.changes.aggregates.iter().count(),
+            expected.aggregates.iter().count()
+        );
+        assert_eq!(stage.unsaved(), 0);
+        let (engine, _) = stage.close().unwrap();
+        assert_eq!(engine.processes[0].totals(), inline.processes[0].totals());
+        assert!(inline.processes[0].totals().started > 0);
+    }
+
+    #[test]
+    fn a_failing_output_stops_the_stage_with_its_reason() {
+        let output = Collected {
+            fail_flush: true,
+            ..Collected::default()
+        };
+        let mut stage = ProcessThread::start(engine(), output).unwrap();
+        stage.send(&mut action(1, "apply").into_bytes()).unwrap();
+        let error = match stage.checkpoint().unwrap().wait(&mut stage) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("the flush failed"),
+        };
+        assert!(error.contains("disk full"), "{error}");
+        // Gone after the error: later calls say why instead of hanging.
+        let later = stage.send(&mut action(2, "apply").into_bytes());
+        assert!(later.is_err_and(|e| e.to_string().contains("disk full")));
+        assert!(stage.close().is_err());
+    }
 }

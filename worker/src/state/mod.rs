@@ -388,3 +388,43 @@ impl ColdStore for Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::join::{Done, Outcome, StateKey};
+
+    #[test]
+    fn what_a_checkpoint_wrote_is_read_back_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for round in 0..20u8 {
+            let mut key = vec![0, 7];
+            key.extend_from_slice(format!("T-{round}").as_bytes());
+            let entry = Entry::Done(Done {
+                until: 1_000 + i64::from(round),
+                outcome: Outcome::Completed,
+                parts: 0b111,
+            });
+            let changes = vec![Change::Put {
+                key: StateKey::new(&key),
+                entry: entry.clone(),
+                old_deadline: None,
+            }];
+            let record = vec![b'0' + round % 10];
+            store
+                .write_checkpoint(changes, ProcessChanges::default(), record.clone(), false)
+                .unwrap();
+            // Reads wait for the writer: no read sees the state before the batch.
+            assert_eq!(store.get(&key).unwrap(), Some(entry));
+            assert_eq!(
+                store.due(7, 0, i64::MAX).unwrap().len(),
+                usize::from(round) + 1
+            );
+            assert_eq!(store.checkpoint().unwrap(), Some(record));
+        }
+        store.settle().unwrap();
+        assert!(store.is_settled());
+    }
+}
