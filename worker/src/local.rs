@@ -723,7 +723,6 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             checkpoint.processes.clone(),
             &checkpoint.process_watermarks,
             store.process_instances()?,
-            store.process_aggregates()?,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
     let mut process = ProcessThread::start(process_engine, process_sinks)

@@ -44,6 +44,9 @@ pub struct Instance {
     pub abandoned: Option<i64>,
     /// Entry time of the visit whose SLA breach was alerted.
     pub sla_alerted: Option<i64>,
+    /// SLA breaches alerted: (step, deadline). They count as they were seen at the time,
+    /// whatever later actions reveal, so they are part of the history.
+    pub breaches: Vec<(u16, i64)>,
     /// Deadlines of the SLA and timeout timers set (timers live in memory only).
     pub armed_sla: Option<i64>,
     pub armed_timeout: Option<i64>,
@@ -193,6 +196,9 @@ impl Instance {
             if let Some(a) = self.actions.iter().find(|a| a.outcomes & (1 << o) != 0) {
                 out.push((Metric::Outcome(o as u16), a.time, None, 1));
             }
+        }
+        for (step, deadline) in &self.breaches {
+            out.push((Metric::SlaBreach(*step), *deadline, None, 1));
         }
         if let Some(end) = ended {
             let how = if completed.is_some() {

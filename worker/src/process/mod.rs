@@ -106,13 +106,17 @@ pub struct Aggregate {
     pub sketch: Option<Box<Sketch>>,
     /// Changed since it was last emitted.
     pub dirty: bool,
-    /// Changed since the last checkpoint.
-    unsaved: bool,
-    /// Saved as not emitted although its window was closed (a checkpoint taken without
-    /// [`ProcessEngine::emit_updates`] before it): emitting it must save it again. Every
-    /// other emission needs no save, since a restore knows the aggregates of open windows
-    /// are the unemitted ones.
-    pub stored_dirty: bool,
+    /// Emitted at least once: a consumer may hold a value for its key, so it is emitted again
+    /// when it changes, even to nothing. One never emitted that comes to nothing (what an
+    /// instance contributed and took back before the window closed) is not emitted at all.
+    pub emitted: bool,
+}
+
+impl Aggregate {
+    /// Holds nothing: what a key without a record means.
+    pub fn is_zero(&self) -> bool {
+        self.count == 0 && self.sum_ms == 0 && self.sketch.as_ref().is_none_or(|s| s.is_empty())
+    }
 }
 
 impl Aggregate {
@@ -320,47 +324,12 @@ pub struct ProcessMeta {
 }
 
 /// State changes of the process stage for a checkpoint: (key, Some(value) | None to delete).
+/// Only instances: the windows are rebuilt from them on restore.
 #[derive(Debug, Default)]
 pub struct ProcessChanges {
     pub instances: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// Changed aggregates (never deleted one by one: a window goes whole, below).
-    pub aggregates: Puts,
-    /// Key ranges of dropped windows in the aggregates' store: [from, to).
-    pub dropped_windows: Vec<(Vec<u8>, Vec<u8>)>,
     /// Replace the stored state whole: these changes are all of it.
     pub rewrite: bool,
-}
-
-/// Key-value puts in one buffer: a checkpoint writes millions of aggregates, and two
-/// allocations for each showed in profiles.
-#[derive(Debug, Default)]
-pub struct Puts {
-    bytes: Vec<u8>,
-    /// (start in `bytes`, key length, value length)
-    spans: Vec<(usize, u32, u32)>,
-}
-
-impl Puts {
-    /// Adds a put whose key and value the two functions write.
-    pub fn push(&mut self, key: impl FnOnce(&mut Vec<u8>), value: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.bytes.len();
-        key(&mut self.bytes);
-        let key_len = self.bytes.len() - start;
-        value(&mut self.bytes);
-        let value_len = self.bytes.len() - start - key_len;
-        self.spans.push((start, key_len as u32, value_len as u32));
-    }
-
-    /// (key, value) in the order pushed.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.spans.iter().map(|&(start, k, v)| {
-            let key_end = start + k as usize;
-            (
-                &self.bytes[start..key_end],
-                &self.bytes[key_end..key_end + v as usize],
-            )
-        })
-    }
 }
 
 impl ProcessState {
@@ -407,10 +376,18 @@ impl ProcessState {
         (&mut self.windows, emit)
     }
 
-    /// How long an ended instance is kept (a late action may still belong to it) and a window
-    /// kept after it was emitted: at least the join's lateness, and ten windows.
+    /// How long a window is kept after it was emitted (a late action may still change it): at
+    /// least the join's lateness, and ten windows.
     fn retention(&self, lateness: i64) -> i64 {
         (self.plan.window * 10).max(lateness)
+    }
+
+    /// How long an ended instance is kept (a late action may still belong to it): one window
+    /// past the retention, so that every
+    /// window still kept holds only contributions of instances still kept, and a restore
+    /// rebuilds the windows from the instances.
+    fn kept(&self, lateness: i64) -> i64 {
+        self.retention(lateness).saturating_add(self.plan.window)
     }
 
     /// Takes back what an instance contributed (`old`, under its combination then) and adds
@@ -472,28 +449,45 @@ impl ProcessState {
         wm: i64,
         lateness: i64,
         combo: u32,
-        (metric, t, millis, sign): instance::Contribution,
+        contribution: instance::Contribution,
         weight: i64,
     ) {
-        let weight = weight * i64::from(sign);
+        let (metric, _, millis, sign) = contribution;
+        let signed = weight * i64::from(sign);
         let total = self.counts.metrics.entry(metric).or_default();
-        *total += weight;
+        *total += signed;
         if *total == 0 {
             self.counts.metrics.remove(&metric);
         }
         if let (Metric::Duration(step), Some(ms)) = (metric, millis)
             && let Some(sketch) = self.counts.durations.get_mut(usize::from(step))
         {
-            sketch.add_weighted(ms, weight);
+            sketch.add_weighted(ms, signed);
         }
+        self.add_to_window(kg, wm, lateness, combo, contribution, weight, true);
+    }
 
+    /// Adds one contribution `weight` times to its window, unless the window was dropped
+    /// (then, when `count_late`, it is counted as a late update).
+    #[allow(clippy::too_many_arguments)]
+    fn add_to_window(
+        &mut self,
+        kg: u16,
+        wm: i64,
+        lateness: i64,
+        combo: u32,
+        (metric, t, millis, sign): instance::Contribution,
+        weight: i64,
+        count_late: bool,
+    ) {
+        let weight = weight * i64::from(sign);
         let size = self.plan.window;
         let start = t.div_euclid(size) * size;
         // A window past its retention was dropped: the change stays in the totals only.
         if start < wm.saturating_sub(size + self.retention(lateness))
             && !self.windows.has_window(kg, start)
         {
-            self.counts.late_metric_updates += 1;
+            self.counts.late_metric_updates += u64::from(count_late);
             return;
         }
         let Some(agg) = self.windows.change((kg, start, metric, combo)) else {
@@ -571,7 +565,7 @@ impl ProcessState {
     fn set_timers(&mut self, idx: usize, instance: &mut Instance, lateness: i64) {
         let key = &instance.key;
         if let Some(ended) = instance.ended(&self.plan.steps) {
-            let forget = ended.saturating_add(self.retention(lateness));
+            let forget = ended.saturating_add(self.kept(lateness));
             self.timers[idx].insert((forget, TimerKind::Forget, key.clone()));
             return;
         }
@@ -640,12 +634,9 @@ impl ProcessEngine {
         &self.watermarks
     }
 
-    /// Instances and aggregates changed since the last checkpoint: what the next one writes.
+    /// Instances changed since the last checkpoint: what the next one writes.
     pub fn unsaved(&self) -> usize {
-        self.processes
-            .iter()
-            .map(|s| s.dirty.len() + s.windows.unsaved())
-            .sum()
+        self.processes.iter().map(|s| s.dirty.len()).sum()
     }
 
     /// Sizes of the in-memory state, for benchmarks and logs.
@@ -654,13 +645,13 @@ impl ProcessEngine {
             .iter()
             .map(|s| {
                 format!(
-                    "{}: {} instances, {} aggregates in {} windows, {} unemitted, {} unsaved, {} timers, {} combos",
+                    "{}: {} instances, {} aggregates in {} windows, {} unemitted, {} unsaved instances, {} timers, {} combos",
                     s.plan.name,
                     s.instances.len(),
                     s.windows.len(),
                     s.windows.window_count(),
                     s.windows.unemitted(),
-                    s.windows.unsaved(),
+                    s.dirty.len(),
                     s.timers.iter().map(BTreeSet::len).sum::<usize>(),
                     s.names.combos.values.len(),
                 )
@@ -861,8 +852,11 @@ impl ProcessEngine {
                             && instance.sla_alerted != Some(visit.entered) =>
                     {
                         instance.sla_alerted = Some(visit.entered);
-                        let breach = (Metric::SlaBreach(visit.step), deadline, None, 1);
-                        state.apply(kg, wm, lateness, instance.combo, breach, 1);
+                        let old = state.contributions(&instance);
+                        instance.breaches.push((visit.step, deadline));
+                        let new = state.contributions(&instance);
+                        let combo = instance.combo;
+                        state.replace(kg, wm, lateness, Some((combo, old)), combo, new);
                         self.buf.clear();
                         record::write_alert(&mut self.buf, state, &instance, &visit, deadline, sla);
                         out.alert(&self.buf);
@@ -895,7 +889,7 @@ impl ProcessEngine {
                     }
                     (TimerKind::Forget, ..)
                         if ended.is_some_and(|e| {
-                            e.saturating_add(state.retention(lateness)) == deadline
+                            e.saturating_add(state.kept(lateness)) == deadline
                         }) =>
                     {
                         state.dirty.insert(key, kg);
@@ -954,8 +948,9 @@ impl ProcessEngine {
     }
 
     /// Changes since the last checkpoint. Instance keys: the instance's key group (BE u16),
-    /// the definition's index (BE u16), the instance key. Aggregate keys: key group,
-    /// definition, window start (order-preserving), then the metric and combination.
+    /// the definition's index (BE u16), the instance key. Taken after
+    /// [`ProcessEngine::emit_updates`] (and the outputs flushed): a restore rebuilds the
+    /// closed windows as emitted.
     pub fn checkpoint_changes(&mut self) -> ProcessChanges {
         let mut changes = ProcessChanges {
             rewrite: std::mem::take(&mut self.rewrite),
@@ -972,26 +967,11 @@ impl ProcessEngine {
                     .instances
                     .push((instance_key(kg, p as u16, &key), value));
             }
-            let aggregates = &mut changes.aggregates;
-            let dropped = state
-                .windows
-                .take_unsaved(&state.closed_before, &mut |key, agg| {
-                    aggregates.push(
-                        |k| push_aggregate_key(k, p as u16, &key),
-                        |v| codec::encode_aggregate(agg, v),
-                    );
-                });
-            for (kg, start) in dropped {
-                changes.dropped_windows.push((
-                    window_key(kg, p as u16, start),
-                    window_key(kg, p as u16, start.saturating_add(1)),
-                ));
-            }
         }
         changes
     }
 
-    /// Everything but the instances and aggregates, for the checkpoint record.
+    /// Everything but the instances, for the checkpoint record.
     pub fn meta(&self) -> Vec<ProcessMeta> {
         self.processes
             .iter()
@@ -1011,7 +991,6 @@ impl ProcessEngine {
         meta: Vec<ProcessMeta>,
         watermarks: &[i64],
         instances: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
-        aggregates: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
     ) -> Result<(), String> {
         for (i, wm) in watermarks.iter().enumerate().take(self.watermarks.len()) {
             self.watermarks[i] = *wm;
@@ -1055,22 +1034,33 @@ impl ProcessEngine {
             state.set_timers(idx, &mut instance, self.lateness);
             state.instances.insert(instance.key.clone(), instance);
         }
-        for (key, value) in aggregates {
-            let parsed = split_aggregate_key(&key);
-            let agg = codec::decode_aggregate(&value);
-            let (Some((kg, start, metric, combo)), Some(mut agg)) = (parsed, agg) else {
-                return Err(format!("corrupt aggregate {key:?}"));
-            };
-            let Some(state) = self.processes.get_mut(definition(&key)) else {
-                continue;
-            };
-            if !self.owned.contains(kg) {
-                continue;
+        // The windows, from what the instances contribute. Every contribution to a window
+        // still kept is an instance's still kept (see `ProcessState::kept`), and the totals
+        // are in the record already.
+        let lateness = self.lateness;
+        for state in &mut self.processes {
+            let keys: Vec<Arc<str>> = state.instances.keys().cloned().collect();
+            for key in keys {
+                let Some(instance) = state.instances.remove(&*key) else {
+                    continue;
+                };
+                let kg = instance.key_group;
+                let idx = usize::from(kg.wrapping_sub(self.owned.start));
+                let wm = self.watermarks.get(idx).copied().unwrap_or(i64::MIN);
+                let contributions = state.contributions(&instance);
+                for c in &contributions {
+                    state.add_to_window(kg, wm, lateness, instance.combo, *c, 1, false);
+                }
+                state.spare.push(contributions);
+                state.instances.insert(key, instance);
             }
-            // Not emitted yet: what was saved so, and everything in windows still open.
-            let wm = self.watermarks[usize::from(kg - self.owned.start)];
-            agg.dirty = agg.stored_dirty || start >= closed_before(wm, state.plan.window);
-            state.windows.put((kg, start, metric, combo), agg);
+            // Closed windows were emitted whole before the checkpoint; open ones not at all.
+            let size = state.plan.window;
+            for (idx, wm) in self.watermarks.iter().enumerate() {
+                let closed = closed_before(*wm, size);
+                let kg = self.owned.start + idx as u16;
+                state.windows.mark_restored(kg, |start| start >= closed);
+            }
         }
         Ok(())
     }
@@ -1090,35 +1080,6 @@ pub fn instance_key(kg: u16, process: u16, key: &str) -> Vec<u8> {
     k.extend_from_slice(&process.to_be_bytes());
     k.extend_from_slice(key.as_bytes());
     k
-}
-
-/// Appends the state key of an aggregate.
-fn push_aggregate_key(k: &mut Vec<u8>, process: u16, (kg, start, metric, combo): &AggregateKey) {
-    push_window_key(k, *kg, process, *start);
-    codec::encode_metric(metric, k);
-    k.extend_from_slice(&combo.to_be_bytes());
-}
-
-/// The prefix of a window's aggregate keys.
-fn window_key(kg: u16, process: u16, start: i64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(12);
-    push_window_key(&mut k, kg, process, start);
-    k
-}
-
-fn push_window_key(k: &mut Vec<u8>, kg: u16, process: u16, start: i64) {
-    k.extend_from_slice(&kg.to_be_bytes());
-    k.extend_from_slice(&process.to_be_bytes());
-    // Sign bit flipped: byte order is time order.
-    k.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
-}
-
-fn split_aggregate_key(key: &[u8]) -> Option<AggregateKey> {
-    let kg = u16::from_be_bytes(key.get(0..2)?.try_into().ok()?);
-    let start = (u64::from_be_bytes(key.get(4..12)?.try_into().ok()?) ^ (1 << 63)) as i64;
-    let metric = codec::decode_metric(key.get(12..21)?)?;
-    let combo = u32::from_be_bytes(key.get(21..25)?.try_into().ok()?);
-    Some((kg, start, metric, combo))
 }
 
 /// Serializes a map with non-string keys as a list of pairs.

@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 
 use super::instance::{Applied, Contribution, Instance};
 use super::plan::ProcessPlan;
-use super::{Aggregate, Metric, ProcessEngine, ProcessState};
+use super::{Metric, ProcessEngine, ProcessState};
 
 /// What a reconfiguration did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -148,13 +148,7 @@ impl ProcessEngine {
                 continue;
             };
             let key = (kg, start, m, combo(&mut new, c));
-            new.windows.put(
-                key,
-                Aggregate {
-                    unsaved: true,
-                    ..agg
-                },
-            );
+            new.windows.put(key, agg);
         }
 
         // Totals.
@@ -194,6 +188,11 @@ impl ProcessEngine {
                 })
                 .collect();
             instance.actions.sort_unstable();
+            instance.breaches = instance
+                .breaches
+                .into_iter()
+                .filter_map(|(s, deadline)| Some((step(s)?, deadline)))
+                .collect();
             report.dropped_actions += (before - instance.actions.len()) as u64;
             instance.combo = old_combo;
             instance.dimensions = new.names.combo(old_combo).to_vec();

@@ -986,7 +986,6 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
             record.processes.clone(),
             &record.process_watermarks,
             store.process_instances()?,
-            store.process_aggregates()?,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
     if saved != options.processes {

@@ -7,9 +7,8 @@
 //!   value: the cold entries' timers in deadline order per key group.
 //! - `process`: one process instance per key: key group BE u16 + definition index BE u16 +
 //!   instance key; the value is the instance (binary, `process::codec`).
-//! - `aggregates`: the process stage's window partial aggregates: key group BE u16 +
-//!   definition index BE u16 + window start (order-preserving) + metric + combination; the
-//!   value is the aggregate (binary). A window past its retention goes by one range delete.
+//! - `aggregates`: empty. Earlier versions stored the process stage's window aggregates here;
+//!   they are rebuilt from the instances on restore now, and what is left is deleted on open.
 //! - `meta`: the checkpoint record (input positions, output lengths, counters, watermarks).
 //!
 //! Every key starts with the key group, so a key group's state is a contiguous range in each
@@ -77,10 +76,29 @@ impl Store {
             ColumnFamilyDescriptor::new(name, cf)
         };
         let db = DB::open_cf_descriptors(&opts, path, FAMILIES.map(family)).map_err(store_err)?;
-        Ok(Store {
+        let store = Store {
             db: Arc::new(db),
             writing: Mutex::new(None),
-        })
+        };
+        store.forget_stored_aggregates()?;
+        Ok(store)
+    }
+
+    /// Earlier versions stored the process stage's window aggregates; they are rebuilt from
+    /// the instances now, and what such a version left is deleted.
+    fn forget_stored_aggregates(&self) -> Result<(), StateError> {
+        let aggregates = self.cf(CF_AGGREGATES)?;
+        if self
+            .db
+            .iterator_cf(aggregates, IteratorMode::Start)
+            .next()
+            .is_some()
+        {
+            self.db
+                .delete_range_cf(aggregates, &[][..], &[0xffu8; 16][..])
+                .map_err(store_err)?;
+        }
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StateError> {
@@ -211,16 +229,9 @@ fn write_batch(
         }
     }
     let instances = cf(CF_PROCESS)?;
-    let aggregates = cf(CF_AGGREGATES)?;
     if process.rewrite {
         // Keys start with the key group (u16): this covers them all.
-        for cf in [instances, aggregates] {
-            batch.delete_range_cf(cf, &[][..], &[0xffu8; 16][..]);
-        }
-    } else {
-        for (from, to) in &process.dropped_windows {
-            batch.delete_range_cf(aggregates, from, to);
-        }
+        batch.delete_range_cf(instances, &[][..], &[0xffu8; 16][..]);
     }
     let mut sorted: Vec<&(Vec<u8>, Option<Vec<u8>>)> = process.instances.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
@@ -229,12 +240,6 @@ fn write_batch(
             Some(v) => batch.put_cf(instances, key, v),
             None => batch.delete_cf(instances, key),
         }
-    }
-    // Listed in key order per definition already (a stable sort finds the runs).
-    let mut sorted: Vec<(&[u8], &[u8])> = process.aggregates.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    for (key, value) in sorted {
-        batch.put_cf(aggregates, key, value);
     }
     batch.put_cf(cf(CF_META)?, CHECKPOINT_KEY, record);
     let mut options = WriteOptions::default();
@@ -295,11 +300,6 @@ impl Store {
     /// Every stored process instance, as (key, value).
     pub fn process_instances(&self) -> Result<Vec<KeyValue>, StateError> {
         self.all(CF_PROCESS)
-    }
-
-    /// Every stored window aggregate of the process stage, as (key, value).
-    pub fn process_aggregates(&self) -> Result<Vec<KeyValue>, StateError> {
-        self.all(CF_AGGREGATES)
     }
 
     fn all(&self, family: &str) -> Result<Vec<KeyValue>, StateError> {
