@@ -382,12 +382,20 @@ impl ProcessState {
         (self.plan.window * 10).max(lateness)
     }
 
-    /// How long an ended instance is kept (a late action may still belong to it): one window
-    /// past the retention, so that every
-    /// window still kept holds only contributions of instances still kept, and a restore
-    /// rebuilds the windows from the instances.
+    /// How long an ended instance is kept (a late action may still belong to it): two
+    /// windows past the retention, so that every window still kept (see
+    /// [`ProcessState::dropped_before`]) holds only contributions of instances still kept, and
+    /// a restore rebuilds the windows from the instances.
     fn kept(&self, lateness: i64) -> i64 {
-        self.retention(lateness).saturating_add(self.plan.window)
+        self.retention(lateness)
+            .saturating_add(self.plan.window.saturating_mul(2))
+    }
+
+    /// Windows that start before this are dropped at time `wm`: a function of the closed
+    /// windows alone, so that the windows kept at a checkpoint are what a restore at its
+    /// watermark rebuilds.
+    fn dropped_before(&self, wm: i64, lateness: i64) -> i64 {
+        closed_before(wm, self.plan.window).saturating_sub(self.retention(lateness))
     }
 
     /// Takes back what an instance contributed (`old`, under its combination then) and adds
@@ -484,9 +492,7 @@ impl ProcessState {
         let size = self.plan.window;
         let start = t.div_euclid(size) * size;
         // A window past its retention was dropped: the change stays in the totals only.
-        if start < wm.saturating_sub(size + self.retention(lateness))
-            && !self.windows.has_window(kg, start)
-        {
+        if start < self.dropped_before(wm, lateness) && !self.windows.has_window(kg, start) {
             self.counts.late_metric_updates += u64::from(count_late);
             return;
         }
@@ -918,7 +924,7 @@ impl ProcessEngine {
                 continue;
             }
             state.closed_before[idx] = closed;
-            let expired_before = wm.saturating_sub(size + state.retention(self.lateness));
+            let expired_before = state.dropped_before(wm, self.lateness);
             let (windows, mut emit) = state.emitting(&mut self.buf, out);
             windows.emit_before(kg, closed, &mut emit);
             windows.drop_before(kg, expired_before, &mut emit);
