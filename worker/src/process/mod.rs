@@ -71,10 +71,10 @@ pub enum Metric {
 }
 
 impl Metric {
-    /// The variant's number (in declaration order) and its fields: what the state key
-    /// stores and what sorting compares.
-    pub fn parts(&self) -> (u8, u32, u32) {
-        match *self {
+    /// A number that sorts as the metric does: the variant (in declaration order) in the top
+    /// bits, then its fields (the second is at most a step, u16).
+    pub fn sort_key(&self) -> u64 {
+        let (variant, a, b): (u64, u64, u64) = match *self {
             Metric::Started => (0, 0, 0),
             Metric::Completed => (1, 0, 0),
             Metric::Abandoned => (2, 0, 0),
@@ -86,14 +86,9 @@ impl Metric {
             Metric::Outcome(o) => (8, o.into(), 0),
             Metric::SlaBreach(s) => (9, s.into(), 0),
             Metric::SkippedSteps => (10, 0, 0),
-            Metric::Variant(v) => (11, v, 0),
-        }
-    }
-
-    /// A number that sorts as the metric does (the second field is at most a step, u16).
-    pub fn sort_key(&self) -> u64 {
-        let (variant, a, b) = self.parts();
-        u64::from(variant) << 56 | u64::from(a) << 16 | u64::from(b)
+            Metric::Variant(v) => (11, v.into(), 0),
+        };
+        variant << 56 | a << 16 | b
     }
 }
 

@@ -205,8 +205,8 @@ impl Windows {
         }
     }
 
-    /// Adds an aggregate (rebuilt on restore, or mapped by a reconfiguration) to the one of
-    /// the same key, created when missing; the flags are or-ed.
+    /// Adds an aggregate (mapped by a reconfiguration, or in a test) to the one of the same
+    /// key, created when missing; the flags are or-ed.
     pub fn put(&mut self, (kg, start, metric, combo): AggregateKey, agg: Aggregate) {
         let i = self.position_of(kg);
         let Some(windows) = self.by_key_group.get_mut(i) else {
@@ -376,5 +376,31 @@ mod tests {
         // A change to a closed window is emitted, even to nothing.
         w.change((0, 0, Metric::Started, 0)).unwrap().count -= 2;
         assert_eq!(emitted(&mut w, 0, 60), vec![(0, 0, Metric::Started, 0)]);
+    }
+
+    #[test]
+    fn sort_keys_order_metrics_as_they_compare() {
+        let metrics = [
+            Metric::Variant(70_000),
+            Metric::Transition(1, 0),
+            Metric::Started,
+            Metric::Return(0, 3),
+            Metric::Wip(2),
+            Metric::Transition(0, 5),
+            Metric::Variant(3),
+            Metric::SlaBreach(1),
+            Metric::Wip(1),
+            Metric::SkippedSteps,
+            Metric::Outcome(0),
+            Metric::Duration(4),
+            Metric::Entered(u16::MAX),
+            Metric::Completed,
+            Metric::Abandoned,
+        ];
+        let mut by_ord = metrics.to_vec();
+        by_ord.sort();
+        let mut by_key = metrics.to_vec();
+        by_key.sort_by_key(Metric::sort_key);
+        assert_eq!(by_ord, by_key);
     }
 }
