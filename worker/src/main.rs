@@ -177,6 +177,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// A line to standard output. A reader that went away (`| head`) ends nothing but the output:
+/// the run's results are in its files.
+fn say(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("writing to standard output"),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { paths } => validate(&paths),
@@ -244,7 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 weft_worker::local::run(&options)?
             };
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            say(&serde_json::to_string_pretty(&summary)?)?;
             eprintln!("outputs in {}", output.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -263,9 +273,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 work_dir: keep,
             })?;
             if format == "json" {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                say(&serde_json::to_string_pretty(&report)?)?;
             } else {
-                print!("{}", weft_worker::replay::render(&report));
+                say(weft_worker::replay::render(&report).trim_end())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -288,7 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &output,
             )
             .with_context(|| format!("writing {}", output.display()))?;
-            println!("{}", serde_json::to_string_pretty(&truth)?);
+            say(&serde_json::to_string_pretty(&truth)?)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -308,10 +318,10 @@ fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for resource in &resources {
         let id = resource.id();
         match failures.iter().find(|(failed, _)| *failed == id) {
-            None => println!("{id}: valid"),
+            None => say(&format!("{id}: valid"))?,
             Some((_, errors)) => {
                 for error in errors.iter() {
-                    println!("{id}: invalid: {error}");
+                    say(&format!("{id}: invalid: {error}"))?;
                 }
             }
         }
@@ -401,7 +411,7 @@ fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _ = runtime.block_on(server);
     match ending? {
         weft_worker::run::Ending::Finished(summary) => {
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            say(&serde_json::to_string_pretty(&summary)?)?;
         }
         weft_worker::run::Ending::Stopped => tracing::info!("stopped after a final checkpoint"),
         weft_worker::run::Ending::Reassigned => {

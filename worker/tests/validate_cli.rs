@@ -60,3 +60,20 @@ fn an_unreadable_file_is_an_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/weft.yaml"));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_not_the_run() {
+    let mut child = worker()
+        .args(["validate", "-f"])
+        .arg(examples())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Like `| head -0`: the reading end closed before anything is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
