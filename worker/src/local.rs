@@ -19,7 +19,7 @@ use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 
 use crate::join::record::{write_action, write_incomplete};
 use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinOutput, JoinStats, Pending};
-use crate::process::thread::{ProcessThread, StageOutput};
+use crate::process::thread::{Classifier, ProcessThread, StageOutput};
 use crate::process::{ProcessEngine, ProcessMeta, ProcessOutput, ProcessPlan, Totals};
 use crate::sinks::{JsonLinesFile, Origin, write_dead_letter};
 use crate::sources::files::{LineReader, Position};
@@ -363,12 +363,13 @@ struct Outputs {
     dead_letters: JsonLinesFile,
     buf: Vec<u8>,
     error: Option<std::io::Error>,
-    /// Action records (complete and incomplete) not yet given to the process stage.
+    /// Actions (complete and incomplete), classified, not yet given to the process stage.
     for_process: Vec<u8>,
-    process_enabled: bool,
+    /// Classifies actions for the process stage; `None` with `--join-only`.
+    classifier: Option<Classifier>,
 }
 
-/// Action records gathered before they go to the process thread.
+/// Classified actions gathered before they go to the process thread.
 const PROCESS_BATCH: usize = 64 << 10;
 
 /// The process stage's outputs (on its thread).
@@ -438,6 +439,25 @@ impl Outputs {
         Self::write(&mut self.dead_letters, &self.buf, &mut self.error);
     }
 
+    /// Classifies the action record in `buf` for the process stage.
+    fn classify(&mut self) {
+        let Some(classifier) = &self.classifier else {
+            return;
+        };
+        let record = std::str::from_utf8(&self.buf)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                classifier
+                    .add(text.trim_end(), &mut self.for_process)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = record
+            && self.error.is_none()
+        {
+            self.error = Some(std::io::Error::other(format!("classifying an action: {e}")));
+        }
+    }
+
     /// Flushes the join's outputs; their lengths.
     fn flush(&mut self) -> std::io::Result<BTreeMap<String, u64>> {
         if let Some(e) = self.error.take() {
@@ -481,9 +501,7 @@ impl JoinOutput for Outputs {
             completed_at,
         );
         Self::write(&mut self.actions, &self.buf, &mut self.error);
-        if self.process_enabled {
-            self.for_process.extend_from_slice(&self.buf);
-        }
+        self.classify();
     }
 
     fn incomplete(
@@ -496,9 +514,7 @@ impl JoinOutput for Outputs {
         self.buf.clear();
         write_incomplete(&mut self.buf, key_group, tracking_number, pending, missing);
         Self::write(&mut self.incomplete, &self.buf, &mut self.error);
-        if self.process_enabled {
-            self.for_process.extend_from_slice(&self.buf);
-        }
+        self.classify();
     }
 }
 
@@ -698,7 +714,11 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         buf: Vec::with_capacity(4096),
         error: None,
         for_process: Vec::with_capacity(PROCESS_BATCH + 4096),
-        process_enabled: !options.join_only,
+        classifier: if options.join_only {
+            None
+        } else {
+            Some(Classifier::new(compile_plans(&processes)?))
+        },
     };
     let process_sinks = ProcessSinks {
         metrics: open("metrics.jsonl", "metrics")?,

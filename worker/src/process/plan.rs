@@ -191,3 +191,82 @@ impl ProcessPlan {
         })
     }
 }
+
+/// `u32::MAX` as a length: no string.
+const ABSENT: u32 = u32::MAX;
+
+fn put_text(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(t) => {
+            out.extend_from_slice(&(t.len() as u32).to_le_bytes());
+            out.extend_from_slice(t.as_bytes());
+        }
+        None => out.extend_from_slice(&ABSENT.to_le_bytes()),
+    }
+}
+
+fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, rest) = (bytes.get(..n)?, bytes.get(n..)?);
+    *bytes = rest;
+    Some(head)
+}
+
+fn take_u32(bytes: &mut &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(take(bytes, 4)?.try_into().ok()?))
+}
+
+fn take_text<'a>(bytes: &mut &'a [u8]) -> Option<Option<Cow<'a, str>>> {
+    match take_u32(bytes)? {
+        ABSENT => Some(None),
+        n => Some(Some(Cow::Borrowed(
+            std::str::from_utf8(take(bytes, n as usize)?).ok()?,
+        ))),
+    }
+}
+
+impl Classified<'_> {
+    /// Appends the classification for definition `p` in a compact binary form, which
+    /// [`decode_classified`] reads back borrowing its text: how the join's thread hands a
+    /// classified action to the process stage's.
+    pub fn encode(&self, p: u16, out: &mut Vec<u8>) {
+        out.extend_from_slice(&p.to_le_bytes());
+        let step = self.step.map_or(u16::MAX, |s| s as u16);
+        out.extend_from_slice(&step.to_le_bytes());
+        out.push(u8::from(self.time.is_some()));
+        out.extend_from_slice(&self.time.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&self.outcomes.to_le_bytes());
+        put_text(out, self.instance.as_deref());
+        put_text(out, self.tracking_number.as_deref());
+        out.extend_from_slice(&(self.dimensions.len() as u32).to_le_bytes());
+        for d in &self.dimensions {
+            put_text(out, d.as_deref());
+        }
+    }
+}
+
+/// The first classification in `bytes` (see [`Classified::encode`]), its definition, and
+/// what follows it; `None` when the bytes are cut short.
+pub fn decode_classified(mut bytes: &[u8]) -> Option<(u16, Classified<'_>, &[u8])> {
+    let b = &mut bytes;
+    let p = u16::from_le_bytes(take(b, 2)?.try_into().ok()?);
+    let step = u16::from_le_bytes(take(b, 2)?.try_into().ok()?);
+    let has_time = *take(b, 1)?.first()? != 0;
+    let time = i64::from_le_bytes(take(b, 8)?.try_into().ok()?);
+    let outcomes = u64::from_le_bytes(take(b, 8)?.try_into().ok()?);
+    let instance = take_text(b)?;
+    let tracking_number = take_text(b)?;
+    let n = take_u32(b)? as usize;
+    let mut dimensions = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        dimensions.push(take_text(b)?);
+    }
+    let classified = Classified {
+        step: (step != u16::MAX).then_some(usize::from(step)),
+        instance,
+        time: has_time.then_some(time),
+        tracking_number,
+        outcomes,
+        dimensions,
+    };
+    Some((p, classified, bytes))
+}
