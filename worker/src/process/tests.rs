@@ -523,3 +523,36 @@ fn the_instance_key_alone_is_the_one_classification_finds() {
     }
     assert_eq!(plan.instance_key(&hand_log()[0]).as_deref(), Some("A"));
 }
+
+#[test]
+fn a_classification_reads_back_as_it_was_written() {
+    let plan = ProcessPlan::compile("cards", &definition()).unwrap();
+    let records = [
+        action("T-1", "A-1", "/review", 3, "web", "approved"),
+        // No step matches, no dimension value, an escaped key.
+        action("T-2", "A-\\\"2", "/other", 4, "", ""),
+        // No instance key, no time, no tracking number.
+        json!({"request": {"path": "/apply"}}).to_string(),
+    ];
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for (p, record) in records.iter().enumerate() {
+        let classified = plan.classify(record).unwrap();
+        classified.encode(p as u16, &mut batch);
+        expected.push((p as u16, classified));
+    }
+    let mut rest = batch.as_slice();
+    for (p, classified) in &expected {
+        let (q, read, after) = plan::decode_classified(rest).unwrap();
+        assert_eq!((q, &read), (*p, classified));
+        rest = after;
+    }
+    assert!(rest.is_empty());
+    assert!(expected[1].1.step.is_none() && expected[2].1.time.is_none());
+    let (_, _, after_first) = plan::decode_classified(&batch).unwrap();
+    let first_len = batch.len() - after_first.len();
+    assert!(
+        plan::decode_classified(&batch[..first_len - 1]).is_none(),
+        "cut short"
+    );
+}
