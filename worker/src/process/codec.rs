@@ -108,6 +108,7 @@ pub fn decode_instance(bytes: &[u8]) -> Option<Instance> {
         breaches: Vec::new(),
         armed_sla: None,
         armed_timeout: None,
+        unsaved: false,
     };
     // Instances written before breaches were part of them end here.
     if !r.0.is_empty() {
@@ -150,6 +151,7 @@ mod tests {
             breaches: vec![(1, 3_661_000)],
             armed_sla: None,
             armed_timeout: None,
+            unsaved: false,
         };
         let mut buf = Vec::new();
         encode_instance(&instance, &mut buf);

@@ -50,6 +50,8 @@ pub struct Instance {
     /// Deadlines of the SLA and timeout timers set (timers live in memory only).
     pub armed_sla: Option<i64>,
     pub armed_timeout: Option<i64>,
+    /// Changed since the last checkpoint (and listed in the stage's changed set).
+    pub unsaved: bool,
 }
 
 /// One contribution to the metrics, with a sign: +1 adds, -1 (for a WIP decrement) subtracts.

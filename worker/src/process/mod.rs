@@ -229,8 +229,11 @@ pub struct ProcessState {
     /// Instance keys are shared (`Arc<str>`) by the instance, the changed set and the
     /// timers: setting a timer or marking a change copies no string.
     instances: FxHashMap<Arc<str>, Instance>,
-    /// Changed since the last checkpoint: instance key → its key group.
-    dirty: FxHashMap<Arc<str>, u16>,
+    /// Changed since the last checkpoint: instance key and key group, listed when the
+    /// instance's `unsaved` flag is set (a flag instead of a set: no second lookup per
+    /// action), and for instances forgotten. A key may be listed twice (forgotten, then
+    /// started again); the flag says whether it is still to write.
+    dirty: Vec<(Arc<str>, u16)>,
     timers: Vec<BTreeSet<(i64, TimerKind, Arc<str>)>>,
     windows: Windows,
     /// Per owned key group: windows starting before this are closed.
@@ -334,7 +337,7 @@ impl ProcessState {
         ProcessState {
             plan,
             instances: FxHashMap::default(),
-            dirty: FxHashMap::default(),
+            dirty: Vec::new(),
             timers: (0..owned.len()).map(|_| BTreeSet::new()).collect(),
             windows: Windows::new(owned.start, owned.len()),
             closed_before: vec![i64::MIN; usize::from(owned.len())],
@@ -369,6 +372,14 @@ impl ProcessState {
             out.metric(buf);
         };
         (&mut self.windows, emit)
+    }
+
+    /// Lists a changed instance for the next checkpoint, once.
+    fn mark_unsaved(&mut self, instance: &mut Instance) {
+        if !instance.unsaved {
+            instance.unsaved = true;
+            self.dirty.push((instance.key.clone(), instance.key_group));
+        }
     }
 
     /// How long a window is kept after it was emitted (a late action may still change it): at
@@ -811,9 +822,7 @@ impl ProcessEngine {
             new,
         );
         state.set_timers(idx, &mut instance, lateness);
-        if !state.dirty.contains_key(key.as_ref()) {
-            state.dirty.insert(instance.key.clone(), kg);
-        }
+        state.mark_unsaved(&mut instance);
         match state.instances.get_mut(key.as_ref()) {
             Some(slot) => *slot = instance,
             None => {
@@ -861,7 +870,7 @@ impl ProcessEngine {
                         self.buf.clear();
                         record::write_alert(&mut self.buf, state, &instance, &visit, deadline, sla);
                         out.alert(&self.buf);
-                        state.dirty.insert(key.clone(), kg);
+                        state.mark_unsaved(&mut instance);
                     }
                     (TimerKind::Timeout, ..)
                         if ended.is_none()
@@ -886,14 +895,15 @@ impl ProcessEngine {
                         let combo = instance.combo;
                         state.replace(kg, wm, lateness, Some((combo, old)), combo, new);
                         state.set_timers(idx, &mut instance, lateness);
-                        state.dirty.insert(key.clone(), kg);
+                        state.mark_unsaved(&mut instance);
                     }
                     (TimerKind::Forget, ..)
                         if ended.is_some_and(|e| {
                             e.saturating_add(state.kept(lateness)) == deadline
                         }) =>
                     {
-                        state.dirty.insert(key, kg);
+                        // Gone: its stored copy is deleted.
+                        state.dirty.push((key, kg));
                         continue;
                     }
                     _ => {}
@@ -959,11 +969,17 @@ impl ProcessEngine {
         };
         for (p, state) in self.processes.iter_mut().enumerate() {
             for (key, kg) in std::mem::take(&mut state.dirty) {
-                let value = state.instances.get(&*key).map(|i| {
-                    let mut buf = Vec::with_capacity(128);
-                    codec::encode_instance(i, &mut buf);
-                    buf
-                });
+                let value = match state.instances.get_mut(&*key) {
+                    // Listed twice, written already.
+                    Some(i) if !i.unsaved => continue,
+                    Some(i) => {
+                        i.unsaved = false;
+                        let mut buf = Vec::with_capacity(128);
+                        codec::encode_instance(i, &mut buf);
+                        Some(buf)
+                    }
+                    None => None,
+                };
                 changes
                     .instances
                     .push((instance_key(kg, p as u16, &key), value));

@@ -210,7 +210,9 @@ impl ProcessEngine {
                 instance.combo,
                 now,
             );
-            new.dirty.insert(instance.key.clone(), kg);
+            // Listed whether it stays or goes (a rewrite replaces the stored state whole).
+            instance.unsaved = false;
+            new.mark_unsaved(&mut instance);
             if instance.actions.is_empty() {
                 continue;
             }
