@@ -112,9 +112,7 @@ impl Aggregate {
     pub fn is_zero(&self) -> bool {
         self.count == 0 && self.sum_ms == 0 && self.sketch.as_ref().is_none_or(|s| s.is_empty())
     }
-}
 
-impl Aggregate {
     /// Adds another partial aggregate's values (not its flags).
     pub fn merge(&mut self, other: &Aggregate) {
         self.count += other.count;
@@ -1049,28 +1047,19 @@ impl ProcessEngine {
             instance.armed_sla = None;
             instance.armed_timeout = None;
             state.set_timers(idx, &mut instance, self.lateness);
+            // Nor are the windows: they are what the instances contribute. Every
+            // contribution to a window still kept is an instance's still kept (see
+            // `ProcessState::kept`), and the totals are in the record already.
+            let wm = self.watermarks.get(idx).copied().unwrap_or(i64::MIN);
+            let contributions = state.contributions(&instance);
+            for c in &contributions {
+                let (kg, combo) = (instance.key_group, instance.combo);
+                state.add_to_window(kg, wm, self.lateness, combo, *c, 1, false);
+            }
+            state.spare.push(contributions);
             state.instances.insert(instance.key.clone(), instance);
         }
-        // The windows, from what the instances contribute. Every contribution to a window
-        // still kept is an instance's still kept (see `ProcessState::kept`), and the totals
-        // are in the record already.
-        let lateness = self.lateness;
         for state in &mut self.processes {
-            let keys: Vec<Arc<str>> = state.instances.keys().cloned().collect();
-            for key in keys {
-                let Some(instance) = state.instances.remove(&*key) else {
-                    continue;
-                };
-                let kg = instance.key_group;
-                let idx = usize::from(kg.wrapping_sub(self.owned.start));
-                let wm = self.watermarks.get(idx).copied().unwrap_or(i64::MIN);
-                let contributions = state.contributions(&instance);
-                for c in &contributions {
-                    state.add_to_window(kg, wm, lateness, instance.combo, *c, 1, false);
-                }
-                state.spare.push(contributions);
-                state.instances.insert(key, instance);
-            }
             // Closed windows were emitted whole before the checkpoint; open ones not at all.
             let size = state.plan.window;
             for (idx, wm) in self.watermarks.iter().enumerate() {
