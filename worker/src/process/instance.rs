@@ -10,6 +10,8 @@
 
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use super::Metric;
 use super::plan::StepPlan;
 
@@ -272,5 +274,81 @@ pub fn differences(
             }
             (None, None) => break,
         }
+    }
+}
+
+/// Where an instance is in [`Instances`]: its slot, and the slot's generation (a slot is
+/// reused after its instance is forgotten; a timer naming the old generation is stale).
+pub type SlotId = (u32, u32);
+
+/// The instances of a definition in a slab. The map finds an instance's slot once per
+/// action; the instance is then reached by index, and timers name a slot instead of
+/// carrying (and comparing) the key.
+#[derive(Debug, Default)]
+pub struct Instances {
+    slots: FxHashMap<Arc<str>, u32>,
+    entries: Vec<(u32, Instance)>,
+    free: Vec<u32>,
+}
+
+impl Instances {
+    pub fn find(&self, key: &str) -> Option<SlotId> {
+        let slot = *self.slots.get(key)?;
+        Some((slot, self.entries[slot as usize].0))
+    }
+
+    /// The instance in a slot, if the slot still holds that generation.
+    pub fn get_mut(&mut self, (slot, generation): SlotId) -> Option<&mut Instance> {
+        match self.entries.get_mut(slot as usize) {
+            Some((g, instance)) if *g == generation => Some(instance),
+            _ => None,
+        }
+    }
+
+    /// Takes a slot for `key` (holding an empty instance until one is put there).
+    pub fn reserve(&mut self, key: Arc<str>) -> SlotId {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.entries.push((0, Instance::default()));
+                (self.entries.len() - 1) as u32
+            }
+        };
+        self.slots.insert(key, slot);
+        (slot, self.entries[slot as usize].0)
+    }
+
+    /// Forgets the instance in a slot.
+    pub fn remove(&mut self, at: SlotId) -> Option<Instance> {
+        let instance = std::mem::take(self.get_mut(at)?);
+        self.slots.remove(&*instance.key);
+        let (generation, _) = &mut self.entries[at.0 as usize];
+        *generation = generation.wrapping_add(1);
+        self.free.push(at.0);
+        Some(instance)
+    }
+
+    pub fn get_by_key(&mut self, key: &str) -> Option<&mut Instance> {
+        let at = self.find(key)?;
+        self.get_mut(at)
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Takes every instance out.
+    pub fn take_all(&mut self) -> Vec<Instance> {
+        let slots = std::mem::take(&mut self.slots);
+        let mut entries = std::mem::take(&mut self.entries);
+        self.free.clear();
+        slots
+            .into_values()
+            .map(|slot| std::mem::take(&mut entries[slot as usize].1))
+            .collect()
     }
 }

@@ -38,7 +38,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
-pub use instance::{Applied, Instance};
+pub use instance::{Applied, Instance, Instances, SlotId};
 pub use plan::{Classified, ProcessPlan};
 use record::RecordTexts;
 use sketch::Sketch;
@@ -226,13 +226,13 @@ pub struct ProcessState {
     pub plan: ProcessPlan,
     /// Instance keys are shared (`Arc<str>`) by the instance, the changed set and the
     /// timers: setting a timer or marking a change copies no string.
-    instances: FxHashMap<Arc<str>, Instance>,
+    instances: Instances,
     /// Changed since the last checkpoint: instance key and key group, listed when the
     /// instance's `unsaved` flag is set (a flag instead of a set: no second lookup per
     /// action), and for instances forgotten. A key may be listed twice (forgotten, then
     /// started again); the flag says whether it is still to write.
     dirty: Vec<(Arc<str>, u16)>,
-    timers: Vec<BTreeSet<(i64, TimerKind, Arc<str>)>>,
+    timers: Vec<BTreeSet<(i64, TimerKind, SlotId)>>,
     windows: Windows,
     /// Per owned key group: windows starting before this are closed.
     closed_before: Vec<i64>,
@@ -334,7 +334,7 @@ impl ProcessState {
         let steps = plan.steps.len();
         ProcessState {
             plan,
-            instances: FxHashMap::default(),
+            instances: Instances::default(),
             dirty: Vec::new(),
             timers: (0..owned.len()).map(|_| BTreeSet::new()).collect(),
             windows: Windows::new(owned.start, owned.len()),
@@ -500,17 +500,7 @@ impl ProcessState {
             self.counts.late_metric_updates += u64::from(count_late);
             return;
         }
-        let Some(agg) = self.windows.change((kg, start, metric, combo)) else {
-            return;
-        };
-        agg.count += weight;
-        if let Some(ms) = millis {
-            agg.sum_ms += ms * weight;
-            if matches!(metric, Metric::Duration(_)) {
-                let sketch = agg.sketch.get_or_insert_with(Box::default);
-                sketch.add_weighted(ms, weight);
-            }
-        }
+        self.windows.add((kg, start, metric, combo), weight, millis);
     }
 
     /// The totals by name.
@@ -571,12 +561,23 @@ impl ProcessState {
         t
     }
 
-    /// Sets the timers of an instance after it changed.
-    fn set_timers(&mut self, idx: usize, instance: &mut Instance, lateness: i64) {
-        let key = &instance.key;
+    /// Puts an instance (restored, or mapped by a reconfiguration) in a slot of its own, with
+    /// its timers.
+    fn insert_instance(&mut self, idx: usize, mut instance: Instance, lateness: i64) {
+        let at = self.instances.reserve(instance.key.clone());
+        if idx < self.timers.len() {
+            self.set_timers(idx, at, &mut instance, lateness);
+        }
+        if let Some(slot) = self.instances.get_mut(at) {
+            *slot = instance;
+        }
+    }
+
+    /// Sets the timers of an instance (in slot `at`) after it changed.
+    fn set_timers(&mut self, idx: usize, at: SlotId, instance: &mut Instance, lateness: i64) {
         if let Some(ended) = instance.ended(&self.plan.steps) {
             let forget = ended.saturating_add(self.kept(lateness));
-            self.timers[idx].insert((forget, TimerKind::Forget, key.clone()));
+            self.timers[idx].insert((forget, TimerKind::Forget, at));
             return;
         }
         if let Some(last) = instance.last_visit(&self.plan.steps)
@@ -590,7 +591,7 @@ impl ProcessState {
             let due = last.entered.saturating_add(sla);
             if instance.armed_sla != Some(due) {
                 instance.armed_sla = Some(due);
-                self.timers[idx].insert((due, TimerKind::Sla, key.clone()));
+                self.timers[idx].insert((due, TimerKind::Sla, at));
             }
         }
         // One timeout timer per instance: when it fires early (the instance had actions since
@@ -600,7 +601,7 @@ impl ProcessState {
                 .last_action()
                 .saturating_add(self.plan.instance_timeout);
             instance.armed_timeout = Some(timeout);
-            self.timers[idx].insert((timeout, TimerKind::Timeout, key.clone()));
+            self.timers[idx].insert((timeout, TimerKind::Timeout, at));
         }
     }
 }
@@ -655,10 +656,11 @@ impl ProcessEngine {
             .iter()
             .map(|s| {
                 format!(
-                    "{}: {} instances, {} aggregates in {} windows, {} unemitted, {} unsaved instances, {} timers, {} combos",
+                    "{}: {} instances, {} aggregates and {} contributions in {} windows, {} unemitted, {} unsaved instances, {} timers, {} combos",
                     s.plan.name,
                     s.instances.len(),
                     s.windows.len(),
+                    s.windows.contributions(),
                     s.windows.window_count(),
                     s.windows.unemitted(),
                     s.dirty.len(),
@@ -747,9 +749,12 @@ impl ProcessEngine {
             outcomes: c.outcomes,
         };
 
-        // Taken out of its slot while it changes, and put back: no copy and no key allocation
-        // per action.
-        let taken = state.instances.get_mut(key.as_ref()).map(std::mem::take);
+        // Taken out of its slot while it changes, and put back: no copy, no key allocation and
+        // one lookup per action.
+        let found = state.instances.find(key.as_ref());
+        let taken = found
+            .and_then(|at| state.instances.get_mut(at))
+            .map(std::mem::take);
         let mut after_end_before = 0;
         let (mut instance, old) = match taken {
             Some(i) => {
@@ -768,7 +773,7 @@ impl ProcessEngine {
                     } else {
                         state.counts.over_limit += 1;
                     }
-                    if let Some(slot) = state.instances.get_mut(key.as_ref()) {
+                    if let Some(slot) = found.and_then(|at| state.instances.get_mut(at)) {
                         *slot = i;
                     }
                     state.dims = dims;
@@ -819,13 +824,14 @@ impl ProcessEngine {
             instance.combo,
             new,
         );
-        state.set_timers(idx, &mut instance, lateness);
+        let at = match found {
+            Some(at) => at,
+            None => state.instances.reserve(instance.key.clone()),
+        };
+        state.set_timers(idx, at, &mut instance, lateness);
         state.mark_unsaved(&mut instance);
-        match state.instances.get_mut(key.as_ref()) {
-            Some(slot) => *slot = instance,
-            None => {
-                state.instances.insert(instance.key.clone(), instance);
-            }
+        if let Some(slot) = state.instances.get_mut(at) {
+            *slot = instance;
         }
         self.close_windows(idx, out);
         Ok(())
@@ -841,11 +847,11 @@ impl ProcessEngine {
                 if first.0 >= wm {
                     break;
                 }
-                let Some((deadline, kind, key)) = state.timers[idx].pop_first() else {
+                let Some((deadline, kind, at)) = state.timers[idx].pop_first() else {
                     break;
                 };
-                // A timer is stale when its instance moved on since it was set.
-                let Some(mut instance) = state.instances.remove(&*key) else {
+                // A timer is stale when its instance moved on since it was set, or is gone.
+                let Some(mut instance) = state.instances.get_mut(at).map(std::mem::take) else {
                     continue;
                 };
                 let ended = instance.ended(&state.plan.steps);
@@ -878,7 +884,7 @@ impl ProcessEngine {
                                 > deadline =>
                     {
                         instance.armed_timeout = None;
-                        state.set_timers(idx, &mut instance, lateness);
+                        state.set_timers(idx, at, &mut instance, lateness);
                     }
                     (TimerKind::Timeout, ..)
                         if ended.is_none()
@@ -892,7 +898,7 @@ impl ProcessEngine {
                         let new = state.contributions(&instance);
                         let combo = instance.combo;
                         state.replace(kg, wm, lateness, Some((combo, old)), combo, new);
-                        state.set_timers(idx, &mut instance, lateness);
+                        state.set_timers(idx, at, &mut instance, lateness);
                         state.mark_unsaved(&mut instance);
                     }
                     (TimerKind::Forget, ..)
@@ -901,12 +907,18 @@ impl ProcessEngine {
                         }) =>
                     {
                         // Gone: its stored copy is deleted.
-                        state.dirty.push((key, kg));
+                        state.dirty.push((instance.key.clone(), kg));
+                        if let Some(slot) = state.instances.get_mut(at) {
+                            *slot = instance;
+                        }
+                        state.instances.remove(at);
                         continue;
                     }
                     _ => {}
                 }
-                state.instances.insert(key, instance);
+                if let Some(slot) = state.instances.get_mut(at) {
+                    *slot = instance;
+                }
             }
         }
         self.close_windows(idx, out);
@@ -967,7 +979,7 @@ impl ProcessEngine {
         };
         for (p, state) in self.processes.iter_mut().enumerate() {
             for (key, kg) in std::mem::take(&mut state.dirty) {
-                let value = match state.instances.get_mut(&*key) {
+                let value = match state.instances.get_by_key(&key) {
                     // Listed twice, written already.
                     Some(i) if !i.unsaved => continue,
                     Some(i) => {
@@ -1043,10 +1055,9 @@ impl ProcessEngine {
             if idx >= state.timers.len() {
                 continue;
             }
-            // Timers are not stored: set them again.
+            // Timers are not stored: set again when it is put in its slot.
             instance.armed_sla = None;
             instance.armed_timeout = None;
-            state.set_timers(idx, &mut instance, self.lateness);
             // Nor are the windows: they are what the instances contribute. Every
             // contribution to a window still kept is an instance's still kept (see
             // `ProcessState::kept`), and the totals are in the record already.
@@ -1057,7 +1068,7 @@ impl ProcessEngine {
                 state.add_to_window(kg, wm, self.lateness, combo, *c, 1, false);
             }
             state.spare.push(contributions);
-            state.instances.insert(instance.key.clone(), instance);
+            state.insert_instance(idx, instance, self.lateness);
         }
         for state in &mut self.processes {
             // Closed windows were emitted whole before the checkpoint; open ones not at all.

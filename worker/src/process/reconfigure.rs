@@ -102,7 +102,7 @@ impl ProcessEngine {
 
         // What each instance contributed under the old definition, in the new terms.
         let mut instances: Vec<(Instance, Vec<Contribution>)> = Vec::new();
-        for (_, instance) in std::mem::take(&mut old.instances) {
+        for instance in old.instances.take_all() {
             let contributed = old
                 .contributions(&instance)
                 .into_iter()
@@ -216,10 +216,7 @@ impl ProcessEngine {
             if instance.actions.is_empty() {
                 continue;
             }
-            if idx < new.timers.len() {
-                new.set_timers(idx, &mut instance, self.lateness);
-            }
-            new.instances.insert(instance.key.clone(), instance);
+            new.insert_instance(idx, instance, self.lateness);
         }
         new
     }

@@ -1,87 +1,142 @@
 //! The partial aggregates of the retained windows, per owned key group and window.
 //!
-//! One small map per (key group, window) instead of one map over everything: an action
-//! touches the few aggregates of its key group's current window, which stay in cache, and a
-//! window is emitted and dropped as a unit. Windows are not stored: a restore rebuilds them
-//! from the instances (see [`super::ProcessEngine::restore`]).
+//! A window collects contributions in a log and sums them into aggregates only when it
+//! emits. On this kind of traffic almost every aggregate (key group, window, metric, full
+//! dimension combination) holds one or two contributions, so a map looked up per
+//! contribution paid a cache miss for nearly nothing; an append to the key group's current
+//! window does not, and emission sorts the records into key order anyway. Windows are not
+//! stored: a restore rebuilds them from the instances (see
+//! [`super::ProcessEngine::restore`]).
 
 use std::collections::VecDeque;
 
-use rustc_hash::FxHashMap;
-
 use super::{Aggregate, AggregateKey, Metric};
 
-/// The aggregates of one window. Slots are appended as aggregates appear; which of them are
-/// unemitted is told by each aggregate's `dirty` flag, and found through the candidates:
-/// every slot from `emitted_len` on, since a new aggregate is unemitted, and the older slots
-/// listed in `unemitted` when their flag was set again. Most aggregates of a window are new,
-/// so most of them are never listed.
+/// One contribution to an aggregate, not yet summed.
+#[derive(Clone, Copy, Debug)]
+struct Delta {
+    /// `metric.sort_key()`: records are emitted in this order.
+    order: u64,
+    weight: i64,
+    /// Duration in milliseconds (durations and transitions), else 0.
+    millis: i64,
+    combo: u32,
+    metric: Metric,
+}
+
+/// A summed aggregate and its key.
+#[derive(Clone, Debug)]
+struct Entry {
+    order: u64,
+    combo: u32,
+    metric: Metric,
+    agg: Aggregate,
+}
+
+impl Entry {
+    fn new(metric: Metric, combo: u32) -> Entry {
+        Entry {
+            order: metric.sort_key(),
+            combo,
+            metric,
+            agg: Aggregate::default(),
+        }
+    }
+
+    fn key(&self) -> (u64, u32) {
+        (self.order, self.combo)
+    }
+
+    /// Adds a contribution's value.
+    fn add(&mut self, d: &Delta) {
+        let agg = &mut self.agg;
+        agg.count += d.weight;
+        agg.sum_ms += d.millis * d.weight;
+        if matches!(d.metric, Metric::Duration(_)) {
+            let sketch = agg.sketch.get_or_insert_with(Box::default);
+            sketch.add_weighted(d.millis, d.weight);
+        }
+    }
+}
+
+/// The aggregates of one window: those summed so far in key order, and the contributions
+/// since.
 #[derive(Debug, Default)]
 struct Window {
-    index: FxHashMap<(Metric, u32), u32>,
-    slots: Vec<(Metric, u32, Aggregate)>,
-    /// Slots before this were all looked at by the last emission.
-    emitted_len: u32,
-    /// Older slots changed since they were emitted (each listed once: when `dirty` is set).
-    unemitted: Vec<u32>,
+    /// Sorted by (metric order, combination), each key once.
+    summed: Vec<Entry>,
+    log: Vec<Delta>,
+    /// Entries of `summed` whose `dirty` flag is set.
+    dirty: usize,
 }
 
 impl Window {
-    /// Sized like its predecessor: windows of a key group hold about as many aggregates, and
-    /// growing a map and a vector slot by slot cost more than filling them.
+    /// With a log sized like its predecessor's (summed or not yet): windows of a key group see
+    /// about as many contributions, and growing a vector step by step costs more than filling
+    /// it.
     fn sized_like(previous: Option<&Window>) -> Window {
-        let n = previous.map_or(0, |w| w.slots.len());
+        let n = previous.map_or(0, |w| w.log.len().max(w.summed.len() + w.summed.len() / 8));
         Window {
-            index: FxHashMap::with_capacity_and_hasher(n, Default::default()),
-            slots: Vec::with_capacity(n),
+            log: Vec::with_capacity(n),
             ..Window::default()
         }
     }
 
-    /// The slot of an aggregate, created (empty, not dirty) when missing.
-    fn slot(&mut self, metric: Metric, combo: u32) -> (u32, bool) {
-        if let Some(slot) = self.index.get(&(metric, combo)) {
-            return (*slot, false);
+    /// Sums the log into the aggregates (each one it touches is marked changed); returns how
+    /// many aggregates it created.
+    fn fold(&mut self) -> usize {
+        if self.log.is_empty() {
+            return 0;
         }
-        let slot = self.slots.len() as u32;
-        self.slots.push((metric, combo, Aggregate::default()));
-        self.index.insert((metric, combo), slot);
-        (slot, true)
+        let mut log = std::mem::take(&mut self.log);
+        log.sort_unstable_by_key(|d| (d.order, d.combo));
+        let mut old = std::mem::take(&mut self.summed).into_iter().peekable();
+        let mut summed = Vec::with_capacity(old.len() + log.len());
+        let mut created = 0;
+        let mut deltas = log.iter().peekable();
+        while let Some(first) = deltas.next() {
+            let key = (first.order, first.combo);
+            while let Some(e) = old.next_if(|e| e.key() < key) {
+                summed.push(e);
+            }
+            let mut entry = old.next_if(|e| e.key() == key).unwrap_or_else(|| {
+                created += 1;
+                Entry::new(first.metric, first.combo)
+            });
+            entry.add(first);
+            while let Some(d) = deltas.next_if(|d| (d.order, d.combo) == key) {
+                entry.add(d);
+            }
+            if !entry.agg.dirty {
+                entry.agg.dirty = true;
+                self.dirty += 1;
+            }
+            summed.push(entry);
+        }
+        summed.extend(old);
+        self.summed = summed;
+        created
     }
 
-    /// Sets the slot's `dirty` flag.
-    fn mark_dirty(&mut self, slot: u32) {
-        let agg = &mut self.slots[slot as usize].2;
-        if !agg.dirty {
-            agg.dirty = true;
-            if slot < self.emitted_len {
-                self.unemitted.push(slot);
+    /// Where a key is in `summed`, created (empty, not dirty) when missing; and whether it
+    /// was created.
+    fn entry(&mut self, metric: Metric, combo: u32) -> (usize, bool) {
+        let key = (metric.sort_key(), combo);
+        match self.summed.binary_search_by_key(&key, Entry::key) {
+            Ok(i) => (i, false),
+            Err(i) => {
+                self.summed.insert(i, Entry::new(metric, combo));
+                (i, true)
             }
         }
     }
 
-    /// The unemitted slots, in key order; afterwards none is listed.
-    fn take_unemitted(&mut self) -> Vec<u32> {
-        let listed = std::mem::take(&mut self.unemitted);
-        let fresh = self.emitted_len..self.slots.len() as u32;
-        self.emitted_len = self.slots.len() as u32;
-        let mut keyed: Vec<(u64, u32, u32)> = listed
-            .into_iter()
-            .chain(fresh)
-            .filter_map(|slot| {
-                let (metric, combo, agg) = &self.slots[slot as usize];
-                agg.dirty.then(|| (metric.sort_key(), *combo, slot))
-            })
-            .collect();
-        // Packed keys beside the slot numbers: comparing through the slots was a quarter of
-        // emitting.
-        keyed.sort_unstable();
-        keyed.into_iter().map(|(_, _, slot)| slot).collect()
-    }
-
-    /// How many slots may be unemitted (an upper bound).
-    fn unemitted_bound(&self) -> usize {
-        self.unemitted.len() + self.slots.len() - self.emitted_len as usize
+    fn mark_dirty(&mut self, i: usize) {
+        let agg = &mut self.summed[i].agg;
+        if !agg.dirty {
+            agg.dirty = true;
+            self.dirty += 1;
+        }
     }
 }
 
@@ -123,6 +178,7 @@ fn window_at(windows: &mut Timeline, start: i64) -> &mut Window {
 pub struct Windows {
     first_key_group: u16,
     by_key_group: Vec<Timeline>,
+    /// Summed aggregates (contributions still in a log are not counted).
     aggregates: usize,
 }
 
@@ -146,15 +202,26 @@ impl Windows {
             .is_some_and(|w| position(w, start).is_ok())
     }
 
-    /// The aggregate of `key`, created when missing, marked changed (to emit). `None` for a
-    /// key group not owned.
-    pub fn change(&mut self, (kg, start, metric, combo): AggregateKey) -> Option<&mut Aggregate> {
+    /// Adds a contribution to the aggregate of `key`: `weight` to its count, and for
+    /// durations and transitions `millis` times `weight` to its sum (and, for durations, to
+    /// its sketch). Nothing for a key group not owned.
+    pub fn add(
+        &mut self,
+        (kg, start, metric, combo): AggregateKey,
+        weight: i64,
+        millis: Option<i64>,
+    ) {
         let i = self.position_of(kg);
-        let window = window_at(self.by_key_group.get_mut(i)?, start);
-        let (slot, created) = window.slot(metric, combo);
-        self.aggregates += usize::from(created);
-        window.mark_dirty(slot);
-        Some(&mut window.slots[slot as usize].2)
+        let Some(windows) = self.by_key_group.get_mut(i) else {
+            return;
+        };
+        window_at(windows, start).log.push(Delta {
+            order: metric.sort_key(),
+            weight,
+            millis: millis.unwrap_or(0),
+            combo,
+            metric,
+        });
     }
 
     /// Emits the changed aggregates of key group `kg`'s windows that start before `before`,
@@ -170,7 +237,7 @@ impl Windows {
             return;
         };
         for (start, window) in windows.iter_mut().take_while(|(s, _)| *s < before) {
-            emit_window(kg, *start, window, emit);
+            self.aggregates += emit_window(kg, *start, window, emit);
         }
     }
 
@@ -190,8 +257,8 @@ impl Windows {
             let Some((start, mut window)) = windows.pop_front() else {
                 break;
             };
-            emit_window(kg, start, &mut window, emit);
-            self.aggregates -= window.slots.len();
+            self.aggregates += emit_window(kg, start, &mut window, emit);
+            self.aggregates -= window.summed.len();
         }
     }
 
@@ -200,7 +267,7 @@ impl Windows {
         let first = self.first_key_group;
         for (i, windows) in self.by_key_group.iter_mut().enumerate() {
             for (start, window) in windows.iter_mut() {
-                emit_window(first + i as u16, *start, window, emit);
+                self.aggregates += emit_window(first + i as u16, *start, window, emit);
             }
         }
     }
@@ -213,13 +280,14 @@ impl Windows {
             return;
         };
         let window = window_at(windows, start);
-        let (slot, created) = window.slot(metric, combo);
+        self.aggregates += window.fold();
+        let (i, created) = window.entry(metric, combo);
         self.aggregates += usize::from(created);
-        let existing = &mut window.slots[slot as usize].2;
+        let existing = &mut window.summed[i].agg;
         existing.merge(&agg);
         existing.emitted |= agg.emitted;
         if agg.dirty {
-            window.mark_dirty(slot);
+            window.mark_dirty(i);
         }
     }
 
@@ -232,12 +300,12 @@ impl Windows {
             return;
         };
         for (start, window) in windows.iter_mut() {
+            self.aggregates += window.fold();
             let dirty = dirty(*start);
-            window.unemitted.clear();
-            window.emitted_len = if dirty { 0 } else { window.slots.len() as u32 };
-            for (_, _, agg) in &mut window.slots {
-                agg.dirty = dirty;
-                agg.emitted = !dirty;
+            window.dirty = if dirty { window.summed.len() } else { 0 };
+            for entry in &mut window.summed {
+                entry.agg.dirty = dirty;
+                entry.agg.emitted = !dirty;
             }
         }
     }
@@ -247,9 +315,10 @@ impl Windows {
         let first = self.first_key_group;
         let mut all = Vec::with_capacity(self.aggregates);
         for (i, windows) in self.by_key_group.iter_mut().enumerate() {
-            for (start, window) in std::mem::take(windows) {
-                for (metric, combo, agg) in window.slots {
-                    all.push(((first + i as u16, start, metric, combo), agg));
+            for (start, mut window) in std::mem::take(windows) {
+                window.fold();
+                for e in window.summed {
+                    all.push(((first + i as u16, start, e.metric, e.combo), e.agg));
                 }
             }
         }
@@ -257,59 +326,81 @@ impl Windows {
         all
     }
 
+    /// The aggregate of `key` as it is now (its window's contributions summed first).
     #[cfg(test)]
-    pub fn get(&self, (kg, start, metric, combo): &AggregateKey) -> Option<&Aggregate> {
-        let windows = self.by_key_group.get(self.position_of(*kg))?;
-        let window = &windows[position(windows, *start).ok()?].1;
-        let slot = window.index.get(&(*metric, *combo))?;
-        Some(&window.slots[*slot as usize].2)
+    pub fn get(&mut self, (kg, start, metric, combo): &AggregateKey) -> Option<&Aggregate> {
+        let i = self.position_of(*kg);
+        let windows = self.by_key_group.get_mut(i)?;
+        let at = position(windows, *start).ok()?;
+        let window = &mut windows[at].1;
+        self.aggregates += window.fold();
+        let key = (metric.sort_key(), *combo);
+        let i = window.summed.binary_search_by_key(&key, Entry::key).ok()?;
+        Some(&window.summed[i].agg)
     }
 
+    /// Summed aggregates (not the contributions of windows that have not emitted yet).
     pub fn len(&self) -> usize {
         self.aggregates
     }
 
     pub fn is_empty(&self) -> bool {
-        self.aggregates == 0
+        self.aggregates == 0 && self.contributions() == 0
     }
 
     pub fn window_count(&self) -> usize {
         self.by_key_group.iter().map(VecDeque::len).sum()
     }
 
+    /// Contributions not summed yet.
+    pub fn contributions(&self) -> usize {
+        self.by_key_group
+            .iter()
+            .flatten()
+            .map(|(_, w)| w.log.len())
+            .sum()
+    }
+
+    /// Summed aggregates changed since they were emitted.
     pub fn unemitted(&self) -> usize {
         self.by_key_group
             .iter()
             .flatten()
-            .flat_map(|(_, w)| &w.slots)
-            .filter(|(_, _, a)| a.dirty)
-            .count()
+            .map(|(_, w)| w.dirty)
+            .sum()
     }
 }
 
 /// Emits a window's changed aggregates sorted by (metric, combination), but not one that was
-/// never emitted and holds nothing.
+/// never emitted and holds nothing; returns how many aggregates summing the log created.
 fn emit_window(
     kg: u16,
     start: i64,
     window: &mut Window,
     emit: &mut impl FnMut(AggregateKey, &Aggregate),
-) {
-    if window.unemitted_bound() == 0 {
-        return;
+) -> usize {
+    let created = window.fold();
+    if window.dirty == 0 {
+        return created;
     }
-    for slot in window.take_unemitted() {
-        let (metric, combo, agg) = &mut window.slots[slot as usize];
+    for entry in &mut window.summed {
+        let agg = &mut entry.agg;
+        if !agg.dirty {
+            continue;
+        }
         agg.dirty = false;
         if agg.emitted || !agg.is_zero() {
-            emit((kg, start, *metric, *combo), agg);
+            emit((kg, start, entry.metric, entry.combo), agg);
             agg.emitted = true;
         }
     }
+    window.dirty = 0;
+    created
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::sketch::Sketch;
     use super::*;
 
     fn emitted(w: &mut Windows, kg: u16, before: i64) -> Vec<AggregateKey> {
@@ -321,39 +412,72 @@ mod tests {
     #[test]
     fn changes_are_emitted_once_in_key_order() {
         let mut w = Windows::new(10, 2);
-        assert!(w.change((9, 0, Metric::Started, 0)).is_none(), "not owned");
+        w.add((9, 0, Metric::Started, 0), 1, None);
+        assert_eq!(w.window_count(), 0, "key group 9 is not owned");
         for (metric, combo) in [
             (Metric::Wip(1), 3),
             (Metric::Started, 7),
             (Metric::Wip(1), 3),
         ] {
-            w.change((10, 60, metric, combo)).unwrap().count += 1;
+            w.add((10, 60, metric, combo), 1, None);
         }
-        w.change((11, 0, Metric::Started, 0)).unwrap().count += 1;
-        assert_eq!((w.len(), w.window_count(), w.unemitted()), (3, 2, 3));
+        w.add((11, 0, Metric::Started, 0), 1, None);
+        assert_eq!((w.contributions(), w.window_count()), (4, 2));
         assert_eq!(emitted(&mut w, 10, 60), vec![], "window 60 is still open");
         assert_eq!(
             emitted(&mut w, 10, 120),
             vec![(10, 60, Metric::Started, 7), (10, 60, Metric::Wip(1), 3)]
         );
+        assert_eq!((w.len(), w.unemitted(), w.contributions()), (2, 0, 1));
         assert_eq!(emitted(&mut w, 10, 120), vec![], "emitted once");
         assert_eq!(w.get(&(10, 60, Metric::Wip(1), 3)).unwrap().count, 2);
 
         // A late change is emitted again, even to nothing: a consumer holds a value.
-        w.change((10, 60, Metric::Started, 7)).unwrap().count -= 1;
+        w.add((10, 60, Metric::Started, 7), -1, None);
         let mut last = Vec::new();
         w.drop_before(10, 120, &mut |k, a| last.push((k, a.count)));
         assert_eq!(last, vec![((10, 60, Metric::Started, 7), 0)]);
-        assert_eq!((w.len(), w.window_count()), (1, 1));
+        assert_eq!((w.len(), w.window_count()), (0, 1));
         assert!(!w.has_window(10, 60) && w.has_window(11, 0));
+    }
+
+    #[test]
+    fn late_contributions_are_summed_into_the_emitted_aggregates_in_key_order() {
+        let mut w = Windows::new(0, 1);
+        w.add((0, 0, Metric::Duration(1), 2), 1, Some(1_500));
+        w.add((0, 0, Metric::Started, 2), 1, None);
+        w.add((0, 0, Metric::Duration(1), 2), 1, Some(3_000));
+        assert_eq!(emitted(&mut w, 0, 60).len(), 2);
+        // Late: one aggregate before the others, one between, one of them changed.
+        w.add((0, 0, Metric::Entered(0), 2), 1, None);
+        w.add((0, 0, Metric::Duration(1), 2), -1, Some(1_500));
+        w.add((0, 0, Metric::Started, 1), 1, None);
+        let mut out = Vec::new();
+        w.emit_before(0, 60, &mut |k, a| out.push((k.2, k.3, a.clone())));
+        let keys: Vec<_> = out.iter().map(|(m, c, _)| (*m, *c)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                (Metric::Started, 1),
+                (Metric::Entered(0), 2),
+                (Metric::Duration(1), 2)
+            ]
+        );
+        let duration = &out[2].2;
+        assert_eq!((duration.count, duration.sum_ms), (1, 3_000));
+        let mut expected = Sketch::default();
+        expected.add(3_000);
+        assert_eq!(duration.sketch.as_deref(), Some(&expected));
+        assert_eq!(w.len(), 4);
+        assert_eq!(w.get(&(0, 0, Metric::Started, 2)).unwrap().count, 1);
     }
 
     #[test]
     fn what_comes_to_nothing_before_it_is_emitted_is_not_emitted() {
         let mut w = Windows::new(0, 1);
-        w.change((0, 0, Metric::Started, 1)).unwrap().count += 1;
-        w.change((0, 0, Metric::Started, 1)).unwrap().count -= 1;
-        w.change((0, 0, Metric::Entered(0), 1)).unwrap().count += 1;
+        w.add((0, 0, Metric::Started, 1), 1, None);
+        w.add((0, 0, Metric::Started, 1), -1, None);
+        w.add((0, 0, Metric::Entered(0), 1), 1, None);
         assert_eq!(emitted(&mut w, 0, 60), vec![(0, 0, Metric::Entered(0), 1)]);
         assert_eq!(w.unemitted(), 0);
     }
@@ -369,12 +493,13 @@ mod tests {
             w.put((0, start, Metric::Started, 0), agg.clone());
             w.put((0, start, Metric::Started, 0), agg);
         }
+        w.add((0, 60, Metric::Entered(0), 0), 1, None);
         w.mark_restored(0, |start| start >= 60);
         assert_eq!(w.get(&(0, 0, Metric::Started, 0)).unwrap().count, 2);
-        assert_eq!(w.unemitted(), 2);
-        assert_eq!(emitted(&mut w, 0, 180).len(), 2, "the open windows");
+        assert_eq!(w.unemitted(), 3);
+        assert_eq!(emitted(&mut w, 0, 180).len(), 3, "the open windows");
         // A change to a closed window is emitted, even to nothing.
-        w.change((0, 0, Metric::Started, 0)).unwrap().count -= 2;
+        w.add((0, 0, Metric::Started, 0), -2, None);
         assert_eq!(emitted(&mut w, 0, 60), vec![(0, 0, Metric::Started, 0)]);
     }
 
