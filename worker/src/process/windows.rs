@@ -24,10 +24,10 @@ struct Delta {
     metric: Metric,
 }
 
-/// A summed aggregate and its key.
+/// A summed aggregate and its key. Its order is computed, not stored: millions of entries
+/// stay in memory for the retention.
 #[derive(Clone, Debug)]
 struct Entry {
-    order: u64,
     combo: u32,
     metric: Metric,
     agg: Aggregate,
@@ -36,7 +36,6 @@ struct Entry {
 impl Entry {
     fn new(metric: Metric, combo: u32) -> Entry {
         Entry {
-            order: metric.sort_key(),
             combo,
             metric,
             agg: Aggregate::default(),
@@ -44,7 +43,7 @@ impl Entry {
     }
 
     fn key(&self) -> (u64, u32) {
-        (self.order, self.combo)
+        (self.metric.sort_key(), self.combo)
     }
 
     /// Adds a contribution's value.
