@@ -927,6 +927,9 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         }
     }
     let (process_engine, _) = process.close()?;
+    // The run's time ends here, after the last checkpoint is written and the process stage
+    // has emitted its last windows (a checkpoint record holds the time up to its start).
+    counters.seconds = previous_seconds + started.elapsed().as_secs_f64();
 
     let summary = Summary::build(
         name,
