@@ -31,7 +31,8 @@ pub mod thread;
 pub mod windows;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -213,6 +214,9 @@ enum TimerKind {
     Forget,
 }
 
+/// (deadline, kind, instance): fired in this order.
+type Timer = (i64, TimerKind, SlotId);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("key group {0} is not owned by this worker")]
@@ -224,15 +228,18 @@ pub enum ProcessError {
 /// The state of one definition over the owned key groups.
 pub struct ProcessState {
     pub plan: ProcessPlan,
-    /// Instance keys are shared (`Arc<str>`) by the instance, the changed set and the
-    /// timers: setting a timer or marking a change copies no string.
+    /// Instance keys are shared (`Arc<str>`) by the instance and the changed set, and timers
+    /// name the instance's slot: setting a timer or marking a change copies no string.
     instances: Instances,
     /// Changed since the last checkpoint: instance key and key group, listed when the
     /// instance's `unsaved` flag is set (a flag instead of a set: no second lookup per
     /// action), and for instances forgotten. A key may be listed twice (forgotten, then
     /// started again); the flag says whether it is still to write.
     dirty: Vec<(Arc<str>, u16)>,
-    timers: Vec<BTreeSet<(i64, TimerKind, SlotId)>>,
+    /// Per owned key group, a min-heap: cheaper than an ordered set, and a timer set twice
+    /// (an ended instance's forget timer, at each late action) fires once, the second time
+    /// finding its instance gone.
+    timers: Vec<BinaryHeap<Reverse<Timer>>>,
     windows: Windows,
     /// Per owned key group: windows starting before this are closed.
     closed_before: Vec<i64>,
@@ -336,7 +343,7 @@ impl ProcessState {
             plan,
             instances: Instances::default(),
             dirty: Vec::new(),
-            timers: (0..owned.len()).map(|_| BTreeSet::new()).collect(),
+            timers: (0..owned.len()).map(|_| BinaryHeap::new()).collect(),
             windows: Windows::new(owned.start, owned.len()),
             closed_before: vec![i64::MIN; usize::from(owned.len())],
             names: Names::new(dims),
@@ -577,7 +584,7 @@ impl ProcessState {
     fn set_timers(&mut self, idx: usize, at: SlotId, instance: &mut Instance, lateness: i64) {
         if let Some(ended) = instance.ended(&self.plan.steps) {
             let forget = ended.saturating_add(self.kept(lateness));
-            self.timers[idx].insert((forget, TimerKind::Forget, at));
+            self.timers[idx].push(Reverse((forget, TimerKind::Forget, at)));
             return;
         }
         if let Some(last) = instance.last_visit(&self.plan.steps)
@@ -591,7 +598,7 @@ impl ProcessState {
             let due = last.entered.saturating_add(sla);
             if instance.armed_sla != Some(due) {
                 instance.armed_sla = Some(due);
-                self.timers[idx].insert((due, TimerKind::Sla, at));
+                self.timers[idx].push(Reverse((due, TimerKind::Sla, at)));
             }
         }
         // One timeout timer per instance: when it fires early (the instance had actions since
@@ -601,7 +608,7 @@ impl ProcessState {
                 .last_action()
                 .saturating_add(self.plan.instance_timeout);
             instance.armed_timeout = Some(timeout);
-            self.timers[idx].insert((timeout, TimerKind::Timeout, at));
+            self.timers[idx].push(Reverse((timeout, TimerKind::Timeout, at)));
         }
     }
 }
@@ -664,7 +671,7 @@ impl ProcessEngine {
                     s.windows.window_count(),
                     s.windows.unemitted(),
                     s.dirty.len(),
-                    s.timers.iter().map(BTreeSet::len).sum::<usize>(),
+                    s.timers.iter().map(BinaryHeap::len).sum::<usize>(),
                     s.names.combos.values.len(),
                 )
             })
@@ -843,11 +850,11 @@ impl ProcessEngine {
         let kg = self.owned.start + idx as u16;
         let lateness = self.lateness;
         for state in &mut self.processes {
-            while let Some(first) = state.timers[idx].first() {
+            while let Some(Reverse(first)) = state.timers[idx].peek() {
                 if first.0 >= wm {
                     break;
                 }
-                let Some((deadline, kind, at)) = state.timers[idx].pop_first() else {
+                let Some(Reverse((deadline, kind, at))) = state.timers[idx].pop() else {
                     break;
                 };
                 // A timer is stale when its instance moved on since it was set, or is gone.
