@@ -34,6 +34,9 @@ local_run() {
   local input=$1 out=$2
   shift 2
   rm -rf "$out"
+  # The previous run's output (~1 GB at 500k actions) is still being written back to disk;
+  # on two cores that writeback took up to a third of the next run's time.
+  sync
   # GNU time reports the peak RSS of the run (KiB).
   /usr/bin/time -f '%M' -o "$work/rss" "$bin" local -f "$example/processdefinition.yaml" -f "$example/joinpipeline.yaml" \
     --input "$input" --output "$out" --quiet "$@" ${LOCAL_ARGS:-} >"$work/summary.json" 2>"$work/stderr"
@@ -61,6 +64,7 @@ for n in "${sizes[@]}"; do
     printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s\n' "$n" "$stages" "$events" "$rate" "$seconds" "$rss" "$sst" "$hot"
   done
   # The process stage alone, over the actions the join-only run wrote (actions per second).
+  sync
   line=$("$process_bench" "$work/out-join" "$runs" 2>/dev/null)
   rate=$(echo "$line" | sed -E 's/.*median ([0-9]+) actions.*/\1/')
   actions=$(echo "$line" | sed -E 's/.*stage: ([0-9]+) actions.*/\1/')
@@ -69,6 +73,7 @@ for n in "${sizes[@]}"; do
   for stages in kafka-join kafka-all; do
     flags=()
     [ "$stages" = kafka-join ] && flags=(--join-only)
+    sync
     line=$("$kafka_bench" "$n" "$runs" "${flags[@]}" 2>/dev/null)
     rate=$(echo "$line" | sed -E 's/.*median ([0-9]+) events.*/\1/')
     lines=$(echo "$line" | sed -E 's/.*actions, ([0-9]+) lines.*/\1/')
