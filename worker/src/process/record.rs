@@ -101,12 +101,25 @@ struct ComboText {
     dimensions: Box<[u8]>,
 }
 
-/// Metric records are mostly the same few strings: rendered once per metric and per
-/// dimension combination (when it is interned), copied per record.
+/// The parts of a metric record that depend on the window and key group alone: a window
+/// emits all its records at once, so they are rendered once for the lot.
+#[derive(Clone, Debug, Default)]
+struct WindowText {
+    /// (key group, window start, window size) rendered.
+    of: Option<(u16, i64, i64)>,
+    /// `<window start>/<key group>`
+    id: Vec<u8>,
+    /// `<window start>,"windowEnd":<end>,"keyGroup":<key group>`
+    fields: Vec<u8>,
+}
+
+/// Metric records are mostly the same few strings: rendered once per metric, per dimension
+/// combination (when it is interned) and per window, copied per record.
 #[derive(Clone, Debug, Default)]
 pub struct RecordTexts {
     metrics: FxHashMap<Metric, MetricText>,
     combos: Vec<ComboText>,
+    window: WindowText,
 }
 
 /// The text of a metric, rendered on first use.
@@ -190,19 +203,27 @@ pub fn write_metric(
     agg: &Aggregate,
 ) {
     texts.add_combos(plan, names);
+    let window = &mut texts.window;
+    if window.of != Some((kg, window_start, plan.window)) {
+        window.of = Some((kg, window_start, plan.window));
+        window.id.clear();
+        push_i64(&mut window.id, window_start);
+        window.id.push(b'/');
+        push_i64(&mut window.id, i64::from(kg));
+        window.fields.clear();
+        push_i64(&mut window.fields, window_start);
+        window.fields.extend_from_slice(b",\"windowEnd\":");
+        push_i64(&mut window.fields, window_start + plan.window);
+        window.fields.extend_from_slice(b",\"keyGroup\":");
+        push_i64(&mut window.fields, i64::from(kg));
+    }
     let metric_text = metric_text(&mut texts.metrics, plan, &names.variants.values, &metric);
     buf.extend_from_slice(&metric_text.id);
-    push_i64(buf, window_start);
-    buf.push(b'/');
-    push_i64(buf, i64::from(kg));
+    buf.extend_from_slice(&texts.window.id);
     let combo_text = texts.combos.get(combo as usize);
     buf.extend_from_slice(combo_text.map_or(&b"\""[..], |c| &c.id));
     buf.extend_from_slice(&metric_text.fields);
-    push_i64(buf, window_start);
-    buf.extend_from_slice(b",\"windowEnd\":");
-    push_i64(buf, window_start + plan.window);
-    buf.extend_from_slice(b",\"keyGroup\":");
-    push_i64(buf, i64::from(kg));
+    buf.extend_from_slice(&texts.window.fields);
     buf.extend_from_slice(
         combo_text.map_or(&b",\"dimensions\":{},\"count\":"[..], |c| &c.dimensions),
     );
