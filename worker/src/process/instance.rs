@@ -352,3 +352,55 @@ impl Instances {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(key: &str, time: i64) -> Instance {
+        Instance {
+            key: Arc::from(key),
+            actions: vec![Applied {
+                time,
+                tracking_number: format!("T-{time}"),
+                step: 0,
+                outcomes: 0,
+            }],
+            ..Instance::default()
+        }
+    }
+
+    #[test]
+    fn a_forgotten_instance_s_slot_is_reused_under_a_new_generation() {
+        let mut instances = Instances::default();
+        let a = instances.reserve(Arc::from("A"));
+        *instances.get_mut(a).unwrap() = instance("A", 1);
+        let b = instances.reserve(Arc::from("B"));
+        *instances.get_mut(b).unwrap() = instance("B", 2);
+        assert_eq!(
+            (instances.find("A"), instances.find("B")),
+            (Some(a), Some(b))
+        );
+
+        assert_eq!(instances.remove(a).map(|i| i.last_action()), Some(1));
+        assert_eq!(instances.find("A"), None);
+        assert!(instances.get_mut(a).is_none(), "a timer naming it is stale");
+        assert!(instances.remove(a).is_none(), "removed once");
+
+        let c = instances.reserve(Arc::from("C"));
+        assert_eq!(c.0, a.0, "the slot is reused");
+        assert_ne!(c.1, a.1, "under a new generation");
+        *instances.get_mut(c).unwrap() = instance("C", 3);
+        assert!(
+            instances.get_mut(a).is_none(),
+            "the old timer is still stale"
+        );
+        assert_eq!(instances.get_by_key("C").map(|i| i.last_action()), Some(3));
+        assert_eq!(instances.len(), 2);
+
+        let mut all: Vec<_> = instances.take_all().into_iter().map(|i| i.key).collect();
+        all.sort();
+        assert_eq!(all, vec![Arc::from("B"), Arc::from("C")]);
+        assert!(instances.is_empty() && instances.find("B").is_none());
+    }
+}
