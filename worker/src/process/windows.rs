@@ -12,6 +12,12 @@ use std::collections::VecDeque;
 
 use super::{Aggregate, AggregateKey, Metric};
 
+/// A window's log is summed (not emitted) once it holds this many contributions and twice
+/// as many as the window has aggregates: on traffic where many contributions share an
+/// aggregate, memory stays a small multiple of the aggregates, and each contribution is
+/// merged a bounded number of times.
+const FOLD_AT: usize = 4096;
+
 /// One contribution to an aggregate, not yet summed.
 #[derive(Clone, Copy, Debug)]
 struct Delta {
@@ -214,13 +220,17 @@ impl Windows {
         let Some(windows) = self.by_key_group.get_mut(i) else {
             return;
         };
-        window_at(windows, start).log.push(Delta {
+        let window = window_at(windows, start);
+        window.log.push(Delta {
             order: metric.sort_key(),
             weight,
             millis: millis.unwrap_or(0),
             combo,
             metric,
         });
+        if window.log.len() >= FOLD_AT.max(2 * window.summed.len()) {
+            self.aggregates += window.fold();
+        }
     }
 
     /// Emits the changed aggregates of key group `kg`'s windows that start before `before`,
@@ -469,6 +479,26 @@ mod tests {
         assert_eq!(duration.sketch.as_deref(), Some(&expected));
         assert_eq!(w.len(), 4);
         assert_eq!(w.get(&(0, 0, Metric::Started, 2)).unwrap().count, 1);
+    }
+
+    #[test]
+    fn many_contributions_to_few_aggregates_do_not_pile_up_in_the_log() {
+        let mut w = Windows::new(0, 1);
+        let n = 10 * FOLD_AT as i64;
+        for i in 0..n {
+            w.add((0, 0, Metric::Duration(1), (i % 3) as u32), 1, Some(i));
+            assert!(w.contributions() < FOLD_AT, "summed along the way");
+        }
+        assert_eq!(w.unemitted(), 3, "summed, not emitted");
+        let mut out = Vec::new();
+        w.emit_before(0, 60, &mut |k, a| out.push((k.3, a.count, a.sum_ms)));
+        let expected: Vec<_> = (0..3)
+            .map(|c| {
+                let values = (0..n).filter(|i| i % 3 == c);
+                (c as u32, values.clone().count() as i64, values.sum::<i64>())
+            })
+            .collect();
+        assert_eq!(out, expected);
     }
 
     #[test]
