@@ -21,7 +21,7 @@ sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(100000 500000)
 
 log "building release"
-RUSTFLAGS="${RUSTFLAGS:-} $WEFT_RELEASE_RUSTFLAGS" cargo build -q --release --locked -p weft-worker --bins --benches --target-dir "$WEFT_RELEASE_TARGET_DIR"
+release_build --bins --benches
 bin="$WEFT_RELEASE_TARGET_DIR/release/weft-worker"
 process_bench=$(ls -t "$WEFT_RELEASE_TARGET_DIR"/release/deps/process_stage-* | grep -v '\.d$' | head -1)
 kafka_bench=$(ls -t "$WEFT_RELEASE_TARGET_DIR"/release/deps/kafka_worker-* | grep -v '\.d$' | head -1)

@@ -12,7 +12,7 @@ actions=${ACTIONS:-100000}
 bash hack/install-build-deps.sh
 source "$here/lib.sh" # again: ccache may have just been installed
 log "building weft-worker (release; the first build compiles RocksDB and takes a while)"
-RUSTFLAGS="${RUSTFLAGS:-} $WEFT_RELEASE_RUSTFLAGS" cargo build -q --release --locked -p weft-worker --target-dir "$WEFT_RELEASE_TARGET_DIR"
+release_build
 bin="$WEFT_RELEASE_TARGET_DIR/release/weft-worker"
 log "validating the example resources"
 "$bin" validate -f manifests/examples/credit-card

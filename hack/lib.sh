@@ -33,6 +33,13 @@ export KUBE_BIN_DIR
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+# A release build of weft-worker (extra cargo arguments: `--bins --benches`), with the
+# release flags and directory above.
+release_build() {
+  RUSTFLAGS="${RUSTFLAGS:-} $WEFT_RELEASE_RUSTFLAGS" cargo build -q --release --locked -p weft-worker \
+    --target-dir "$WEFT_RELEASE_TARGET_DIR" "$@"
+}
+
 # Runs apt-get as root directly, or through sudo.
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
