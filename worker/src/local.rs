@@ -731,7 +731,12 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         end: spec.key_groups,
     };
     let mut engine = JoinEngine::new(JoinConfig::new(&spec.join, spec.key_groups), owned);
-    engine.restore(&checkpoint.watermarks, checkpoint.join.clone(), &store)?;
+    engine.restore(
+        &checkpoint.watermarks,
+        checkpoint.join.clone(),
+        &store,
+        options.max_hot_bytes,
+    )?;
     let mut process_engine = ProcessEngine::new(
         process_plans,
         spec.key_groups,
@@ -871,7 +876,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
                 let due = last_checkpoint.elapsed() >= interval
                     || process.unsaved() >= PROCESS_CHANGES_PER_CHECKPOINT;
                 if over_budget || due {
-                    let mut evict = Evict::first(over_budget);
+                    let mut evict = Evict::Nothing;
                     loop {
                         let before = engine.hot_entries();
                         do_checkpoint(

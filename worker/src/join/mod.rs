@@ -3,12 +3,14 @@
 //! Pure logic: no I/O. State lives in a hot in-memory tier; entries that were made durable at
 //! a checkpoint and then evicted live in a cold tier behind [`ColdStore`] (RocksDB in the
 //! worker). An entry is kept only until its action is complete (then a small dedupe marker
-//! replaces it) or until the lateness bound passes (then an incomplete action is emitted).
+//! replaces it, see [`markers`]) or until the lateness bound passes (then an incomplete
+//! action is emitted).
 //!
 //! Time is event time, per key group: a key group's watermark is the largest event time it
 //! has accepted. Everything a key group does depends only on the messages of that key group
 //! in arrival order, so results do not depend on how key groups are spread over workers.
 
+mod markers;
 pub mod record;
 mod timers;
 
@@ -21,6 +23,7 @@ use weft_crds::join_pipeline::JoinSpec;
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
 use crate::sources::{DeadLetterReason, Message, Rejection};
+use markers::{Fingerprint, MARKER_BYTES, MarkerTable};
 use timers::{Timer, Timers};
 
 /// Join settings in milliseconds, from the pipeline's `spec.join`.
@@ -57,6 +60,8 @@ pub fn part_bit(part: Part) -> u8 {
 const ALLOCATION_OVERHEAD: usize = 16;
 const SLOT_BYTES: usize = std::mem::size_of::<(StateKey, Slot)>() * 3 / 2 + 1;
 const TIMER_BYTES: usize = std::mem::size_of::<Timer>() * 3 / 2;
+/// A marker waiting in the journal for the next checkpoint to store it.
+const JOURNAL_BYTES: usize = std::mem::size_of::<(StateKey, Done)>() * 3 / 2;
 
 /// Moves a resolved pending entry out of its slot (leaving an empty one to be overwritten)
 /// and takes its parts' bytes off the hot tier's account.
@@ -318,8 +323,16 @@ pub struct ColdTimer {
     pub deadline: i64,
     pub key: Vec<u8>,
     /// The entry is a dedupe marker (`false`: pending, or not known): a marker expires
-    /// without being read back.
+    /// without being read back. Only state written by earlier versions has timers of
+    /// markers; markers are stored without one now.
     pub marker: bool,
+}
+
+/// What a stored entry is, as a restore needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredKind {
+    Pending,
+    Marker(Done),
 }
 
 /// Entries that were checkpointed and then evicted from memory.
@@ -330,8 +343,10 @@ pub trait ColdStore {
     fn due(&self, key_group: u16, from: i64, before: i64) -> Result<Vec<ColdTimer>, StateError>;
     /// The earliest cold timer of `key_group` at or after `from`.
     fn next_deadline(&self, key_group: u16, from: i64) -> Result<Option<i64>, StateError>;
-    /// Calls `f` with every stored key (on restore, to know which keys are cold).
-    fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StateError>;
+    /// Calls `f` with every stored key and what its entry is (on restore, to know which keys
+    /// are cold and to bring the markers back). A stored marker may have expired: markers
+    /// are never deleted one by one, the store drops them when it compacts.
+    fn for_each_entry(&self, f: &mut dyn FnMut(&[u8], StoredKind)) -> Result<(), StateError>;
 }
 
 /// A cold tier that holds nothing (tests, and workers that never evicted).
@@ -347,7 +362,7 @@ impl ColdStore for NoCold {
     fn next_deadline(&self, _: u16, _: i64) -> Result<Option<i64>, StateError> {
         Ok(None)
     }
-    fn for_each_key(&self, _: &mut dyn FnMut(&[u8])) -> Result<(), StateError> {
+    fn for_each_entry(&self, _: &mut dyn FnMut(&[u8], StoredKind)) -> Result<(), StateError> {
         Ok(())
     }
 }
@@ -359,9 +374,11 @@ fn fingerprint(key: &[u8]) -> u64 {
     rustc_hash::FxBuildHasher.hash_one((0x9e37_79b9_7f4a_7c15u64, key))
 }
 
-/// Fingerprints of the keys in the store, with counts: a key whose fingerprint is absent is
-/// certainly not in RocksDB, so a new tracking number costs no RocksDB lookup even after
-/// evictions (a fingerprint collision only costs a lookup). Memory stays bounded: past
+/// Fingerprints of the keys with a pending entry in the store, with counts: a key whose
+/// fingerprint is absent certainly has none in RocksDB, so a new tracking number costs no
+/// RocksDB lookup even after evictions (a fingerprint collision only costs a lookup). Stored
+/// markers are not counted: the marker tables and [`JoinEngine`]'s `cold_markers_until` say
+/// when one may be in the store. Memory stays bounded: past
 /// `limit` keys it stops keeping count, and every key of a key group with cold entries is
 /// looked up (RocksDB's bloom filter answers most misses) until the store is cleared whole.
 struct StoredKeys {
@@ -452,7 +469,8 @@ pub struct JoinStats {
 /// A change to write at the next checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// Store the entry and its timer; delete the timer of the previous version.
+    /// Store the entry, and its timer if it is pending (a marker has none); delete the timer
+    /// of the previous version.
     Put {
         key: StateKey,
         entry: Entry,
@@ -462,45 +480,127 @@ pub enum Change {
     Delete { key: StateKey, deadline: i64 },
 }
 
+/// What a checkpoint writes for the join.
+#[derive(Debug, Default)]
+pub struct JoinChanges {
+    pub changes: Vec<Change>,
+    /// The owned key groups' watermarks (from `first_key_group` on): once this checkpoint is
+    /// written, a stored marker that expired before its key group's watermark is garbage
+    /// (every restore starts from here or later, and counts it as expired).
+    pub first_key_group: u16,
+    pub watermarks: Vec<i64>,
+}
+
 /// The engine's fields that resolving an entry touches besides its slot, borrowed apart from
 /// the hot map.
 struct Books<'e> {
     config: &'e JoinConfig,
     timers: &'e mut Timers,
+    markers: &'e mut MarkerTable,
+    journal: &'e mut Vec<(StateKey, Done)>,
+    watermark: i64,
+    forget_store: bool,
     hot_bytes: &'e mut usize,
     stats: &'e mut JoinStats,
 }
 
 impl Books<'_> {
-    /// Replaces a resolved entry by its dedupe marker, in place. `pending_timer`: the
-    /// entry's timer at its deadline is still to fire (a completion before the deadline);
-    /// the marker's own timer is then set when that one fires, so an entry has one timer at a
-    /// time. Only for an entry never stored: a stored one's timer may be in the cold tier.
+    /// Replaces a resolved entry by its dedupe marker. A marker goes into the key group's
+    /// marker table (and the journal, for the next checkpoint to store), unless the entry
+    /// is stored: then the slot holds the marker until the next checkpoint overwrites the
+    /// stored entry with it. Returns whether the slot is to be dropped.
     fn finish(
         &mut self,
         slot: &mut Slot,
         key: &StateKey,
         pending: &Pending,
         outcome: Outcome,
-        pending_timer: bool,
-    ) {
+    ) -> bool {
         let stored = slot.persisted.get().is_some();
         if stored {
             self.stats.actions_persisted += 1;
         }
-        let until = marker_until(self.config, pending.deadline);
         let removed = slot.entry.as_ref().map_or(0, Entry::bytes);
         *self.hot_bytes = self.hot_bytes.saturating_sub(removed);
-        if stored || !pending_timer {
-            *self.hot_bytes += TIMER_BYTES;
-            self.timers.push(until, key.clone());
-        }
-        slot.entry = Some(Entry::Done(Done {
-            until,
+        slot.dirty = true;
+        let done = Done {
+            until: marker_until(self.config, pending.deadline),
             outcome,
             parts: pending.mask(),
-        }));
+        };
+        // A stored entry's slot stays, the marker or a tombstone: a timer of an older
+        // version read ahead from the store must not bring that version back.
+        if done.until < self.watermark {
+            // Expired as it is made (the end of input, or no dedupe beyond the lateness): a
+            // stored entry is deleted at the next checkpoint.
+            slot.entry = None;
+            return !stored;
+        }
+        if stored && !self.forget_store {
+            slot.entry = Some(Entry::Done(done));
+            return false;
+        }
+        slot.entry = None;
+        if self.markers.insert(Fingerprint::of(key), &done) {
+            *self.hot_bytes += MARKER_BYTES;
+        }
+        if !self.forget_store {
+            *self.hot_bytes += JOURNAL_BYTES;
+            self.journal.push((key.clone(), done));
+        }
+        !stored
+    }
+
+    /// Starts a tracking number in `slot` (new, or its stored entry deleted) with its first
+    /// part; a part that alone is all that is required completes it at once. Returns whether
+    /// the slot is to be dropped.
+    fn start(
+        &mut self,
+        slot: &mut Slot,
+        key: &StateKey,
+        msg: Message<'_>,
+        out: &mut impl JoinOutput,
+    ) -> bool {
+        let Message {
+            part,
+            tracking_number,
+            event_time,
+            fields,
+        } = msg;
+        let mut pending = Pending {
+            deadline: event_time.saturating_add(self.config.lateness),
+            parts: [None, None, None],
+        };
+        pending.parts[part as usize] = Some(PartState { event_time, fields });
+        if part_bit(part) & self.config.required == self.config.required {
+            let kg = split_key(key).0;
+            out.action(kg, &tracking_number, &pending, pending.last_event_time());
+            self.stats.complete += 1;
+            return self.finish(slot, key, &pending, Outcome::Completed);
+        }
+        *self.hot_bytes += pending.bytes() + TIMER_BYTES;
+        self.timers.push(pending.deadline, key.clone());
+        slot.entry = Some(Entry::Pending(Box::new(pending)));
         slot.dirty = true;
+        false
+    }
+
+    /// A part of a tracking number whose action was emitted: a duplicate if the action had
+    /// it, else too late to join anything.
+    fn after_marker(&mut self, done: Done, part: Part) -> Result<(), JoinError> {
+        if done.parts & part_bit(part) != 0 {
+            self.stats.duplicates += 1;
+            return Ok(());
+        }
+        let what = if done.outcome == Outcome::Completed {
+            "complete"
+        } else {
+            "incomplete"
+        };
+        Err(JoinError::Rejected(Rejection::new(
+            DeadLetterReason::Late,
+            format!("{part} arrived after its action was emitted as {what}"),
+        )))
     }
 }
 
@@ -549,8 +649,9 @@ enum TimerSource {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Evict {
     Nothing,
-    /// Dedupe markers: most of the state at steady state, and touched again only by a
-    /// duplicate or a late part. Pending parts stay, they are about to join.
+    /// Dedupe markers, whole key groups' tables at a time: most of the state at steady
+    /// state, and touched again only by a duplicate or a late part. Pending parts stay,
+    /// they are about to join.
     Markers {
         max: usize,
     },
@@ -566,26 +667,19 @@ const COLD_READ_AHEAD: i64 = 60_000;
 pub const EVICTION_CHUNK: usize = 200_000;
 
 impl Evict {
-    /// What a checkpoint evicts first: nothing within the budget; over it, the dedupe markers.
-    pub fn first(over_budget: bool) -> Evict {
-        if over_budget {
-            Evict::Markers {
-                max: EVICTION_CHUNK,
-            }
-        } else {
-            Evict::Nothing
-        }
-    }
-
     /// What the next checkpoint evicts after this one moved `evicted` entries, or `None` when
-    /// the hot tier is back under half its budget (or nothing more can leave). Markers go
-    /// first; when they are gone and pending parts alone still fill the budget, those go too.
-    /// In chunks: each chunk is one checkpoint with a bounded write batch.
+    /// no more has to leave. A checkpoint evicts nothing at first: storing the markers made
+    /// since the last one frees their journal, often enough. While memory is over the
+    /// budget after that, markers leave; when they are gone and pending parts alone still
+    /// fill it, those go too, until the hot tier is back under half its budget (or nothing
+    /// more can leave). In chunks: each chunk is one checkpoint with a bounded write batch.
     pub fn next(self, evicted: usize, hot_bytes: usize, budget: usize) -> Option<Evict> {
-        if self == Evict::Nothing
-            || hot_bytes <= budget / 2
-            || (evicted == 0 && matches!(self, Evict::Everything { .. }))
-        {
+        if self == Evict::Nothing {
+            return (hot_bytes > budget).then_some(Evict::Markers {
+                max: EVICTION_CHUNK,
+            });
+        }
+        if hot_bytes <= budget / 2 || (evicted == 0 && matches!(self, Evict::Everything { .. })) {
             return None;
         }
         Some(if evicted < EVICTION_CHUNK {
@@ -597,12 +691,17 @@ impl Evict {
         })
     }
 
-    fn leaves(self, entry: Option<&Entry>, evicted: usize) -> bool {
+    /// Whether another key group's markers leave, after `evicted` entries did.
+    fn takes_markers(self, evicted: usize) -> bool {
         match self {
             Evict::Nothing => false,
-            Evict::Markers { max } => evicted < max && matches!(entry, Some(Entry::Done(_))),
-            Evict::Everything { max } => evicted < max,
+            Evict::Markers { max } | Evict::Everything { max } => evicted < max,
         }
+    }
+
+    /// Whether another pending entry leaves, after `evicted` entries did.
+    fn takes_pending(self, evicted: usize) -> bool {
+        matches!(self, Evict::Everything { max } if evicted < max)
     }
 }
 
@@ -625,6 +724,16 @@ pub struct JoinEngine {
     /// than the rest of the cold path together).
     cold_ahead: Vec<VecDeque<ColdTimer>>,
     cold_read_to: Vec<i64>,
+    /// Dedupe markers in memory, per key group.
+    markers: Vec<MarkerTable>,
+    /// Markers made since the last checkpoint, for it to store.
+    journal: Vec<(StateKey, Done)>,
+    /// The latest expiry among a key group's stored markers that are not in memory (evicted,
+    /// or left in the store at a restore): until its watermark passes it, a key missing from
+    /// memory may have a marker in the store.
+    cold_markers_until: Vec<i64>,
+    /// How far the watermark moves between two sweeps of a marker table.
+    sweep_interval: i64,
     hot_bytes: usize,
     stored: StoredKeys,
     /// Set by [`JoinEngine::finish_and_forget_store`].
@@ -648,6 +757,11 @@ impl JoinEngine {
             cold_scanned: vec![i64::MIN; n],
             cold_ahead: (0..n).map(|_| VecDeque::new()).collect(),
             cold_read_to: vec![i64::MIN; n],
+            markers: (0..n).map(|_| MarkerTable::default()).collect(),
+            journal: Vec::new(),
+            cold_markers_until: vec![i64::MIN; n],
+            // An expired marker stays at most a sixteenth of the horizon.
+            sweep_interval: (config.dedupe / 16).max(1000),
             hot_bytes: 0,
             stored: StoredKeys::new(STORED_KEYS_LIMIT),
             forget_store: false,
@@ -669,12 +783,25 @@ impl JoinEngine {
 
     /// Entries (pending and markers) held in memory.
     pub fn hot_entries(&self) -> usize {
-        self.slots.len()
+        self.slots.len() + self.hot_markers()
     }
 
-    /// Whether no entry is left in either tier (removals may still be unwritten).
+    /// Dedupe markers held in memory (some may have expired since the last sweep).
+    pub fn hot_markers(&self) -> usize {
+        self.markers.iter().map(MarkerTable::len).sum()
+    }
+
+    /// Whether no entry is left in either tier (removals may still be unwritten, and
+    /// expired markers may still be stored).
     pub fn holds_nothing(&self) -> bool {
-        self.slots.values().all(|s| s.entry.is_none()) && self.cold_next.iter().all(Option::is_none)
+        self.slots.values().all(|s| s.entry.is_none())
+            && self.cold_next.iter().all(Option::is_none)
+            && self.hot_markers() == 0
+            && self
+                .cold_markers_until
+                .iter()
+                .zip(&self.watermarks)
+                .all(|(until, wm)| until < wm)
     }
 
     /// Pending tracking numbers held in memory.
@@ -689,12 +816,15 @@ impl JoinEngine {
         &self.watermarks
     }
 
-    /// Restores watermarks and the cold tier's earliest timers after a restart.
+    /// Restores watermarks, the live dedupe markers and the cold tier's earliest timers after
+    /// a restart. Markers come back into memory up to half of `max_hot_bytes`; the rest stay
+    /// in the store, where lookups find them.
     pub fn restore(
         &mut self,
         watermarks: &[i64],
         stats: JoinStats,
         cold: &impl ColdStore,
+        max_hot_bytes: usize,
     ) -> Result<(), StateError> {
         for (i, wm) in watermarks.iter().enumerate().take(self.watermarks.len()) {
             self.watermarks[i] = *wm;
@@ -704,8 +834,35 @@ impl JoinEngine {
             }
         }
         self.stats = stats;
-        let stored = &mut self.stored;
-        cold.for_each_key(&mut |key| stored.added(key))?;
+        let owned = self.owned;
+        let mut room = (max_hot_bytes / 2).saturating_sub(self.hot_bytes) / MARKER_BYTES;
+        let mut loaded = 0;
+        let (stored, markers, cold_markers_until, wms) = (
+            &mut self.stored,
+            &mut self.markers,
+            &mut self.cold_markers_until,
+            &self.watermarks,
+        );
+        cold.for_each_entry(&mut |key, kind| match kind {
+            StoredKind::Pending => stored.added(key),
+            StoredKind::Marker(done) => {
+                let (kg, _) = split_key(key);
+                if !owned.contains(kg) {
+                    return;
+                }
+                let i = usize::from(kg - owned.start);
+                if done.until < wms[i] {
+                    return;
+                }
+                if room == 0 {
+                    cold_markers_until[i] = cold_markers_until[i].max(done.until);
+                } else if markers[i].insert(Fingerprint::of(key), &done) {
+                    room -= 1;
+                    loaded += 1;
+                }
+            }
+        })?;
+        self.hot_bytes += loaded * MARKER_BYTES;
         for i in 0..self.cold_next.len() {
             self.cold_next[i] = cold.next_deadline(self.owned.start + i as u16, i64::MIN)?;
         }
@@ -750,10 +907,9 @@ impl JoinEngine {
             )));
         }
         let key = state_key(kg, &msg.tracking_number);
-        let bit = part_bit(msg.part);
         let part = msg.part as usize;
         // Only key groups with evicted entries can have the key in RocksDB.
-        if self.cold_next[idx].is_some() {
+        if self.cold_next[idx].is_some() || self.cold_markers_until[idx] >= wm {
             self.load_cold(&key, idx, cold, false)?;
         }
         let too_late = wm != i64::MIN && t.saturating_add(self.config.lateness) < wm;
@@ -766,98 +922,84 @@ impl JoinEngine {
         let required = self.config.required;
         let lateness = self.config.lateness;
         let (slots, mut books) = self.split(idx);
-        // One hash lookup per message: the slot is created, updated and resolved in place.
-        let slot = match slots.entry(key.clone()) {
-            HashEntry::Occupied(o) => o.into_mut(),
+        // One hash lookup per message in the pending entries; a tracking number not among
+        // them is looked up in the markers before it starts.
+        match slots.entry(key.clone()) {
+            HashEntry::Occupied(mut o) => {
+                let slot = o.get_mut();
+                match &mut slot.entry {
+                    Some(Entry::Pending(pending)) => {
+                        if pending.parts[part].is_some() {
+                            books.stats.duplicates += 1;
+                            return Ok(());
+                        }
+                        *books.hot_bytes += msg.fields.len() + ALLOCATION_OVERHEAD;
+                        pending.parts[part] = Some(PartState {
+                            event_time: t,
+                            fields: msg.fields,
+                        });
+                        slot.dirty = true;
+                        if pending.mask() & required == required {
+                            let pending = take_pending(pending, books.hot_bytes);
+                            out.action(
+                                kg,
+                                &msg.tracking_number,
+                                &pending,
+                                pending.last_event_time(),
+                            );
+                            books.stats.complete += 1;
+                            if books.finish(slot, &key, &pending, Outcome::Completed) {
+                                o.remove();
+                                *books.hot_bytes = books
+                                    .hot_bytes
+                                    .saturating_sub(SLOT_BYTES + key.heap_bytes());
+                            }
+                        } else if t.saturating_add(lateness) < pending.deadline {
+                            // The lateness bound runs from the earliest part, whichever
+                            // arrived first: the outcome must not depend on arrival order. The
+                            // old timer goes stale.
+                            pending.deadline = t.saturating_add(lateness);
+                            *books.hot_bytes += TIMER_BYTES;
+                            books.timers.push(pending.deadline, key);
+                        }
+                    }
+                    // A stored entry's marker, until the next checkpoint stores it.
+                    Some(Entry::Done(done)) if done.until >= wm => {
+                        return books.after_marker(*done, msg.part);
+                    }
+                    // The stored entry was deleted (or its marker expired) since the last
+                    // checkpoint: the tracking number starts again in this slot.
+                    _ => {
+                        if let Some(done) = books.markers.get(Fingerprint::of(&key), wm) {
+                            return books.after_marker(done, msg.part);
+                        }
+                        if too_late {
+                            return Err(late());
+                        }
+                        if books.start(o.get_mut(), &key, msg, out) {
+                            o.remove();
+                            *books.hot_bytes = books
+                                .hot_bytes
+                                .saturating_sub(SLOT_BYTES + key.heap_bytes());
+                        }
+                    }
+                }
+            }
             HashEntry::Vacant(v) => {
+                if let Some(done) = books.markers.get(Fingerprint::of(&key), wm) {
+                    return books.after_marker(done, msg.part);
+                }
                 if too_late {
                     return Err(late());
                 }
-                *books.hot_bytes += SLOT_BYTES + key.heap_bytes();
-                v.insert(Slot {
+                let mut slot = Slot {
                     entry: None,
                     persisted: Persisted::NONE,
                     dirty: true,
-                })
-            }
-        };
-        match &mut slot.entry {
-            Some(Entry::Done(done)) => {
-                if done.parts & bit != 0 {
-                    books.stats.duplicates += 1;
-                    return Ok(());
-                }
-                let what = if done.outcome == Outcome::Completed {
-                    "complete"
-                } else {
-                    "incomplete"
                 };
-                return Err(JoinError::Rejected(Rejection::new(
-                    DeadLetterReason::Late,
-                    format!(
-                        "{} arrived after its action was emitted as {what}",
-                        msg.part
-                    ),
-                )));
-            }
-            Some(Entry::Pending(pending)) => {
-                if pending.parts[part].is_some() {
-                    books.stats.duplicates += 1;
-                    return Ok(());
-                }
-                *books.hot_bytes += msg.fields.len() + ALLOCATION_OVERHEAD;
-                pending.parts[part] = Some(PartState {
-                    event_time: t,
-                    fields: msg.fields,
-                });
-                slot.dirty = true;
-                if pending.mask() & required == required {
-                    let pending = take_pending(pending, books.hot_bytes);
-                    out.action(
-                        kg,
-                        &msg.tracking_number,
-                        &pending,
-                        pending.last_event_time(),
-                    );
-                    books.stats.complete += 1;
-                    books.finish(slot, &key, &pending, Outcome::Completed, true);
-                } else if t.saturating_add(lateness) < pending.deadline {
-                    // The lateness bound runs from the earliest part, whichever arrived
-                    // first: the outcome must not depend on arrival order. The old timer
-                    // goes stale.
-                    pending.deadline = t.saturating_add(lateness);
-                    *books.hot_bytes += TIMER_BYTES;
-                    books.timers.push(pending.deadline, key.clone());
-                }
-            }
-            // A new tracking number (or one whose persisted entry was removed since the
-            // last checkpoint).
-            None => {
-                if too_late {
-                    return Err(late());
-                }
-                let mut pending = Pending {
-                    deadline: t.saturating_add(lateness),
-                    parts: [None, None, None],
-                };
-                pending.parts[part] = Some(PartState {
-                    event_time: t,
-                    fields: msg.fields,
-                });
-                if bit & required == required {
-                    out.action(
-                        kg,
-                        &msg.tracking_number,
-                        &pending,
-                        pending.last_event_time(),
-                    );
-                    books.stats.complete += 1;
-                    books.finish(slot, &key, &pending, Outcome::Completed, false);
-                } else {
-                    *books.hot_bytes += pending.bytes() + TIMER_BYTES;
-                    books.timers.push(pending.deadline, key);
-                    slot.entry = Some(Entry::Pending(Box::new(pending)));
-                    slot.dirty = true;
+                if !books.start(&mut slot, &key, msg, out) {
+                    *books.hot_bytes += SLOT_BYTES + key.heap_bytes();
+                    v.insert(slot);
                 }
             }
         }
@@ -905,10 +1047,11 @@ impl JoinEngine {
         out: &mut impl JoinOutput,
     ) -> Result<(), StateError> {
         self.forget_store = true;
-        // Markers only wait to expire, so those in memory alone go now, and every timer is
-        // set again for the entries left: `finish` then walks the pending entries, not two
-        // timers per action. Its outputs are the same: each pending entry's timer is the one
-        // at its deadline. Entries with a stored version stay (a cold timer may name them).
+        // Markers only wait to expire, so those in memory go now, and every timer is set
+        // again for the entries left: `finish` then walks the pending entries, not the stale
+        // timers of completed ones. Its outputs are the same: each pending entry's timer is
+        // the one at its deadline. Entries with a stored version stay (a cold timer may name
+        // them).
         let mut freed = 0;
         self.slots.retain(|key, slot| {
             let keep =
@@ -918,16 +1061,22 @@ impl JoinEngine {
             }
             keep
         });
+        for markers in &mut self.markers {
+            freed += markers.len() * MARKER_BYTES;
+            markers.take_all();
+        }
+        freed += self.journal.len() * JOURNAL_BYTES;
+        self.journal = Vec::new();
         for timers in &mut self.timers {
             freed += timers.len() * TIMER_BYTES;
             timers.clear();
         }
         for (key, slot) in &self.slots {
-            if let Some(entry) = &slot.entry {
+            if let Some(Entry::Pending(pending)) = &slot.entry {
                 let (kg, _) = split_key(key);
                 let idx = usize::from(kg.wrapping_sub(self.owned.start));
                 if let Some(timers) = self.timers.get_mut(idx) {
-                    timers.push(entry.deadline(), key.clone());
+                    timers.push(pending.deadline, key.clone());
                     freed = freed.saturating_sub(TIMER_BYTES);
                 }
             }
@@ -945,14 +1094,19 @@ impl JoinEngine {
             Books {
                 config: &self.config,
                 timers: &mut self.timers[idx],
+                markers: &mut self.markers[idx],
+                journal: &mut self.journal,
+                watermark: self.watermarks[idx],
+                forget_store: self.forget_store,
                 hot_bytes: &mut self.hot_bytes,
                 stats: &mut self.stats,
             },
         )
     }
 
-    /// Brings a key's entry from the cold tier into memory (clean), if it is there. Unless
-    /// `certain` (a cold timer named the key), only key groups with cold entries are asked.
+    /// Brings a key's entry from the cold tier into memory (a pending entry clean into the
+    /// hot map, a live marker into the marker table), if it is there. Unless `certain` (a
+    /// cold timer named the key), only key groups with cold entries are asked.
     fn load_cold(
         &mut self,
         key: &[u8],
@@ -960,44 +1114,43 @@ impl JoinEngine {
         cold: &impl ColdStore,
         certain: bool,
     ) -> Result<(), StateError> {
-        if (!certain && (self.cold_next[idx].is_none() || !self.stored.may_contain(key)))
-            || self.slots.contains_key(key)
-        {
+        let wm = self.watermarks[idx];
+        let maybe = certain
+            || (self.cold_next[idx].is_some() && self.stored.may_contain(key))
+            || self.cold_markers_until[idx] >= wm;
+        if !maybe || self.slots.contains_key(key) {
             return Ok(());
         }
-        if let Some(entry) = cold.get(key)? {
-            let key = StateKey::new(key);
-            self.hot_bytes += entry.bytes() + SLOT_BYTES + key.heap_bytes();
-            self.slots.insert(
-                key,
-                Slot {
-                    persisted: Persisted::at(entry.deadline()),
-                    entry: Some(entry),
-                    dirty: false,
-                },
-            );
+        let fingerprint = Fingerprint::of(key);
+        if self.markers[idx].get(fingerprint, wm).is_some() {
+            return Ok(());
+        }
+        match cold.get(key)? {
+            Some(Entry::Pending(pending)) => {
+                let key = StateKey::new(key);
+                let entry = Entry::Pending(pending);
+                self.hot_bytes += entry.bytes() + SLOT_BYTES + key.heap_bytes();
+                self.slots.insert(
+                    key,
+                    Slot {
+                        persisted: Persisted::at(entry.deadline()),
+                        entry: Some(entry),
+                        dirty: false,
+                    },
+                );
+            }
+            Some(Entry::Done(done))
+                if done.until >= wm && self.markers[idx].insert(fingerprint, &done) =>
+            {
+                self.hot_bytes += MARKER_BYTES;
+            }
+            _ => {}
         }
         Ok(())
     }
 
-    fn remove(&mut self, key: &[u8]) {
-        let Some(slot) = self.slots.get_mut(key) else {
-            return;
-        };
-        let bytes = slot.entry.as_ref().map_or(0, Entry::bytes);
-        if slot.persisted.get().is_some() && !self.forget_store {
-            slot.entry = None;
-            slot.dirty = true;
-            self.hot_bytes = self.hot_bytes.saturating_sub(bytes);
-        } else if let Some((key, _)) = self.slots.remove_entry(key) {
-            self.hot_bytes = self
-                .hot_bytes
-                .saturating_sub(bytes + SLOT_BYTES + key.heap_bytes());
-        }
-    }
-
     /// Fires the timers of key group `idx` that the watermark has passed, in (deadline, key)
-    /// order whichever tier they are in, until none is due.
+    /// order whichever tier they are in, until none is due; sweeps its expired markers.
     fn fire(
         &mut self,
         idx: usize,
@@ -1006,6 +1159,8 @@ impl JoinEngine {
     ) -> Result<(), StateError> {
         let wm = self.watermarks[idx];
         let kg = self.owned.start + idx as u16;
+        let swept = self.markers[idx].sweep(wm, self.sweep_interval);
+        self.hot_bytes = self.hot_bytes.saturating_sub(swept * MARKER_BYTES);
         loop {
             let mut due: Vec<(i64, StateKey, TimerSource)> = Vec::new();
             while let Some((deadline, key)) = self.timers[idx].pop_due(wm) {
@@ -1047,9 +1202,12 @@ impl JoinEngine {
                 // a cold one's is in memory only if it was read back since.
                 if source != TimerSource::Hot && !self.slots.contains_key(&key) {
                     if source == TimerSource::ColdMarker {
-                        // An expired marker only has to go: no read, a tombstone for the
-                        // checkpoint to delete it by (none when the store is cleared whole).
-                        if !self.forget_store {
+                        // A marker stored by an earlier version, with a timer: it only has to
+                        // go, a tombstone for the checkpoint to delete it and its timer by
+                        // (none when the store is cleared whole, or when the key has a newer
+                        // marker, which the checkpoint writes over it).
+                        let newer = self.markers[idx].get(Fingerprint::of(&key), wm).is_some();
+                        if !self.forget_store && !newer {
                             self.hot_bytes += SLOT_BYTES + key.heap_bytes();
                             self.slots.insert(
                                 key,
@@ -1070,51 +1228,65 @@ impl JoinEngine {
                 let Some(slot) = slots.get_mut(&key) else {
                     continue;
                 };
-                match &mut slot.entry {
-                    Some(Entry::Pending(pending)) if pending.deadline == deadline => {
-                        let pending = take_pending(pending, books.hot_bytes);
-                        let (_, tn) = split_key(&key);
-                        out.incomplete(kg, tn, &pending, required & !pending.mask());
-                        books.stats.incomplete += 1;
-                        books.finish(slot, &key, &pending, Outcome::Expired, false);
-                    }
-                    Some(Entry::Done(done)) if done.until == deadline => self.remove(&key),
-                    // The timer of the entry that completed before its deadline: the
-                    // marker's own timer now (see `Books::finish`).
-                    Some(Entry::Done(done))
-                        if marker_until(books.config, deadline) == done.until =>
-                    {
-                        *books.hot_bytes += TIMER_BYTES;
-                        books.timers.push(done.until, key);
-                    }
-                    _ => {}
+                let Some(Entry::Pending(pending)) = &mut slot.entry else {
+                    continue;
+                };
+                if pending.deadline != deadline {
+                    continue;
+                }
+                let pending = take_pending(pending, books.hot_bytes);
+                let (_, tn) = split_key(&key);
+                out.incomplete(kg, tn, &pending, required & !pending.mask());
+                books.stats.incomplete += 1;
+                if books.finish(slot, &key, &pending, Outcome::Expired) {
+                    slots.remove(&key);
+                    *books.hot_bytes = books
+                        .hot_bytes
+                        .saturating_sub(SLOT_BYTES + key.heap_bytes());
                 }
             }
         }
     }
 
     /// The changes since the last checkpoint, to be written with the input positions in one
-    /// batch. Afterwards memory and store agree. With `evict`, every entry leaves memory
-    /// (it is in the store now), which keeps memory bounded whatever the lateness.
-    pub fn checkpoint_changes(&mut self, evict: Evict) -> Vec<Change> {
-        let mut changes = Vec::new();
+    /// batch. Afterwards memory and store agree. With `evict`, entries leave memory (they
+    /// are in the store now), which keeps memory bounded whatever the lateness.
+    pub fn checkpoint_changes(&mut self, evict: Evict) -> JoinChanges {
+        let start = self.owned.start;
+        let index = |key: &[u8]| usize::from(split_key(key).0.wrapping_sub(start));
+        // Markers of entries never stored, unless expired since: a key whose marker expired
+        // may have started again, and its slot says what to store.
+        let mut changes = Vec::with_capacity(self.journal.len());
+        let mut freed = self.journal.len() * JOURNAL_BYTES;
+        for (key, done) in std::mem::take(&mut self.journal) {
+            let live = self
+                .watermarks
+                .get(index(&key))
+                .is_some_and(|wm| done.until >= *wm);
+            if live && !self.slots.contains_key(&key) {
+                changes.push(Change::Put {
+                    key,
+                    entry: Entry::Done(done),
+                    old_deadline: None,
+                });
+            }
+        }
         let mut evicted_deadlines: Vec<Option<i64>> = vec![None; self.timers.len()];
-        let mut freed = 0usize;
         let mut evicted = 0usize;
         let mut moved = false;
-        let stored = &mut self.stored;
+        let mut added_markers = 0usize;
+        let (stored, markers, watermarks) = (&mut self.stored, &mut self.markers, &self.watermarks);
         self.slots.retain(|key, slot| {
             if slot.dirty {
                 match &slot.entry {
-                    Some(entry) => {
-                        let deadline = entry.deadline();
+                    Some(Entry::Pending(pending)) => {
+                        let deadline = pending.deadline;
                         // An evicted entry moves into the change: no copy of the state at
                         // the moment memory is fullest.
-                        let leaves = evict.leaves(Some(entry), evicted);
-                        let entry = if leaves {
+                        let entry = if evict.takes_pending(evicted) {
                             evicted += 1;
                             moved = true;
-                            freed += entry.bytes();
+                            freed += pending.bytes();
                             slot.entry.take()
                         } else {
                             slot.entry.clone()
@@ -1130,6 +1302,32 @@ impl JoinEngine {
                             stored.added(key);
                         }
                         slot.persisted = Persisted::at(deadline);
+                    }
+                    // A stored entry resolved: its marker overwrites it, and lives in the
+                    // marker table from now on (or it expired, and the entry goes).
+                    Some(Entry::Done(done)) => {
+                        let i = index(key);
+                        let live = watermarks.get(i).is_some_and(|wm| done.until >= *wm);
+                        if live {
+                            changes.push(Change::Put {
+                                key: key.clone(),
+                                entry: Entry::Done(*done),
+                                old_deadline: slot.persisted.get(),
+                            });
+                            if let Some(table) = markers.get_mut(i)
+                                && table.insert(Fingerprint::of(key), done)
+                            {
+                                added_markers += 1;
+                            }
+                        } else if let Some(deadline) = slot.persisted.get() {
+                            changes.push(Change::Delete {
+                                key: key.clone(),
+                                deadline,
+                            });
+                        }
+                        stored.removed(key);
+                        freed += SLOT_BYTES + key.heap_bytes();
+                        return false;
                     }
                     None => {
                         if let Some(deadline) = slot.persisted.get() {
@@ -1147,8 +1345,7 @@ impl JoinEngine {
             }
             // An entry moved into its change above leaves; a clean one may leave too.
             let leaves = std::mem::take(&mut moved) || {
-                let clean_leaves =
-                    slot.entry.is_some() && evict.leaves(slot.entry.as_ref(), evicted);
+                let clean_leaves = slot.entry.is_some() && evict.takes_pending(evicted);
                 evicted += usize::from(clean_leaves);
                 clean_leaves
             };
@@ -1156,18 +1353,33 @@ impl JoinEngine {
                 freed += slot.entry.as_ref().map_or(0, Entry::bytes);
                 freed += SLOT_BYTES + key.heap_bytes();
                 // It is stored now, at its stored deadline.
-                if let Some(deadline) = slot.persisted.get() {
-                    let (kg, _) = split_key(key);
-                    let i = usize::from(kg.wrapping_sub(self.owned.start));
-                    if let Some(d) = evicted_deadlines.get_mut(i) {
-                        *d = Some(d.map_or(deadline, |x: i64| x.min(deadline)));
-                    }
+                if let Some(deadline) = slot.persisted.get()
+                    && let Some(d) = evicted_deadlines.get_mut(index(key))
+                {
+                    *d = Some(d.map_or(deadline, |x: i64| x.min(deadline)));
                 }
                 return false;
             }
             true
         });
+        self.hot_bytes += added_markers * MARKER_BYTES;
         if evict != Evict::Nothing {
+            // Whole key groups' markers, the largest tables first: every marker in memory is
+            // stored by now (the journal is in this checkpoint's batch).
+            let mut tables: Vec<usize> = (0..self.markers.len())
+                .filter(|i| self.markers[*i].len() > 0)
+                .collect();
+            tables.sort_by_key(|i| std::cmp::Reverse(self.markers[*i].len()));
+            for i in tables {
+                if !evict.takes_markers(evicted) {
+                    break;
+                }
+                let n = self.markers[i].len();
+                let latest = self.markers[i].take_all();
+                self.cold_markers_until[i] = self.cold_markers_until[i].max(latest);
+                evicted += n;
+                freed += n * MARKER_BYTES;
+            }
             for (i, timers) in self.timers.iter_mut().enumerate() {
                 // Timers of entries that left go with them (the store has their timers).
                 freed += timers.retain(|(_, key)| self.slots.contains_key(key)) * TIMER_BYTES;
@@ -1180,10 +1392,14 @@ impl JoinEngine {
             }
         }
         self.hot_bytes = self.hot_bytes.saturating_sub(freed);
-        if self.slots.is_empty() {
+        if self.slots.is_empty() && self.hot_markers() == 0 {
             self.hot_bytes = 0;
         }
-        changes
+        JoinChanges {
+            changes,
+            first_key_group: self.owned.start,
+            watermarks: self.watermarks.clone(),
+        }
     }
 }
 

@@ -779,7 +779,7 @@ impl Stages {
 
     /// Checkpoints, moving state to RocksDB in bounded chunks while over the memory budget.
     fn checkpoint_with_eviction(&mut self, shared: &Shared) -> anyhow::Result<bool> {
-        let mut evict = Evict::first(self.join.hot_bytes() > self.max_hot_bytes);
+        let mut evict = Evict::Nothing;
         loop {
             let before = self.join.hot_entries();
             if !self.checkpoint(evict, shared)? {
@@ -967,7 +967,12 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         record.restarts += 1;
     }
     let mut join = JoinEngine::new(JoinConfig::new(&spec.join, key_groups), owned);
-    join.restore(&record.join_watermarks, record.join.clone(), &store)?;
+    join.restore(
+        &record.join_watermarks,
+        record.join.clone(),
+        &store,
+        options.max_hot_bytes,
+    )?;
     // The state was built under the definitions its checkpoint names; changed ones are
     // applied after restoring it.
     let saved = if record.owned.is_some() {

@@ -114,21 +114,34 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
             }
             Ok(Entry::Pending(Box::new(Pending { deadline, parts })))
         }
-        TAG_DONE => {
-            let until = r.i64()?;
-            let outcome = match r.u8()? {
-                0 => Outcome::Completed,
-                1 => Outcome::Expired,
-                other => return Err(format!("unknown outcome {other}")),
-            };
-            Ok(Entry::Done(Done {
-                until,
-                outcome,
-                parts: r.u8()?,
-            }))
-        }
+        TAG_DONE => read_done(&mut r).map(Entry::Done),
         other => Err(format!("unknown entry tag {other}")),
     }
+}
+
+/// A stored entry's marker, without decoding a pending entry's parts (a restore reads every
+/// stored entry to know which keys are stored).
+pub fn decode_marker(bytes: &[u8]) -> Result<Option<Done>, String> {
+    let mut r = Reader(bytes);
+    match r.u8()? {
+        TAG_PENDING => Ok(None),
+        TAG_DONE => read_done(&mut r).map(Some),
+        other => Err(format!("unknown entry tag {other}")),
+    }
+}
+
+fn read_done(r: &mut Reader<'_>) -> Result<Done, String> {
+    let until = r.i64()?;
+    let outcome = match r.u8()? {
+        0 => Outcome::Completed,
+        1 => Outcome::Expired,
+        other => return Err(format!("unknown outcome {other}")),
+    };
+    Ok(Done {
+        until,
+        outcome,
+        parts: r.u8()?,
+    })
 }
 
 #[cfg(test)]
@@ -160,6 +173,11 @@ mod tests {
             let mut buf = Vec::new();
             encode_entry(&entry, &mut buf);
             assert_eq!(decode_entry(&buf).unwrap(), entry);
+            let marker = match &entry {
+                Entry::Done(done) => Some(*done),
+                Entry::Pending(_) => None,
+            };
+            assert_eq!(decode_marker(&buf).unwrap(), marker);
             assert!(
                 decode_entry(&buf[..buf.len() - 1]).is_err(),
                 "truncation is detected"

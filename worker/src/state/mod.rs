@@ -2,9 +2,12 @@
 //!
 //! Column families:
 //! - `join`: entry per state key (key group BE u16 + tracking number): a pending entry or a
-//!   dedupe marker.
-//! - `timers`: key group BE u16 + deadline (order-preserving u64) + tracking number, empty
-//!   value: the cold entries' timers in deadline order per key group.
+//!   dedupe marker. Markers are written once and never deleted one by one: a compaction
+//!   filter drops those that expired before their key group's watermark at a written
+//!   checkpoint (readers treat an expired marker as absent anyway).
+//! - `timers`: key group BE u16 + deadline (order-preserving u64) + tracking number: the
+//!   cold pending entries' timers in deadline order per key group. The value is `[1]` for
+//!   the timer of a marker, which only state written by earlier versions has.
 //! - `process`: one process instance per key: key group BE u16 + definition index BE u16 +
 //!   instance key; the value is the instance (binary, `process::codec`).
 //! - `aggregates`: empty. Earlier versions stored the process stage's window aggregates here;
@@ -31,7 +34,7 @@ use rocksdb::{
     WriteBatch, WriteOptions,
 };
 
-use crate::join::{Change, ColdStore, ColdTimer, Entry, StateError};
+use crate::join::{Change, ColdStore, ColdTimer, Entry, JoinChanges, StateError, StoredKind};
 use crate::process::ProcessChanges;
 
 const CF_JOIN: &str = "join";
@@ -47,6 +50,61 @@ pub struct Store {
     db: Arc<DB>,
     /// The checkpoint being written, if any.
     writing: Mutex<Option<JoinHandle<Result<(), StateError>>>>,
+    /// Per key group, the watermark of the last written checkpoint: stored markers that
+    /// expired before it are dropped when compacted.
+    horizons: Horizons,
+}
+
+type Horizons = Arc<Mutex<Vec<i64>>>;
+
+/// Makes the `join` family's compaction filters: each works with the horizons as they are
+/// when its compaction starts.
+struct ExpiredMarkers(Horizons);
+
+impl rocksdb::compaction_filter_factory::CompactionFilterFactory for ExpiredMarkers {
+    type Filter = ExpiredMarkersFilter;
+
+    fn create(
+        &mut self,
+        _: rocksdb::compaction_filter_factory::CompactionFilterContext,
+    ) -> ExpiredMarkersFilter {
+        let horizons = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        ExpiredMarkersFilter(horizons)
+    }
+
+    fn name(&self) -> &std::ffi::CStr {
+        c"weft-expired-markers"
+    }
+}
+
+struct ExpiredMarkersFilter(Vec<i64>);
+
+impl rocksdb::compaction_filter::CompactionFilter for ExpiredMarkersFilter {
+    fn filter(
+        &mut self,
+        _level: u32,
+        key: &[u8],
+        value: &[u8],
+    ) -> rocksdb::compaction_filter::Decision {
+        let horizon = key
+            .get(..2)
+            .map(|kg| usize::from(u16::from_be_bytes([kg[0], kg[1]])))
+            .and_then(|kg| self.0.get(kg).copied());
+        match (horizon, codec::decode_marker(value)) {
+            (Some(horizon), Ok(Some(done))) if done.until < horizon => {
+                rocksdb::compaction_filter::Decision::Remove
+            }
+            _ => rocksdb::compaction_filter::Decision::Keep,
+        }
+    }
+
+    fn name(&self) -> &std::ffi::CStr {
+        c"weft-expired-markers"
+    }
 }
 
 fn store_err(e: rocksdb::Error) -> StateError {
@@ -55,6 +113,7 @@ fn store_err(e: rocksdb::Error) -> StateError {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StateError> {
+        let horizons = Horizons::default();
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -72,6 +131,7 @@ impl Store {
                 let mut table = rocksdb::BlockBasedOptions::default();
                 table.set_bloom_filter(10.0, false);
                 cf.set_block_based_table_factory(&table);
+                cf.set_compaction_filter_factory(ExpiredMarkers(Arc::clone(&horizons)));
             }
             ColumnFamilyDescriptor::new(name, cf)
         };
@@ -79,6 +139,7 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             writing: Mutex::new(None),
+            horizons,
         };
         store.forget_stored_aggregates()?;
         Ok(store)
@@ -120,7 +181,7 @@ impl Store {
     /// and reports how it went.
     pub fn write_checkpoint(
         &self,
-        changes: Vec<Change>,
+        join: JoinChanges,
         process: ProcessChanges,
         record: Vec<u8>,
         clear_join: bool,
@@ -130,9 +191,25 @@ impl Store {
             finished(previous)?;
         }
         let db = Arc::clone(&self.db);
+        let horizons = Arc::clone(&self.horizons);
         let writer = std::thread::Builder::new()
             .name("checkpoint".into())
-            .spawn(move || write_batch(&db, changes, &process, &record, clear_join))
+            .spawn(move || {
+                let JoinChanges {
+                    changes,
+                    first_key_group,
+                    watermarks,
+                } = join;
+                write_batch(&db, changes, &process, &record, clear_join)?;
+                // Only now: a restore from an earlier checkpoint could still need them.
+                let mut horizons = horizons.lock().unwrap_or_else(PoisonError::into_inner);
+                let end = usize::from(first_key_group) + watermarks.len();
+                if horizons.len() < end {
+                    horizons.resize(end, i64::MIN);
+                }
+                horizons[usize::from(first_key_group)..end].copy_from_slice(&watermarks);
+                Ok(())
+            })
             .map_err(|e| StateError::Store(format!("starting the checkpoint writer: {e}")))?;
         *writing = Some(writer);
         Ok(())
@@ -207,8 +284,22 @@ fn write_batch(
         }
     }
     // Timer order (key group, deadline, tracking number), compared without building keys.
-    changes.sort_unstable_by(|a, b| timer_order(a).cmp(&timer_order(b)));
-    for change in changes.iter() {
+    // Most changes are markers of entries never stored, which have no timer.
+    let mut timed: Vec<&Change> = changes
+        .iter()
+        .filter(|c| {
+            !matches!(
+                c,
+                Change::Put {
+                    entry: Entry::Done(_),
+                    old_deadline: None,
+                    ..
+                }
+            )
+        })
+        .collect();
+    timed.sort_unstable_by(|a, b| timer_order(a).cmp(&timer_order(b)));
+    for change in timed {
         match change {
             Change::Put {
                 key,
@@ -219,9 +310,9 @@ fn write_batch(
                 if let Some(old) = old_deadline {
                     batch.delete_cf(timers, codec::timer_key(key, *old));
                 }
-                // The value says whether the entry is a marker (see `ColdTimer`).
-                let marker = u8::from(matches!(entry, Entry::Done(_)));
-                batch.put_cf(timers, codec::timer_key(key, entry.deadline()), [marker]);
+                if let Entry::Pending(pending) = entry {
+                    batch.put_cf(timers, codec::timer_key(key, pending.deadline), [0]);
+                }
             }
             Change::Delete { key, deadline } => {
                 batch.delete_cf(timers, codec::timer_key(key, *deadline));
@@ -360,11 +451,17 @@ impl ColdStore for Store {
         Ok(due)
     }
 
-    fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StateError> {
+    fn for_each_entry(&self, f: &mut dyn FnMut(&[u8], StoredKind)) -> Result<(), StateError> {
         self.settle()?;
         for item in self.db.iterator_cf(self.cf(CF_JOIN)?, IteratorMode::Start) {
-            let (key, _) = item.map_err(store_err)?;
-            f(&key);
+            let (key, value) = item.map_err(store_err)?;
+            let kind = codec::decode_marker(&value)
+                .map_err(|detail| StateError::Corrupt {
+                    key: key.to_vec(),
+                    detail,
+                })?
+                .map_or(StoredKind::Pending, StoredKind::Marker);
+            f(&key, kind);
         }
         Ok(())
     }
@@ -393,38 +490,130 @@ impl ColdStore for Store {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::join::{Done, Outcome, StateKey};
+    use crate::join::{Done, Outcome, PartState, Pending, StateKey};
+
+    fn key(kg: u16, tn: &str) -> Vec<u8> {
+        crate::join::state_key(kg, tn).to_vec()
+    }
+
+    fn marker(until: i64) -> Entry {
+        Entry::Done(Done {
+            until,
+            outcome: Outcome::Completed,
+            parts: 0b111,
+        })
+    }
+
+    fn pending(deadline: i64) -> Entry {
+        Entry::Pending(Box::new(Pending {
+            deadline,
+            parts: [
+                Some(PartState {
+                    event_time: deadline - 10,
+                    fields: "\"a\":1".into(),
+                }),
+                None,
+                None,
+            ],
+        }))
+    }
+
+    fn puts(
+        entries: &[(&[u8], &Entry)],
+        first_key_group: u16,
+        watermarks: Vec<i64>,
+    ) -> JoinChanges {
+        JoinChanges {
+            changes: entries
+                .iter()
+                .map(|(key, entry)| Change::Put {
+                    key: StateKey::new(key),
+                    entry: (*entry).clone(),
+                    old_deadline: None,
+                })
+                .collect(),
+            first_key_group,
+            watermarks,
+        }
+    }
 
     #[test]
     fn what_a_checkpoint_wrote_is_read_back_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for round in 0..20u8 {
-            let mut key = vec![0, 7];
-            key.extend_from_slice(format!("T-{round}").as_bytes());
-            let entry = Entry::Done(Done {
-                until: 1_000 + i64::from(round),
-                outcome: Outcome::Completed,
-                parts: 0b111,
-            });
-            let changes = vec![Change::Put {
-                key: StateKey::new(&key),
-                entry: entry.clone(),
-                old_deadline: None,
-            }];
+            let key = key(7, &format!("T-{round}"));
+            // Pending entries have a timer, markers none.
+            let entry = if round % 2 == 0 {
+                pending(1_000 + i64::from(round))
+            } else {
+                marker(1_000 + i64::from(round))
+            };
             let record = vec![b'0' + round % 10];
             store
-                .write_checkpoint(changes, ProcessChanges::default(), record.clone(), false)
+                .write_checkpoint(
+                    puts(&[(&key, &entry)], 7, vec![0]),
+                    ProcessChanges::default(),
+                    record.clone(),
+                    false,
+                )
                 .unwrap();
             // Reads wait for the writer: no read sees the state before the batch.
             assert_eq!(store.get(&key).unwrap(), Some(entry));
             assert_eq!(
                 store.due(7, 0, i64::MAX).unwrap().len(),
-                usize::from(round) + 1
+                usize::from(round) / 2 + 1
             );
             assert_eq!(store.checkpoint().unwrap(), Some(record));
         }
         store.settle().unwrap();
         assert!(store.is_settled());
+    }
+
+    #[test]
+    fn compaction_drops_markers_that_expired_before_a_written_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (expired, live, other_group, waiting) = (
+            key(3, "expired"),
+            key(3, "live"),
+            key(4, "other-group"),
+            key(3, "pending"),
+        );
+        let entries = [
+            (&expired[..], &marker(1_000)),
+            (&live[..], &marker(5_000)),
+            (&other_group[..], &marker(1_000)),
+            (&waiting[..], &pending(500)),
+        ];
+        // Key group 3's watermark passed 1000 at this checkpoint; key group 4's did not.
+        store
+            .write_checkpoint(
+                puts(&entries, 3, vec![2_000, 900]),
+                ProcessChanges::default(),
+                b"1".to_vec(),
+                false,
+            )
+            .unwrap();
+        store.settle().unwrap();
+        let join = store.cf(CF_JOIN).unwrap();
+        store.db.flush_cf(join).unwrap();
+        store
+            .db
+            .compact_range_cf(join, None::<&[u8]>, None::<&[u8]>);
+        assert_eq!(store.get(&expired).unwrap(), None, "expired: dropped");
+        assert_eq!(store.get(&live).unwrap(), Some(marker(5_000)));
+        assert_eq!(store.get(&other_group).unwrap(), Some(marker(1_000)));
+        assert_eq!(
+            store.get(&waiting).unwrap(),
+            Some(pending(500)),
+            "pending entries stay"
+        );
+        let mut kinds = Vec::new();
+        store
+            .for_each_entry(&mut |key, kind| kinds.push((key.to_vec(), kind)))
+            .unwrap();
+        assert_eq!(kinds.len(), 3);
+        assert!(kinds.contains(&(waiting.clone(), StoredKind::Pending)));
     }
 }

@@ -1,0 +1,213 @@
+//! Dedupe markers in memory, one table per key group.
+//!
+//! A marker is what is left of a tracking number once its action was emitted, until the
+//! dedupe horizon: at steady state almost all of the join's state (two hours of actions
+//! against the seconds most of them are pending). So a marker is 24 bytes in an open hash
+//! table: a 128-bit fingerprint of its state key, and its expiry with outcome and parts
+//! packed in. It has no timer: a marker past its expiry counts as absent, and the table
+//! sweeps expired ones out as the watermark moves on.
+//!
+//! A fingerprint stands for the key: two keys with the same one would make a new tracking
+//! number look like a duplicate. With xxh3's 128 bits and a hundred million markers, the
+//! chance per message is about 3·10⁻³¹.
+
+use hashbrown::HashTable;
+
+use super::{Done, Outcome};
+
+/// A state key's 128-bit fingerprint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint([u64; 2]);
+
+impl Fingerprint {
+    pub fn of(key: &[u8]) -> Fingerprint {
+        let h = xxhash_rust::xxh3::xxh3_128(key);
+        Fingerprint([h as u64, (h >> 64) as u64])
+    }
+
+    /// The table's hash: half the fingerprint, already uniform.
+    fn hash(self) -> u64 {
+        self.0[0]
+    }
+}
+
+/// Expiry, outcome and parts in one word: expiry << 4 | expired outcome << 3 | parts.
+/// Expiries are clamped to ±2^59 ms (eighteen million years), which no watermark but the
+/// end of input (`i64::MAX`) reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Packed(i64);
+
+const UNTIL_LIMIT: i64 = i64::MAX >> 4;
+
+impl Packed {
+    fn new(done: &Done) -> Packed {
+        let until = done.until.clamp(-UNTIL_LIMIT, UNTIL_LIMIT);
+        let expired = i64::from(done.outcome == Outcome::Expired);
+        Packed(until << 4 | expired << 3 | i64::from(done.parts & 0b111))
+    }
+
+    fn until(self) -> i64 {
+        self.0 >> 4
+    }
+
+    fn done(self) -> Done {
+        Done {
+            until: self.until(),
+            outcome: if self.0 & 0b1000 != 0 {
+                Outcome::Expired
+            } else {
+                Outcome::Completed
+            },
+            parts: (self.0 & 0b111) as u8,
+        }
+    }
+}
+
+pub struct Marker {
+    fingerprint: Fingerprint,
+    packed: Packed,
+}
+
+/// Memory one marker costs the hot tier: its bucket and control byte, with the spare
+/// capacity of a table that grows by doubling.
+pub const MARKER_BYTES: usize = (std::mem::size_of::<Marker>() + 1) * 3 / 2;
+
+/// The markers of one key group.
+pub struct MarkerTable {
+    table: HashTable<Marker>,
+    /// The next sweep is due when the watermark reaches this.
+    next_sweep: i64,
+}
+
+impl Default for MarkerTable {
+    fn default() -> MarkerTable {
+        MarkerTable {
+            table: HashTable::new(),
+            next_sweep: i64::MIN,
+        }
+    }
+}
+
+impl MarkerTable {
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The live marker of a key: one whose expiry the watermark has not passed (a timer at
+    /// the expiry would not have fired).
+    pub fn get(&self, fingerprint: Fingerprint, watermark: i64) -> Option<Done> {
+        self.table
+            .find(fingerprint.hash(), |m| m.fingerprint == fingerprint)
+            .map(|m| m.packed)
+            .filter(|p| p.until() >= watermark)
+            .map(Packed::done)
+    }
+
+    /// Sets a key's marker; whether the table grew (an expired marker of the key may still be
+    /// there).
+    pub fn insert(&mut self, fingerprint: Fingerprint, done: &Done) -> bool {
+        let packed = Packed::new(done);
+        match self.table.entry(
+            fingerprint.hash(),
+            |m| m.fingerprint == fingerprint,
+            |m| m.fingerprint.hash(),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                o.get_mut().packed = packed;
+                false
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Marker {
+                    fingerprint,
+                    packed,
+                });
+                true
+            }
+        }
+    }
+
+    /// Drops the expired markers when a sweep is due (every `interval` of the watermark, so
+    /// an expired marker stays at most that long); how many went.
+    pub fn sweep(&mut self, watermark: i64, interval: i64) -> usize {
+        if watermark < self.next_sweep {
+            return 0;
+        }
+        self.next_sweep = watermark.saturating_add(interval);
+        let before = self.table.len();
+        self.table.retain(|m| m.packed.until() >= watermark);
+        if self.table.is_empty() {
+            // A key group that went quiet gives its memory back.
+            self.table = HashTable::new();
+        }
+        before - self.table.len()
+    }
+
+    /// Empties the table; the latest expiry it held (`i64::MIN` when empty).
+    pub fn take_all(&mut self) -> i64 {
+        let latest = self
+            .table
+            .iter()
+            .map(|m| m.packed.until())
+            .max()
+            .unwrap_or(i64::MIN);
+        self.table = HashTable::new();
+        latest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn done(until: i64, outcome: Outcome, parts: u8) -> Done {
+        Done {
+            until,
+            outcome,
+            parts,
+        }
+    }
+
+    #[test]
+    fn a_marker_reads_back_as_written_until_it_expires() {
+        let a = Fingerprint::of(b"\0\x07tn-a");
+        let b = Fingerprint::of(b"\0\x07tn-b");
+        for d in [
+            done(1_763_800_000_000, Outcome::Completed, 0b111),
+            done(-5, Outcome::Expired, 0b010),
+        ] {
+            let mut table = MarkerTable::default();
+            assert!(table.insert(a, &d));
+            assert_eq!(table.get(a, d.until), Some(d), "live up to its expiry");
+            assert_eq!(table.get(a, d.until + 1), None, "gone after it");
+            assert_eq!(table.get(b, i64::MIN), None);
+            assert_eq!(table.sweep(d.until + 1, 1000), 1);
+            assert_eq!(table.len(), 0);
+        }
+        // Beyond the packed range: expires only at the end of input.
+        let mut table = MarkerTable::default();
+        assert!(table.insert(a, &done(i64::MAX / 4, Outcome::Completed, 1)));
+        assert!(table.get(a, 1 << 58).is_some());
+        assert_eq!(table.get(a, i64::MAX), None);
+    }
+
+    #[test]
+    fn sweeps_wait_for_their_interval_and_keep_live_markers() {
+        let mut table = MarkerTable::default();
+        for i in 0..100i64 {
+            let fp = Fingerprint::of(&i.to_be_bytes());
+            table.insert(fp, &done(i * 10, Outcome::Completed, 0b111));
+        }
+        assert_eq!(table.sweep(500, 300), 50);
+        assert_eq!(table.sweep(700, 300), 0, "not due before 800");
+        assert_eq!(table.sweep(800, 300), 30);
+        assert_eq!(table.len(), 20);
+        assert_eq!(table.take_all(), 990);
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn a_marker_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<Marker>(), 24);
+    }
+}
