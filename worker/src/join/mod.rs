@@ -24,7 +24,7 @@ use weft_crds::keygroup::{KeyGroupRange, key_group};
 
 use crate::sources::{DeadLetterReason, Message, Rejection};
 use markers::{Fingerprint, MARKER_BYTES, MarkerTable};
-use timers::{Timer, Timers};
+use timers::{Timer, Timers, YOUNG_AGE};
 
 /// Join settings in milliseconds, from the pipeline's `spec.join`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -579,7 +579,11 @@ impl Books<'_> {
             return self.finish(slot, key, &pending, Outcome::Completed);
         }
         *self.hot_bytes += pending.bytes() + TIMER_BYTES;
-        self.timers.push(pending.deadline, key.clone());
+        if pending.deadline > self.watermark.saturating_add(2 * YOUNG_AGE) {
+            self.timers.push_young(pending.deadline, key.clone());
+        } else {
+            self.timers.push(pending.deadline, key.clone());
+        }
         slot.entry = Some(Entry::Pending(Box::new(pending)));
         slot.dirty = true;
         false
@@ -1161,6 +1165,14 @@ impl JoinEngine {
         let kg = self.owned.start + idx as u16;
         let swept = self.markers[idx].sweep(wm, self.sweep_interval);
         self.hot_bytes = self.hot_bytes.saturating_sub(swept * MARKER_BYTES);
+        let ripe = wm
+            .saturating_sub(YOUNG_AGE)
+            .saturating_add(self.config.lateness);
+        let slots = &self.slots;
+        let stale = self.timers[idx].promote(wm, ripe, |(deadline, key)| {
+            matches!(slots.get(key), Some(Slot { entry: Some(Entry::Pending(p)), .. }) if p.deadline == *deadline)
+        });
+        self.hot_bytes = self.hot_bytes.saturating_sub(stale * TIMER_BYTES);
         loop {
             let mut due: Vec<(i64, StateKey, TimerSource)> = Vec::new();
             while let Some((deadline, key)) = self.timers[idx].pop_due(wm) {

@@ -1,11 +1,17 @@
 //! The join's timers for one key group: pending entries' lateness deadlines and dedupe
 //! markers' expiries, about two per action.
 //!
-//! One binary heap over all of them holds every marker of the dedupe horizon, and each push
+//! One binary heap over all of them holds every timer of the lateness horizon, and each push
 //! and pop walks it through cache misses. Almost all timers are far in the future, so they
 //! wait unsorted in coarse buckets by deadline (an append each); a bucket is sorted, in a
 //! small heap, only when the watermark reaches it. Timers come out in exactly the order one
 //! heap would give.
+//!
+//! Most entries complete within seconds of their first part, long before their timer is due,
+//! and a timer cannot be taken out of its bucket. So a new entry's timer first waits in a
+//! young queue, in arrival order; once it is [`YOUNG_AGE`] old (event time) it moves to the
+//! wheel only if its entry still waits for it. The timers of quick completions never reach the
+//! wheel, where they would have waited an hour as stale copies.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -14,6 +20,9 @@ use super::StateKey;
 
 /// A deadline and the entry it belongs to.
 pub type Timer = (i64, StateKey);
+
+/// How long after its first part (event time) a young timer moves to the wheel, ms.
+pub const YOUNG_AGE: i64 = 60_000;
 
 /// Buckets a wheel spans at most; a timer beyond them goes straight to the heap. Few and
 /// wide: every key group has its own wheel (up to 32,768 of them), and an empty bucket
@@ -33,6 +42,11 @@ pub struct Timers {
     width: i64,
     len: usize,
     spare: Vec<Vec<Timer>>,
+    /// New entries' timers, in arrival order (see the module's doc).
+    young: VecDeque<Timer>,
+    /// No young timer is due before this: the earliest deadline that went into `young` since
+    /// it was last empty.
+    young_min: i64,
 }
 
 impl Timers {
@@ -45,11 +59,51 @@ impl Timers {
             width: (span / (BUCKETS as i64 / 2)).max(MIN_WIDTH),
             len: 0,
             spare: Vec::new(),
+            young: VecDeque::new(),
+            young_min: i64::MAX,
         }
     }
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// A new entry's timer, due far later than [`YOUNG_AGE`] from now: it waits in the young
+    /// queue until [`Timers::promote`] moves it on (or finds it stale).
+    pub fn push_young(&mut self, deadline: i64, key: StateKey) {
+        self.len += 1;
+        self.young_min = self.young_min.min(deadline);
+        self.young.push_back((deadline, key));
+    }
+
+    /// Moves the young timers whose entries' first parts are at least [`YOUNG_AGE`] old
+    /// (deadline at most `ripe`) to the wheel, dropping those `pending` says no longer wait
+    /// (their entry completed); all of them when one could fall due within [`YOUNG_AGE`] of
+    /// `wm`. Before [`Timers::pop_due`] at `wm`. Returns how many were dropped.
+    pub fn promote(
+        &mut self,
+        wm: i64,
+        ripe: i64,
+        mut pending: impl FnMut(&Timer) -> bool,
+    ) -> usize {
+        let all = self.young_min <= wm.saturating_add(YOUNG_AGE);
+        let mut dropped = 0;
+        while self.young.front().is_some_and(|(d, _)| all || *d <= ripe) {
+            let Some(timer) = self.young.pop_front() else {
+                break;
+            };
+            if pending(&timer) {
+                self.len -= 1;
+                self.push(timer.0, timer.1);
+            } else {
+                self.len -= 1;
+                dropped += 1;
+            }
+        }
+        if self.young.is_empty() {
+            self.young_min = i64::MAX;
+        }
+        dropped
     }
 
     pub fn push(&mut self, deadline: i64, key: StateKey) {
@@ -79,6 +133,7 @@ impl Timers {
 
     /// The earliest timer before `wm`, taken out.
     pub fn pop_due(&mut self, wm: i64) -> Option<Timer> {
+        debug_assert!(self.young_min >= wm, "young timers promoted first");
         // Every bucket that starts before `wm` may hold a due timer: into the heap with it.
         while self.near_end < wm {
             let Some(mut bucket) = self.far.pop_front() else {
@@ -104,8 +159,10 @@ impl Timers {
         for bucket in &mut self.far {
             bucket.retain(&mut keep);
         }
+        self.young.retain(&mut keep);
         let before = self.len;
-        self.len = self.near.len() + self.far.iter().map(Vec::len).sum::<usize>();
+        self.len =
+            self.near.len() + self.far.iter().map(Vec::len).sum::<usize>() + self.young.len();
         before - self.len
     }
 
@@ -113,6 +170,8 @@ impl Timers {
     pub fn clear(&mut self) {
         self.near.clear();
         self.far.clear();
+        self.young.clear();
+        self.young_min = i64::MAX;
         self.len = 0;
     }
 }
@@ -124,42 +183,56 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// Whatever the pushes and watermarks, timers come out exactly as from one heap.
+        /// Whatever the pushes and watermarks, timers come out exactly as from one heap; young
+        /// ones whose entries no longer wait for them never come out.
         #[test]
         fn pops_like_one_heap(
-            ops in proptest::collection::vec((any::<bool>(), 0i64..40_000, 0u16..50), 1..400),
+            ops in proptest::collection::vec((0u8..3, 0i64..200_000, 0u16..50), 1..400),
             span in 0i64..20_000,
         ) {
             let mut wheel = Timers::new(span);
             let mut heap: BinaryHeap<Reverse<Timer>> = BinaryHeap::new();
             let mut wm = 0i64;
-            for (advance, step, n) in ops {
-                if advance {
-                    wm += step / 4;
-                    loop {
-                        let expected = match heap.peek() {
-                            Some(Reverse((d, _))) if *d < wm => heap.pop().map(|Reverse(t)| t),
-                            _ => None,
-                        };
-                        let got = wheel.pop_due(wm);
-                        prop_assert_eq!(&got, &expected);
-                        if got.is_none() {
-                            break;
+            // Young timers of these keys are stale when promoted.
+            let stale = |key: &StateKey| key.last() == Some(&b'7');
+            let lateness = 100_000;
+            for (op, step, n) in ops {
+                let key = state_key(n % 3, &format!("T{n}"));
+                match op {
+                    0 => {
+                        wm += step / 16;
+                        let ripe = wm - YOUNG_AGE + lateness;
+                        wheel.promote(wm, ripe, |(_, k)| !stale(k));
+                        loop {
+                            let expected = match heap.peek() {
+                                Some(Reverse((d, _))) if *d < wm => heap.pop().map(|Reverse(t)| t),
+                                _ => None,
+                            };
+                            let got = wheel.pop_due(wm);
+                            prop_assert_eq!(&got, &expected);
+                            if got.is_none() {
+                                break;
+                            }
                         }
                     }
-                } else {
                     // Deadlines at or after the watermark, as the join sets them.
-                    let deadline = wm + step;
-                    let key = state_key(n % 3, &format!("T{n}"));
-                    wheel.push(deadline, key.clone());
-                    heap.push(Reverse((deadline, key)));
+                    1 => {
+                        wheel.push(wm + step, key.clone());
+                        heap.push(Reverse((wm + step, key)));
+                    }
+                    _ => {
+                        wheel.push_young(wm + step, key.clone());
+                        if !stale(&key) {
+                            heap.push(Reverse((wm + step, key)));
+                        }
+                    }
                 }
-                prop_assert_eq!(wheel.len(), heap.len());
             }
             let kept = wheel.retain(|(d, _)| d % 2 == 0);
             heap.retain(|Reverse((d, _))| d % 2 == 0);
-            prop_assert_eq!(wheel.len(), heap.len());
             prop_assert!(kept <= 400);
+            wheel.promote(i64::MAX, i64::MAX, |(_, k)| !stale(k));
+            prop_assert_eq!(wheel.len(), heap.len());
             let mut rest = Vec::new();
             while let Some(t) = wheel.pop_due(i64::MAX) {
                 rest.push(t);
