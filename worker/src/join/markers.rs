@@ -10,13 +10,17 @@
 //! A fingerprint stands for the key: two keys with the same one would make a new tracking
 //! number look like a duplicate. With xxh3's 128 bits and a hundred million markers, the
 //! chance per message is about 3·10⁻³¹.
+//!
+//! In RocksDB a marker is the same 24 bytes ([`Marker::encode`]): a checkpoint stores the
+//! markers made since the last one as one *run* per key group, and markers that leave memory
+//! are stored one by one, keyed by key group and fingerprint, for lookups.
 
 use hashbrown::HashTable;
 
 use super::{Done, Outcome};
 
 /// A state key's 128-bit fingerprint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Fingerprint([u64; 2]);
 
 impl Fingerprint {
@@ -28,6 +32,13 @@ impl Fingerprint {
     /// The table's hash: half the fingerprint, already uniform.
     fn hash(self) -> u64 {
         self.0[0]
+    }
+
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.0[0].to_be_bytes());
+        b[8..].copy_from_slice(&self.0[1].to_be_bytes());
+        b
     }
 }
 
@@ -63,9 +74,61 @@ impl Packed {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Marker {
     fingerprint: Fingerprint,
     packed: Packed,
+}
+
+/// Bytes of an encoded marker.
+pub const ENCODED_MARKER: usize = 24;
+
+impl Marker {
+    pub fn new(fingerprint: Fingerprint, done: &Done) -> Marker {
+        Marker {
+            fingerprint,
+            packed: Packed::new(done),
+        }
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    pub fn until(&self) -> i64 {
+        self.packed.until()
+    }
+
+    pub fn done(&self) -> Done {
+        self.packed.done()
+    }
+
+    /// Fingerprint (16 bytes) then expiry, outcome and parts (8), big-endian.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.fingerprint.to_bytes());
+        out.extend_from_slice(&self.packed.0.to_be_bytes());
+    }
+
+    /// The markers encoded back to back in `bytes`; `None` if its length is not a multiple.
+    pub fn decode_all(bytes: &[u8]) -> Option<impl Iterator<Item = Marker> + '_> {
+        if !bytes.len().is_multiple_of(ENCODED_MARKER) {
+            return None;
+        }
+        Some(bytes.chunks_exact(ENCODED_MARKER).map(|c| {
+            let word = |i: usize| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&c[i * 8..(i + 1) * 8]);
+                w
+            };
+            Marker {
+                fingerprint: Fingerprint([
+                    u64::from_be_bytes(word(0)),
+                    u64::from_be_bytes(word(1)),
+                ]),
+                packed: Packed(i64::from_be_bytes(word(2))),
+            }
+        }))
+    }
 }
 
 /// Memory one marker costs the hot tier: its bucket and control byte, with the spare
@@ -93,6 +156,10 @@ impl MarkerTable {
         self.table.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
     /// The live marker of a key: one whose expiry the watermark has not passed (a timer at
     /// the expiry would not have fired).
     pub fn get(&self, fingerprint: Fingerprint, watermark: i64) -> Option<Done> {
@@ -106,7 +173,14 @@ impl MarkerTable {
     /// Sets a key's marker; whether the table grew (an expired marker of the key may still be
     /// there).
     pub fn insert(&mut self, fingerprint: Fingerprint, done: &Done) -> bool {
-        let packed = Packed::new(done);
+        self.insert_marker(Marker::new(fingerprint, done))
+    }
+
+    pub fn insert_marker(&mut self, marker: Marker) -> bool {
+        let Marker {
+            fingerprint,
+            packed,
+        } = marker;
         match self.table.entry(
             fingerprint.hash(),
             |m| m.fingerprint == fingerprint,
@@ -142,16 +216,18 @@ impl MarkerTable {
         before - self.table.len()
     }
 
-    /// Empties the table; the latest expiry it held (`i64::MIN` when empty).
-    pub fn take_all(&mut self) -> i64 {
-        let latest = self
-            .table
-            .iter()
-            .map(|m| m.packed.until())
-            .max()
-            .unwrap_or(i64::MIN);
+    /// Empties the table; its markers that are live at `watermark`.
+    pub fn take_live(&mut self, watermark: i64) -> Vec<Marker> {
+        let table = std::mem::take(&mut self.table);
+        table
+            .into_iter()
+            .filter(|m| m.until() >= watermark)
+            .collect()
+    }
+
+    /// Empties the table.
+    pub fn clear(&mut self) {
         self.table = HashTable::new();
-        latest
     }
 }
 
@@ -202,8 +278,16 @@ mod tests {
         assert_eq!(table.sweep(700, 300), 0, "not due before 800");
         assert_eq!(table.sweep(800, 300), 30);
         assert_eq!(table.len(), 20);
-        assert_eq!(table.take_all(), 990);
+        let live = table.take_live(900);
+        assert_eq!(live.len(), 10);
         assert_eq!(table.len(), 0);
+        // Encoded back to back and read back.
+        let mut bytes = Vec::new();
+        live.iter().for_each(|m| m.encode(&mut bytes));
+        assert_eq!(bytes.len(), 10 * ENCODED_MARKER);
+        let decoded: Vec<Marker> = Marker::decode_all(&bytes).unwrap().collect();
+        assert_eq!(decoded, live);
+        assert!(Marker::decode_all(&bytes[1..]).is_none());
     }
 
     #[test]

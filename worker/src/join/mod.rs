@@ -10,7 +10,7 @@
 //! has accepted. Everything a key group does depends only on the messages of that key group
 //! in arrival order, so results do not depend on how key groups are spread over workers.
 
-mod markers;
+pub mod markers;
 pub mod record;
 mod timers;
 
@@ -23,7 +23,7 @@ use weft_crds::join_pipeline::JoinSpec;
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
 use crate::sources::{DeadLetterReason, Message, Rejection};
-use markers::{Fingerprint, MARKER_BYTES, MarkerTable};
+use markers::{Fingerprint, MARKER_BYTES, Marker, MarkerTable};
 use timers::{Timer, Timers, YOUNG_AGE};
 
 /// Join settings in milliseconds, from the pipeline's `spec.join`.
@@ -61,7 +61,7 @@ const ALLOCATION_OVERHEAD: usize = 16;
 const SLOT_BYTES: usize = std::mem::size_of::<(StateKey, Slot)>() * 3 / 2 + 1;
 const TIMER_BYTES: usize = std::mem::size_of::<Timer>() * 3 / 2;
 /// A marker waiting in the journal for the next checkpoint to store it.
-const JOURNAL_BYTES: usize = std::mem::size_of::<(StateKey, Done)>() * 3 / 2;
+const JOURNAL_BYTES: usize = std::mem::size_of::<Marker>() * 3 / 2;
 
 /// Moves a resolved pending entry out of its slot (leaving an empty one to be overwritten)
 /// and takes its parts' bytes off the hot tier's account.
@@ -347,6 +347,19 @@ pub trait ColdStore {
     /// are cold and to bring the markers back). A stored marker may have expired: markers
     /// are never deleted one by one, the store drops them when it compacts.
     fn for_each_entry(&self, f: &mut dyn FnMut(&[u8], StoredKind)) -> Result<(), StateError>;
+    /// The marker stored one by one for a key of `key_group` (one that left memory), if any;
+    /// it may have expired.
+    fn get_marker(
+        &self,
+        key_group: u16,
+        fingerprint: Fingerprint,
+    ) -> Result<Option<Done>, StateError>;
+    /// Calls `f` with every stored run of markers: key group, run number, markers.
+    fn for_each_marker_run(&self, f: &mut dyn FnMut(u16, u64, &[Marker]))
+    -> Result<(), StateError>;
+    /// Stores markers one by one, for [`ColdStore::get_marker`] (a restore that cannot hold
+    /// them all in memory). Idempotent: they are stored in runs already.
+    fn store_markers(&self, markers: &[(u16, Vec<Marker>)]) -> Result<(), StateError>;
 }
 
 /// A cold tier that holds nothing (tests, and workers that never evicted).
@@ -363,6 +376,18 @@ impl ColdStore for NoCold {
         Ok(None)
     }
     fn for_each_entry(&self, _: &mut dyn FnMut(&[u8], StoredKind)) -> Result<(), StateError> {
+        Ok(())
+    }
+    fn get_marker(&self, _: u16, _: Fingerprint) -> Result<Option<Done>, StateError> {
+        Ok(None)
+    }
+    fn for_each_marker_run(
+        &self,
+        _: &mut dyn FnMut(u16, u64, &[Marker]),
+    ) -> Result<(), StateError> {
+        Ok(())
+    }
+    fn store_markers(&self, _: &[(u16, Vec<Marker>)]) -> Result<(), StateError> {
         Ok(())
     }
 }
@@ -483,10 +508,18 @@ pub enum Change {
 /// What a checkpoint writes for the join.
 #[derive(Debug, Default)]
 pub struct JoinChanges {
+    /// Pending entries.
     pub changes: Vec<Change>,
+    /// Per key group, the markers made since the last checkpoint: one run, numbered `run`.
+    pub marker_runs: Vec<(u16, Vec<Marker>)>,
+    pub run: u64,
+    /// Runs whose markers have all expired: (key group, run).
+    pub expired_runs: Vec<(u16, u64)>,
+    /// Markers that leave memory, to be stored one by one for lookups.
+    pub marker_points: Vec<(u16, Vec<Marker>)>,
     /// The owned key groups' watermarks (from `first_key_group` on): once this checkpoint is
-    /// written, a stored marker that expired before its key group's watermark is garbage
-    /// (every restore starts from here or later, and counts it as expired).
+    /// written, a marker stored one by one that expired before its key group's watermark is
+    /// garbage (every restore starts from here or later, and counts it as expired).
     pub first_key_group: u16,
     pub watermarks: Vec<i64>,
 }
@@ -497,7 +530,7 @@ struct Books<'e> {
     config: &'e JoinConfig,
     timers: &'e mut Timers,
     markers: &'e mut MarkerTable,
-    journal: &'e mut Vec<(StateKey, Done)>,
+    journal: &'e mut Vec<Marker>,
     watermark: i64,
     forget_store: bool,
     hot_bytes: &'e mut usize,
@@ -505,10 +538,10 @@ struct Books<'e> {
 }
 
 impl Books<'_> {
-    /// Replaces a resolved entry by its dedupe marker. A marker goes into the key group's
-    /// marker table (and the journal, for the next checkpoint to store), unless the entry
-    /// is stored: then the slot holds the marker until the next checkpoint overwrites the
-    /// stored entry with it. Returns whether the slot is to be dropped.
+    /// Replaces a resolved entry by its dedupe marker, in the key group's marker table and
+    /// in the journal, for the next checkpoint to store. A stored entry leaves a tombstone in
+    /// its slot until that checkpoint deletes it: a timer of an older version read ahead from
+    /// the store must not bring that version back. Returns whether the slot is to be dropped.
     fn finish(
         &mut self,
         slot: &mut Slot,
@@ -522,31 +555,24 @@ impl Books<'_> {
         }
         let removed = slot.entry.as_ref().map_or(0, Entry::bytes);
         *self.hot_bytes = self.hot_bytes.saturating_sub(removed);
+        slot.entry = None;
         slot.dirty = true;
         let done = Done {
             until: marker_until(self.config, pending.deadline),
             outcome,
             parts: pending.mask(),
         };
-        // A stored entry's slot stays, the marker or a tombstone: a timer of an older
-        // version read ahead from the store must not bring that version back.
-        if done.until < self.watermark {
-            // Expired as it is made (the end of input, or no dedupe beyond the lateness): a
-            // stored entry is deleted at the next checkpoint.
-            slot.entry = None;
-            return !stored;
-        }
-        if stored && !self.forget_store {
-            slot.entry = Some(Entry::Done(done));
-            return false;
-        }
-        slot.entry = None;
-        if self.markers.insert(Fingerprint::of(key), &done) {
-            *self.hot_bytes += MARKER_BYTES;
-        }
-        if !self.forget_store {
-            *self.hot_bytes += JOURNAL_BYTES;
-            self.journal.push((key.clone(), done));
+        // Not when it expires as it is made (the end of input, or no dedupe beyond the
+        // lateness).
+        if done.until >= self.watermark {
+            let marker = Marker::new(Fingerprint::of(key), &done);
+            if self.markers.insert_marker(marker) {
+                *self.hot_bytes += MARKER_BYTES;
+            }
+            if !self.forget_store {
+                *self.hot_bytes += JOURNAL_BYTES;
+                self.journal.push(marker);
+            }
         }
         !stored
     }
@@ -730,8 +756,12 @@ pub struct JoinEngine {
     cold_read_to: Vec<i64>,
     /// Dedupe markers in memory, per key group.
     markers: Vec<MarkerTable>,
-    /// Markers made since the last checkpoint, for it to store.
-    journal: Vec<(StateKey, Done)>,
+    /// Markers made since the last checkpoint, per key group, for it to store as a run.
+    journal: Vec<Vec<Marker>>,
+    /// Per key group, the stored runs of markers: (run, latest expiry), oldest first.
+    runs: Vec<VecDeque<(u64, i64)>>,
+    /// The number of the next checkpoint's runs.
+    next_run: u64,
     /// The latest expiry among a key group's stored markers that are not in memory (evicted,
     /// or left in the store at a restore): until its watermark passes it, a key missing from
     /// memory may have a marker in the store.
@@ -762,7 +792,9 @@ impl JoinEngine {
             cold_ahead: (0..n).map(|_| VecDeque::new()).collect(),
             cold_read_to: vec![i64::MIN; n],
             markers: (0..n).map(|_| MarkerTable::default()).collect(),
-            journal: Vec::new(),
+            journal: (0..n).map(|_| Vec::new()).collect(),
+            runs: (0..n).map(|_| VecDeque::new()).collect(),
+            next_run: 0,
             cold_markers_until: vec![i64::MIN; n],
             // An expired marker stays at most a sixteenth of the horizon.
             sweep_interval: (config.dedupe / 16).max(1000),
@@ -841,32 +873,63 @@ impl JoinEngine {
         let owned = self.owned;
         let mut room = (max_hot_bytes / 2).saturating_sub(self.hot_bytes) / MARKER_BYTES;
         let mut loaded = 0;
-        let (stored, markers, cold_markers_until, wms) = (
+        // Markers beyond the room stay in the store, stored one by one for lookups.
+        let mut overflow: Vec<Vec<Marker>> = vec![Vec::new(); self.markers.len()];
+        let (stored, markers, runs, wms) = (
             &mut self.stored,
             &mut self.markers,
-            &mut self.cold_markers_until,
+            &mut self.runs,
             &self.watermarks,
         );
+        let mut restore_marker = |i: usize, marker: Marker| {
+            if marker.until() < wms[i] {
+                return;
+            }
+            if room == 0 {
+                overflow[i].push(marker);
+            } else if markers[i].insert_marker(marker) {
+                room -= 1;
+                loaded += 1;
+            }
+        };
+        let index = |kg: u16| owned.contains(kg).then(|| usize::from(kg - owned.start));
+        let mut next_run = 0;
+        cold.for_each_marker_run(&mut |kg, run, stored_markers| {
+            next_run = next_run.max(run + 1);
+            let Some(i) = index(kg) else {
+                return;
+            };
+            let latest = stored_markers
+                .iter()
+                .map(Marker::until)
+                .max()
+                .unwrap_or(i64::MIN);
+            runs[i].push_back((run, latest));
+            for marker in stored_markers {
+                restore_marker(i, *marker);
+            }
+        })?;
+        // Earlier versions stored a marker under its key, with the pending entries.
         cold.for_each_entry(&mut |key, kind| match kind {
             StoredKind::Pending => stored.added(key),
             StoredKind::Marker(done) => {
-                let (kg, _) = split_key(key);
-                if !owned.contains(kg) {
-                    return;
-                }
-                let i = usize::from(kg - owned.start);
-                if done.until < wms[i] {
-                    return;
-                }
-                if room == 0 {
-                    cold_markers_until[i] = cold_markers_until[i].max(done.until);
-                } else if markers[i].insert(Fingerprint::of(key), &done) {
-                    room -= 1;
-                    loaded += 1;
+                if let Some(i) = index(split_key(key).0) {
+                    restore_marker(i, Marker::new(Fingerprint::of(key), &done));
                 }
             }
         })?;
+        self.next_run = next_run;
         self.hot_bytes += loaded * MARKER_BYTES;
+        let mut left: Vec<(u16, Vec<Marker>)> = Vec::new();
+        for (i, markers) in overflow.into_iter().enumerate() {
+            if let Some(latest) = markers.iter().map(Marker::until).max() {
+                self.cold_markers_until[i] = self.cold_markers_until[i].max(latest);
+                left.push((owned.start + i as u16, markers));
+            }
+        }
+        if !left.is_empty() {
+            cold.store_markers(&left)?;
+        }
         for i in 0..self.cold_next.len() {
             self.cold_next[i] = cold.next_deadline(self.owned.start + i as u16, i64::MIN)?;
         }
@@ -967,12 +1030,9 @@ impl JoinEngine {
                             books.timers.push(pending.deadline, key);
                         }
                     }
-                    // A stored entry's marker, until the next checkpoint stores it.
-                    Some(Entry::Done(done)) if done.until >= wm => {
-                        return books.after_marker(*done, msg.part);
-                    }
-                    // The stored entry was deleted (or its marker expired) since the last
-                    // checkpoint: the tracking number starts again in this slot.
+                    // The stored entry was deleted since the last checkpoint (its marker is in
+                    // the table): the tracking number starts again in this slot, unless the
+                    // marker says it is done.
                     _ => {
                         if let Some(done) = books.markers.get(Fingerprint::of(&key), wm) {
                             return books.after_marker(done, msg.part);
@@ -1067,10 +1127,12 @@ impl JoinEngine {
         });
         for markers in &mut self.markers {
             freed += markers.len() * MARKER_BYTES;
-            markers.take_all();
+            markers.clear();
         }
-        freed += self.journal.len() * JOURNAL_BYTES;
-        self.journal = Vec::new();
+        for journal in &mut self.journal {
+            freed += journal.len() * JOURNAL_BYTES;
+            *journal = Vec::new();
+        }
         for timers in &mut self.timers {
             freed += timers.len() * TIMER_BYTES;
             timers.clear();
@@ -1099,7 +1161,7 @@ impl JoinEngine {
                 config: &self.config,
                 timers: &mut self.timers[idx],
                 markers: &mut self.markers[idx],
-                journal: &mut self.journal,
+                journal: &mut self.journal[idx],
                 watermark: self.watermarks[idx],
                 forget_store: self.forget_store,
                 hot_bytes: &mut self.hot_bytes,
@@ -1119,14 +1181,28 @@ impl JoinEngine {
         certain: bool,
     ) -> Result<(), StateError> {
         let wm = self.watermarks[idx];
-        let maybe = certain
-            || (self.cold_next[idx].is_some() && self.stored.may_contain(key))
-            || self.cold_markers_until[idx] >= wm;
-        if !maybe || self.slots.contains_key(key) {
+        let maybe_pending =
+            certain || (self.cold_next[idx].is_some() && self.stored.may_contain(key));
+        let maybe_marker = self.cold_markers_until[idx] >= wm;
+        if !(maybe_pending || maybe_marker) || self.slots.contains_key(key) {
             return Ok(());
         }
         let fingerprint = Fingerprint::of(key);
         if self.markers[idx].get(fingerprint, wm).is_some() {
+            return Ok(());
+        }
+        if maybe_marker {
+            let kg = self.owned.start + idx as u16;
+            if let Some(done) = cold.get_marker(kg, fingerprint)?
+                && done.until >= wm
+            {
+                if self.markers[idx].insert(fingerprint, &done) {
+                    self.hot_bytes += MARKER_BYTES;
+                }
+                return Ok(());
+            }
+        }
+        if !maybe_pending {
             return Ok(());
         }
         match cold.get(key)? {
@@ -1143,6 +1219,7 @@ impl JoinEngine {
                     },
                 );
             }
+            // A marker stored by an earlier version, under its key.
             Some(Entry::Done(done))
                 if done.until >= wm && self.markers[idx].insert(fingerprint, &done) =>
             {
@@ -1266,28 +1343,39 @@ impl JoinEngine {
     pub fn checkpoint_changes(&mut self, evict: Evict) -> JoinChanges {
         let start = self.owned.start;
         let index = |key: &[u8]| usize::from(split_key(key).0.wrapping_sub(start));
-        // Markers of entries never stored, unless expired since: a key whose marker expired
-        // may have started again, and its slot says what to store.
-        let mut changes = Vec::with_capacity(self.journal.len());
-        let mut freed = self.journal.len() * JOURNAL_BYTES;
-        for (key, done) in std::mem::take(&mut self.journal) {
-            let live = self
-                .watermarks
-                .get(index(&key))
-                .is_some_and(|wm| done.until >= *wm);
-            if live && !self.slots.contains_key(&key) {
-                changes.push(Change::Put {
-                    key,
-                    entry: Entry::Done(done),
-                    old_deadline: None,
-                });
+        let mut out = JoinChanges {
+            run: self.next_run,
+            first_key_group: start,
+            watermarks: self.watermarks.clone(),
+            ..JoinChanges::default()
+        };
+        let mut freed = 0usize;
+        // The journal's markers, one run per key group (those expired since stay out), and
+        // the runs whose markers have all expired go.
+        for (i, journal) in self.journal.iter_mut().enumerate() {
+            let kg = start + i as u16;
+            let wm = self.watermarks[i];
+            freed += journal.len() * JOURNAL_BYTES;
+            let mut markers = std::mem::take(journal);
+            markers.retain(|m| m.until() >= wm);
+            if let Some(latest) = markers.iter().map(Marker::until).max() {
+                self.runs[i].push_back((self.next_run, latest));
+                out.marker_runs.push((kg, markers));
             }
+            while let Some(&(run, latest)) = self.runs[i].front()
+                && latest < wm
+            {
+                self.runs[i].pop_front();
+                out.expired_runs.push((kg, run));
+            }
+        }
+        if !out.marker_runs.is_empty() {
+            self.next_run += 1;
         }
         let mut evicted_deadlines: Vec<Option<i64>> = vec![None; self.timers.len()];
         let mut evicted = 0usize;
         let mut moved = false;
-        let mut added_markers = 0usize;
-        let (stored, markers, watermarks) = (&mut self.stored, &mut self.markers, &self.watermarks);
+        let (stored, changes) = (&mut self.stored, &mut out.changes);
         self.slots.retain(|key, slot| {
             if slot.dirty {
                 match &slot.entry {
@@ -1315,33 +1403,9 @@ impl JoinEngine {
                         }
                         slot.persisted = Persisted::at(deadline);
                     }
-                    // A stored entry resolved: its marker overwrites it, and lives in the
-                    // marker table from now on (or it expired, and the entry goes).
-                    Some(Entry::Done(done)) => {
-                        let i = index(key);
-                        let live = watermarks.get(i).is_some_and(|wm| done.until >= *wm);
-                        if live {
-                            changes.push(Change::Put {
-                                key: key.clone(),
-                                entry: Entry::Done(*done),
-                                old_deadline: slot.persisted.get(),
-                            });
-                            if let Some(table) = markers.get_mut(i)
-                                && table.insert(Fingerprint::of(key), done)
-                            {
-                                added_markers += 1;
-                            }
-                        } else if let Some(deadline) = slot.persisted.get() {
-                            changes.push(Change::Delete {
-                                key: key.clone(),
-                                deadline,
-                            });
-                        }
-                        stored.removed(key);
-                        freed += SLOT_BYTES + key.heap_bytes();
-                        return false;
-                    }
-                    None => {
+                    // A resolved stored entry (its marker is in this checkpoint's runs): the
+                    // entry and its timer go. Markers never live in a slot.
+                    _ => {
                         if let Some(deadline) = slot.persisted.get() {
                             changes.push(Change::Delete {
                                 key: key.clone(),
@@ -1374,23 +1438,24 @@ impl JoinEngine {
             }
             true
         });
-        self.hot_bytes += added_markers * MARKER_BYTES;
         if evict != Evict::Nothing {
-            // Whole key groups' markers, the largest tables first: every marker in memory is
-            // stored by now (the journal is in this checkpoint's batch).
+            // Whole key groups' markers, the largest tables first, stored one by one for
+            // lookups as they leave.
             let mut tables: Vec<usize> = (0..self.markers.len())
-                .filter(|i| self.markers[*i].len() > 0)
+                .filter(|i| !self.markers[*i].is_empty())
                 .collect();
             tables.sort_by_key(|i| std::cmp::Reverse(self.markers[*i].len()));
             for i in tables {
                 if !evict.takes_markers(evicted) {
                     break;
                 }
-                let n = self.markers[i].len();
-                let latest = self.markers[i].take_all();
-                self.cold_markers_until[i] = self.cold_markers_until[i].max(latest);
-                evicted += n;
-                freed += n * MARKER_BYTES;
+                evicted += self.markers[i].len();
+                freed += self.markers[i].len() * MARKER_BYTES;
+                let live = self.markers[i].take_live(self.watermarks[i]);
+                if let Some(latest) = live.iter().map(Marker::until).max() {
+                    self.cold_markers_until[i] = self.cold_markers_until[i].max(latest);
+                    out.marker_points.push((start + i as u16, live));
+                }
             }
             for (i, timers) in self.timers.iter_mut().enumerate() {
                 // Timers of entries that left go with them (the store has their timers).
@@ -1407,11 +1472,7 @@ impl JoinEngine {
         if self.slots.is_empty() && self.hot_markers() == 0 {
             self.hot_bytes = 0;
         }
-        JoinChanges {
-            changes,
-            first_key_group: self.owned.start,
-            watermarks: self.watermarks.clone(),
-        }
+        out
     }
 }
 

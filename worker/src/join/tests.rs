@@ -47,12 +47,22 @@ fn msg(tn: &str, part: Part, t: i64) -> Message<'static> {
 struct MemCold {
     entries: Mutex<BTreeMap<Vec<u8>, Entry>>,
     timers: Mutex<BTreeSet<(u16, i64, Vec<u8>)>>,
+    runs: Mutex<BTreeMap<(u16, u64), Vec<Marker>>>,
+    points: Mutex<BTreeMap<(u16, Fingerprint), Done>>,
 }
 
 impl MemCold {
     fn apply(&self, changes: JoinChanges) {
         let mut entries = self.entries.lock().unwrap();
         let mut timers = self.timers.lock().unwrap();
+        let mut runs = self.runs.lock().unwrap();
+        for (kg, markers) in changes.marker_runs {
+            runs.insert((kg, changes.run), markers);
+        }
+        for run in changes.expired_runs {
+            runs.remove(&run);
+        }
+        self.store_markers(&changes.marker_points).unwrap();
         for change in changes.changes {
             match change {
                 Change::Put {
@@ -106,6 +116,27 @@ impl ColdStore for MemCold {
             .filter(|(g, d, _)| *g == kg && *d >= from)
             .map(|(_, d, _)| *d)
             .min())
+    }
+    fn get_marker(&self, kg: u16, fingerprint: Fingerprint) -> Result<Option<Done>, StateError> {
+        Ok(self.points.lock().unwrap().get(&(kg, fingerprint)).copied())
+    }
+    fn for_each_marker_run(
+        &self,
+        f: &mut dyn FnMut(u16, u64, &[Marker]),
+    ) -> Result<(), StateError> {
+        for ((kg, run), markers) in self.runs.lock().unwrap().iter() {
+            f(*kg, *run, markers);
+        }
+        Ok(())
+    }
+    fn store_markers(&self, markers: &[(u16, Vec<Marker>)]) -> Result<(), StateError> {
+        let mut points = self.points.lock().unwrap();
+        for (kg, markers) in markers {
+            for m in markers {
+                points.insert((*kg, m.fingerprint()), m.done());
+            }
+        }
+        Ok(())
     }
     fn for_each_entry(&self, f: &mut dyn FnMut(&[u8], StoredKind)) -> Result<(), StateError> {
         for (key, entry) in self.entries.lock().unwrap().iter() {
@@ -292,7 +323,7 @@ fn markers_are_dropped_after_the_dedupe_horizon() {
             )
             .unwrap();
     }
-    let a = markers::Fingerprint::of(&state_key(0, "a"));
+    let a = Fingerprint::of(&state_key(0, "a"));
     assert_eq!(
         engine.markers[0].get(a, i64::MIN),
         None,
@@ -457,14 +488,11 @@ fn run(msgs: &[Message<'static>], key_groups: u16, splits: u32, evict_at: &[usiz
             (0, 0),
             "all state released at the end"
         );
-        // Stored markers are left for compaction to drop: all expired at the end of time.
+        // Markers stored one by one are left for compaction to drop.
         assert!(
-            cold.entries
-                .lock()
-                .unwrap()
-                .values()
-                .all(|e| matches!(e, Entry::Done(_)))
-                && cold.timers.lock().unwrap().is_empty(),
+            cold.entries.lock().unwrap().is_empty()
+                && cold.timers.lock().unwrap().is_empty()
+                && cold.runs.lock().unwrap().is_empty(),
             "cold tier emptied"
         );
     }
@@ -537,4 +565,37 @@ fn a_stale_stored_timer_does_not_bring_back_an_older_version_at_the_end() {
     engine.finish_and_forget_store(&cold, &mut out).unwrap();
     assert_eq!(out.incomplete, [("a".to_string(), 0b100)]);
     assert!(out.complete.is_empty());
+}
+
+#[test]
+fn restored_markers_are_in_memory_or_found_in_the_store() {
+    let cold = MemCold::default();
+    let mut first = all(4);
+    let mut out = Recorded::default();
+    let names: Vec<String> = (0..20).map(|i| format!("tn-{i}")).collect();
+    for tn in &names {
+        for part in Part::ALL {
+            first.process(msg(tn, part, T0), &cold, &mut out).unwrap();
+        }
+    }
+    cold.apply(first.checkpoint_changes(Evict::Nothing));
+    let watermarks = first.watermarks().to_vec();
+    // Room for every marker, and for none: the second keeps them in the store, one by one.
+    for (budget, in_memory) in [(1 << 20, 20), (0, 0)] {
+        let mut second = all(4);
+        second
+            .restore(&watermarks, first.stats.clone(), &cold, budget)
+            .unwrap();
+        assert_eq!(second.hot_markers(), in_memory);
+        let mut out = Recorded::default();
+        for tn in &names {
+            second
+                .process(msg(tn, Part::Request, T0 + 1), &cold, &mut out)
+                .unwrap();
+        }
+        assert_eq!(second.stats.duplicates, 20, "budget {budget}");
+        assert_eq!(second.hot_pending(), 0, "no tracking number started again");
+        second.finish(&cold, &mut out).unwrap();
+        assert!(out.complete.is_empty() && out.incomplete.is_empty());
+    }
 }

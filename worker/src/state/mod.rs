@@ -1,13 +1,18 @@
 //! RocksDB state: the cold tier of the join and the checkpoint record.
 //!
 //! Column families:
-//! - `join`: entry per state key (key group BE u16 + tracking number): a pending entry or a
-//!   dedupe marker. Markers are written once and never deleted one by one: a compaction
-//!   filter drops those that expired before their key group's watermark at a written
-//!   checkpoint (readers treat an expired marker as absent anyway).
+//! - `join`: entry per state key (key group BE u16 + tracking number): a pending entry (or a
+//!   dedupe marker, as earlier versions stored them).
 //! - `timers`: key group BE u16 + deadline (order-preserving u64) + tracking number: the
 //!   cold pending entries' timers in deadline order per key group. The value is `[1]` for
 //!   the timer of a marker, which only state written by earlier versions has.
+//! - `markers`: the join's dedupe markers (24 bytes each, `join::markers`). A *run* is the
+//!   markers one checkpoint made in one key group: key group BE u16 + run number BE u64, the
+//!   markers back to back; it is deleted by the checkpoint whose watermark passed its last
+//!   expiry. Markers that left memory are also stored one by one for lookups: key group BE
+//!   u16 + fingerprint (16 bytes), the marker's last 8 bytes; a compaction filter drops those
+//!   that expired before their key group's watermark at a written checkpoint (readers treat
+//!   an expired marker as absent anyway).
 //! - `process`: one process instance per key: key group BE u16 + definition index BE u16 +
 //!   instance key; the value is the instance (binary, `process::codec`).
 //! - `aggregates`: empty. Earlier versions stored the process stage's window aggregates here;
@@ -34,15 +39,24 @@ use rocksdb::{
     WriteBatch, WriteOptions,
 };
 
-use crate::join::{Change, ColdStore, ColdTimer, Entry, JoinChanges, StateError, StoredKind};
+use crate::join::markers::{ENCODED_MARKER, Fingerprint, Marker};
+use crate::join::{Change, ColdStore, ColdTimer, Done, Entry, JoinChanges, StateError, StoredKind};
 use crate::process::ProcessChanges;
 
 const CF_JOIN: &str = "join";
+const CF_MARKERS: &str = "markers";
 const CF_TIMERS: &str = "timers";
 const CF_META: &str = "meta";
 const CF_PROCESS: &str = "process";
 const CF_AGGREGATES: &str = "aggregates";
-const FAMILIES: [&str; 5] = [CF_JOIN, CF_TIMERS, CF_META, CF_PROCESS, CF_AGGREGATES];
+const FAMILIES: [&str; 6] = [
+    CF_JOIN,
+    CF_TIMERS,
+    CF_META,
+    CF_PROCESS,
+    CF_AGGREGATES,
+    CF_MARKERS,
+];
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 
 /// One worker's RocksDB.
@@ -90,12 +104,14 @@ impl rocksdb::compaction_filter::CompactionFilter for ExpiredMarkersFilter {
         key: &[u8],
         value: &[u8],
     ) -> rocksdb::compaction_filter::Decision {
+        // Markers stored one by one only: runs are deleted by the checkpoints.
+        let until = point_marker(key, value).map(|(_, marker)| marker.until());
         let horizon = key
             .get(..2)
             .map(|kg| usize::from(u16::from_be_bytes([kg[0], kg[1]])))
             .and_then(|kg| self.0.get(kg).copied());
-        match (horizon, codec::decode_marker(value)) {
-            (Some(horizon), Ok(Some(done))) if done.until < horizon => {
+        match (until, horizon) {
+            (Some(until), Some(horizon)) if until < horizon => {
                 rocksdb::compaction_filter::Decision::Remove
             }
             _ => rocksdb::compaction_filter::Decision::Keep,
@@ -126,11 +142,13 @@ impl Store {
             // 64 MiB each would be most of a pod's budget.
             cf.set_write_buffer_size(16 << 20);
             cf.set_max_write_buffer_number(2);
-            if name == CF_JOIN {
-                // Point lookups of tracking numbers: a bloom filter answers most misses from memory.
+            if name == CF_JOIN || name == CF_MARKERS {
+                // Point lookups: a bloom filter answers most misses from memory.
                 let mut table = rocksdb::BlockBasedOptions::default();
                 table.set_bloom_filter(10.0, false);
                 cf.set_block_based_table_factory(&table);
+            }
+            if name == CF_MARKERS {
                 cf.set_compaction_filter_factory(ExpiredMarkers(Arc::clone(&horizons)));
             }
             ColumnFamilyDescriptor::new(name, cf)
@@ -197,10 +215,20 @@ impl Store {
             .spawn(move || {
                 let JoinChanges {
                     changes,
+                    marker_runs,
+                    run,
+                    expired_runs,
+                    marker_points,
                     first_key_group,
                     watermarks,
                 } = join;
-                write_batch(&db, changes, &process, &record, clear_join)?;
+                let markers = MarkerChanges {
+                    runs: &marker_runs,
+                    run,
+                    expired_runs: &expired_runs,
+                    points: &marker_points,
+                };
+                write_batch(&db, changes, &markers, &process, &record, clear_join)?;
                 // Only now: a restore from an earlier checkpoint could still need them.
                 let mut horizons = horizons.lock().unwrap_or_else(PoisonError::into_inner);
                 let end = usize::from(first_key_group) + watermarks.len();
@@ -247,10 +275,81 @@ fn family<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StateError> {
         .ok_or_else(|| StateError::Store(format!("column family {name} missing")))
 }
 
+/// The join's markers in a checkpoint (see [`JoinChanges`]).
+struct MarkerChanges<'c> {
+    runs: &'c [(u16, Vec<Marker>)],
+    run: u64,
+    expired_runs: &'c [(u16, u64)],
+    points: &'c [(u16, Vec<Marker>)],
+}
+
+impl MarkerChanges<'_> {
+    fn write(&self, batch: &mut WriteBatch, family: &ColumnFamily, cleared: bool) {
+        let mut value = Vec::new();
+        for (kg, markers) in self.runs {
+            value.clear();
+            markers.iter().for_each(|m| m.encode(&mut value));
+            batch.put_cf(family, run_key(*kg, self.run), &value);
+        }
+        if !cleared {
+            for (kg, run) in self.expired_runs {
+                batch.delete_cf(family, run_key(*kg, *run));
+            }
+        }
+        write_points(batch, family, self.points);
+    }
+}
+
+/// Markers stored one by one, in key order.
+fn write_points(batch: &mut WriteBatch, family: &ColumnFamily, points: &[(u16, Vec<Marker>)]) {
+    let mut sorted: Vec<(u16, &Marker)> = points
+        .iter()
+        .flat_map(|(kg, markers)| markers.iter().map(|m| (*kg, m)))
+        .collect();
+    sorted.sort_unstable_by_key(|(kg, m)| (*kg, m.fingerprint()));
+    let mut value = Vec::with_capacity(ENCODED_MARKER);
+    for (kg, marker) in sorted {
+        value.clear();
+        marker.encode(&mut value);
+        batch.put_cf(family, point_key(kg, marker.fingerprint()), &value[16..]);
+    }
+}
+
+/// Key of a run of markers: key group, run number.
+fn run_key(key_group: u16, run: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..2].copy_from_slice(&key_group.to_be_bytes());
+    key[2..].copy_from_slice(&run.to_be_bytes());
+    key
+}
+
+/// Bytes of a marker's key when it is stored alone: key group, fingerprint.
+const POINT_KEY: usize = 18;
+
+fn point_key(key_group: u16, fingerprint: Fingerprint) -> [u8; POINT_KEY] {
+    let mut key = [0u8; POINT_KEY];
+    key[..2].copy_from_slice(&key_group.to_be_bytes());
+    key[2..].copy_from_slice(&fingerprint.to_bytes());
+    key
+}
+
+/// A marker stored alone: its key group and itself (`None` for anything else).
+fn point_marker(key: &[u8], value: &[u8]) -> Option<(u16, Marker)> {
+    if key.len() != POINT_KEY || value.len() != ENCODED_MARKER - 16 {
+        return None;
+    }
+    let mut bytes = [0u8; ENCODED_MARKER];
+    bytes[..16].copy_from_slice(&key[2..]);
+    bytes[16..].copy_from_slice(value);
+    let marker = Marker::decode_all(&bytes)?.next()?;
+    Some((u16::from_be_bytes([key[0], key[1]]), marker))
+}
+
 /// Builds a checkpoint's batch and writes it (see [`Store::write_checkpoint`]).
 fn write_batch(
     db: &DB,
     mut changes: Vec<Change>,
+    markers: &MarkerChanges<'_>,
     process: &ProcessChanges,
     record: &[u8],
     clear_join: bool,
@@ -258,6 +357,7 @@ fn write_batch(
     let cf = |name| family(db, name);
     let join = cf(CF_JOIN)?;
     let timers = cf(CF_TIMERS)?;
+    let marker_family = cf(CF_MARKERS)?;
     // Each family's writes in key order: RocksDB's memtable inserts ascending keys far
     // faster than random ones (an eviction writes the whole hot tier at once). Sorted in
     // place, encoded straight into the batch: no second copy of the state.
@@ -266,11 +366,12 @@ fn write_batch(
         // The join holds nothing any more (the end of a finite input): two range
         // tombstones instead of a delete per key, which for an input of millions of
         // actions would be a write batch of hundreds of MiB.
-        for cf in [join, timers] {
+        for cf in [join, timers, marker_family] {
             batch.delete_range_cf(cf, &[][..], &[0xffu8; 16][..]);
         }
         changes.retain(|c| matches!(c, Change::Put { .. }));
     }
+    markers.write(&mut batch, marker_family, clear_join);
     let mut buf = Vec::new();
     changes.sort_unstable_by(|a, b| change_key(a).cmp(change_key(b)));
     for change in changes.iter() {
@@ -284,22 +385,8 @@ fn write_batch(
         }
     }
     // Timer order (key group, deadline, tracking number), compared without building keys.
-    // Most changes are markers of entries never stored, which have no timer.
-    let mut timed: Vec<&Change> = changes
-        .iter()
-        .filter(|c| {
-            !matches!(
-                c,
-                Change::Put {
-                    entry: Entry::Done(_),
-                    old_deadline: None,
-                    ..
-                }
-            )
-        })
-        .collect();
-    timed.sort_unstable_by(|a, b| timer_order(a).cmp(&timer_order(b)));
-    for change in timed {
+    changes.sort_unstable_by(|a, b| timer_order(a).cmp(&timer_order(b)));
+    for change in changes.iter() {
         match change {
             Change::Put {
                 key,
@@ -451,6 +538,67 @@ impl ColdStore for Store {
         Ok(due)
     }
 
+    fn get_marker(
+        &self,
+        key_group: u16,
+        fingerprint: Fingerprint,
+    ) -> Result<Option<Done>, StateError> {
+        self.settle()?;
+        let key = point_key(key_group, fingerprint);
+        let value = self
+            .db
+            .get_pinned_cf(self.cf(CF_MARKERS)?, key)
+            .map_err(store_err)?;
+        match value {
+            Some(value) => point_marker(&key, &value)
+                .map(|(_, marker)| Some(marker.done()))
+                .ok_or_else(|| StateError::Corrupt {
+                    key: key.to_vec(),
+                    detail: format!("a stored marker of {} bytes", value.len()),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    fn for_each_marker_run(
+        &self,
+        f: &mut dyn FnMut(u16, u64, &[Marker]),
+    ) -> Result<(), StateError> {
+        self.settle()?;
+        let mut markers = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_MARKERS)?, IteratorMode::Start)
+        {
+            let (key, value) = item.map_err(store_err)?;
+            if key.len() == POINT_KEY {
+                continue;
+            }
+            let corrupt = |detail: &str| StateError::Corrupt {
+                key: key.to_vec(),
+                detail: detail.to_string(),
+            };
+            let (Some(kg), Some(run)) = (key.get(..2), key.get(2..10)) else {
+                return Err(corrupt("a run key of the wrong length"));
+            };
+            let kg = u16::from_be_bytes([kg[0], kg[1]]);
+            let run = u64::from_be_bytes(run.try_into().map_err(|_| corrupt("run number"))?);
+            markers.clear();
+            markers.extend(
+                Marker::decode_all(&value).ok_or_else(|| corrupt("a run of partial markers"))?,
+            );
+            f(kg, run, &markers);
+        }
+        Ok(())
+    }
+
+    fn store_markers(&self, markers: &[(u16, Vec<Marker>)]) -> Result<(), StateError> {
+        self.settle()?;
+        let mut batch = WriteBatch::default();
+        write_points(&mut batch, self.cf(CF_MARKERS)?, markers);
+        self.db.write(batch).map_err(store_err)
+    }
+
     fn for_each_entry(&self, f: &mut dyn FnMut(&[u8], StoredKind)) -> Result<(), StateError> {
         self.settle()?;
         for item in self.db.iterator_cf(self.cf(CF_JOIN)?, IteratorMode::Start) {
@@ -496,7 +644,7 @@ mod tests {
         crate::join::state_key(kg, tn).to_vec()
     }
 
-    fn marker(until: i64) -> Entry {
+    fn legacy_marker(until: i64) -> Entry {
         Entry::Done(Done {
             until,
             outcome: Outcome::Completed,
@@ -534,6 +682,7 @@ mod tests {
                 .collect(),
             first_key_group,
             watermarks,
+            ..JoinChanges::default()
         }
     }
 
@@ -547,7 +696,7 @@ mod tests {
             let entry = if round % 2 == 0 {
                 pending(1_000 + i64::from(round))
             } else {
-                marker(1_000 + i64::from(round))
+                legacy_marker(1_000 + i64::from(round))
             };
             let record = vec![b'0' + round % 10];
             store
@@ -570,40 +719,79 @@ mod tests {
         assert!(store.is_settled());
     }
 
+    fn marker(fp: u8, until: i64) -> Marker {
+        Marker::new(
+            Fingerprint::of(&[fp]),
+            &Done {
+                until,
+                outcome: Outcome::Completed,
+                parts: 0b111,
+            },
+        )
+    }
+
+    #[test]
+    fn runs_of_markers_are_read_back_and_deleted_when_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let checkpoint = |runs: Vec<(u16, Vec<Marker>)>, run: u64, expired: Vec<(u16, u64)>| {
+            let changes = JoinChanges {
+                marker_runs: runs,
+                run,
+                expired_runs: expired,
+                first_key_group: 3,
+                watermarks: vec![0, 0],
+                ..JoinChanges::default()
+            };
+            store
+                .write_checkpoint(changes, ProcessChanges::default(), b"r".to_vec(), false)
+                .unwrap();
+        };
+        checkpoint(
+            vec![
+                (3, vec![marker(1, 10), marker(2, 20)]),
+                (4, vec![marker(3, 5)]),
+            ],
+            0,
+            vec![],
+        );
+        checkpoint(vec![(3, vec![marker(4, 30)])], 1, vec![(4, 0)]);
+        let mut runs = Vec::new();
+        store
+            .for_each_marker_run(&mut |kg, run, markers| runs.push((kg, run, markers.to_vec())))
+            .unwrap();
+        assert_eq!(
+            runs,
+            [
+                (3, 0, vec![marker(1, 10), marker(2, 20)]),
+                (3, 1, vec![marker(4, 30)]),
+            ]
+        );
+    }
+
     #[test]
     fn compaction_drops_markers_that_expired_before_a_written_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (expired, live, other_group, waiting) = (
-            key(3, "expired"),
-            key(3, "live"),
-            key(4, "other-group"),
-            key(3, "pending"),
-        );
-        let entries = [
-            (&expired[..], &marker(1_000)),
-            (&live[..], &marker(5_000)),
-            (&other_group[..], &marker(1_000)),
-            (&waiting[..], &pending(500)),
-        ];
+        let (expired, live, other_group) = (marker(1, 1_000), marker(2, 5_000), marker(3, 1_000));
+        let waiting = key(3, "pending");
+        let mut changes = puts(&[(&waiting[..], &pending(500))], 3, vec![2_000, 900]);
         // Key group 3's watermark passed 1000 at this checkpoint; key group 4's did not.
+        changes.marker_points = vec![(3, vec![expired, live]), (4, vec![other_group])];
         store
-            .write_checkpoint(
-                puts(&entries, 3, vec![2_000, 900]),
-                ProcessChanges::default(),
-                b"1".to_vec(),
-                false,
-            )
+            .write_checkpoint(changes, ProcessChanges::default(), b"1".to_vec(), false)
             .unwrap();
         store.settle().unwrap();
-        let join = store.cf(CF_JOIN).unwrap();
-        store.db.flush_cf(join).unwrap();
+        let markers = store.cf(CF_MARKERS).unwrap();
+        store.db.flush_cf(markers).unwrap();
         store
             .db
-            .compact_range_cf(join, None::<&[u8]>, None::<&[u8]>);
-        assert_eq!(store.get(&expired).unwrap(), None, "expired: dropped");
-        assert_eq!(store.get(&live).unwrap(), Some(marker(5_000)));
-        assert_eq!(store.get(&other_group).unwrap(), Some(marker(1_000)));
+            .compact_range_cf(markers, None::<&[u8]>, None::<&[u8]>);
+        let get = |kg, m: Marker| store.get_marker(kg, m.fingerprint()).unwrap();
+        assert_eq!(get(3, expired), None, "expired: dropped");
+        assert_eq!(get(3, live), Some(live.done()));
+        assert_eq!(get(4, other_group), Some(other_group.done()));
+        assert_eq!(get(4, live), None, "another key group's");
         assert_eq!(
             store.get(&waiting).unwrap(),
             Some(pending(500)),
@@ -613,7 +801,6 @@ mod tests {
         store
             .for_each_entry(&mut |key, kind| kinds.push((key.to_vec(), kind)))
             .unwrap();
-        assert_eq!(kinds.len(), 3);
-        assert!(kinds.contains(&(waiting.clone(), StoredKind::Pending)));
+        assert_eq!(kinds, [(waiting.clone(), StoredKind::Pending)]);
     }
 }
