@@ -24,7 +24,7 @@ use weft_crds::keygroup::{KeyGroupRange, key_group};
 
 use crate::sources::{DeadLetterReason, Message, Rejection};
 use markers::{Fingerprint, MARKER_BYTES, Marker, MarkerTable};
-use timers::{Timer, Timers, YOUNG_AGE};
+use timers::{Timer, Timers, YOUNG_AGE, YoungSeq};
 
 /// Join settings in milliseconds, from the pipeline's `spec.join`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -605,11 +605,12 @@ impl Books<'_> {
             return self.finish(slot, key, &pending, Outcome::Completed);
         }
         *self.hot_bytes += pending.bytes() + TIMER_BYTES;
-        if pending.deadline > self.watermark.saturating_add(2 * YOUNG_AGE) {
-            self.timers.push_young(pending.deadline, key.clone());
+        slot.young = if pending.deadline > self.watermark.saturating_add(2 * YOUNG_AGE) {
+            self.timers.push_young(pending.deadline, key.clone())
         } else {
             self.timers.push(pending.deadline, key.clone());
-        }
+            NO_YOUNG
+        };
         slot.entry = Some(Entry::Pending(Box::new(pending)));
         slot.dirty = true;
         false
@@ -662,8 +663,12 @@ struct Slot {
     entry: Option<Entry>,
     /// Deadline of the version in the store, if any.
     persisted: Persisted,
+    /// The pending entry's young timer ([`NO_YOUNG`]: none, or in the wheel).
+    young: YoungSeq,
     dirty: bool,
 }
+
+const NO_YOUNG: YoungSeq = YoungSeq::MAX;
 
 /// Where a due timer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -1007,6 +1012,7 @@ impl JoinEngine {
                         });
                         slot.dirty = true;
                         if pending.mask() & required == required {
+                            books.timers.cancel_young(slot.young, &key);
                             let pending = take_pending(pending, books.hot_bytes);
                             out.action(
                                 kg,
@@ -1027,6 +1033,8 @@ impl JoinEngine {
                             // old timer goes stale.
                             pending.deadline = t.saturating_add(lateness);
                             *books.hot_bytes += TIMER_BYTES;
+                            books.timers.cancel_young(slot.young, &key);
+                            slot.young = NO_YOUNG;
                             books.timers.push(pending.deadline, key);
                         }
                     }
@@ -1059,6 +1067,7 @@ impl JoinEngine {
                 let mut slot = Slot {
                     entry: None,
                     persisted: Persisted::NONE,
+                    young: NO_YOUNG,
                     dirty: true,
                 };
                 if !books.start(&mut slot, &key, msg, out) {
@@ -1215,6 +1224,7 @@ impl JoinEngine {
                     Slot {
                         persisted: Persisted::at(entry.deadline()),
                         entry: Some(entry),
+                        young: NO_YOUNG,
                         dirty: false,
                     },
                 );
@@ -1245,10 +1255,7 @@ impl JoinEngine {
         let ripe = wm
             .saturating_sub(YOUNG_AGE)
             .saturating_add(self.config.lateness);
-        let slots = &self.slots;
-        let stale = self.timers[idx].promote(wm, ripe, |(deadline, key)| {
-            matches!(slots.get(key), Some(Slot { entry: Some(Entry::Pending(p)), .. }) if p.deadline == *deadline)
-        });
+        let stale = self.timers[idx].promote(wm, ripe);
         self.hot_bytes = self.hot_bytes.saturating_sub(stale * TIMER_BYTES);
         loop {
             let mut due: Vec<(i64, StateKey, TimerSource)> = Vec::new();
@@ -1303,6 +1310,7 @@ impl JoinEngine {
                                 Slot {
                                     entry: None,
                                     persisted: Persisted::at(deadline),
+                                    young: NO_YOUNG,
                                     dirty: true,
                                 },
                             );

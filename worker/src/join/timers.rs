@@ -9,9 +9,11 @@
 //!
 //! Most entries complete within seconds of their first part, long before their timer is due,
 //! and a timer cannot be taken out of its bucket. So a new entry's timer first waits in a
-//! young queue, in arrival order; once it is [`YOUNG_AGE`] old (event time) it moves to the
-//! wheel only if its entry still waits for it. The timers of quick completions never reach the
-//! wheel, where they would have waited an hour as stale copies.
+//! young queue, in arrival order, under a sequence number its entry keeps; an entry that
+//! completes (or moves its deadline) cancels it there, without a lookup. Once it is
+//! [`YOUNG_AGE`] old (event time) a young timer moves to the wheel unless cancelled. The
+//! timers of quick completions never reach the wheel, where they would have waited an hour
+//! as stale copies.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -23,6 +25,12 @@ pub type Timer = (i64, StateKey);
 
 /// How long after its first part (event time) a young timer moves to the wheel, ms.
 pub const YOUNG_AGE: i64 = 60_000;
+
+/// The sequence number of a young timer (see [`Timers::push_young`]).
+pub type YoungSeq = u32;
+
+/// A cancelled young timer's deadline (no real deadline: event times are after 2000).
+const CANCELLED: i64 = i64::MIN;
 
 /// Buckets a wheel spans at most; a timer beyond them goes straight to the heap. Few and
 /// wide: every key group has its own wheel (up to 32,768 of them), and an empty bucket
@@ -44,6 +52,8 @@ pub struct Timers {
     spare: Vec<Vec<Timer>>,
     /// New entries' timers, in arrival order (see the module's doc).
     young: VecDeque<Timer>,
+    /// The sequence number of `young[0]`.
+    young_head: YoungSeq,
     /// No young timer is due before this: the earliest deadline that went into `young` since
     /// it was last empty.
     young_min: i64,
@@ -60,6 +70,7 @@ impl Timers {
             len: 0,
             spare: Vec::new(),
             young: VecDeque::new(),
+            young_head: 0,
             young_min: i64::MAX,
         }
     }
@@ -69,35 +80,45 @@ impl Timers {
     }
 
     /// A new entry's timer, due far later than [`YOUNG_AGE`] from now: it waits in the young
-    /// queue until [`Timers::promote`] moves it on (or finds it stale).
-    pub fn push_young(&mut self, deadline: i64, key: StateKey) {
+    /// queue until [`Timers::promote`] moves it on, unless [`Timers::cancel_young`] is called
+    /// with the sequence number returned.
+    pub fn push_young(&mut self, deadline: i64, key: StateKey) -> YoungSeq {
         self.len += 1;
         self.young_min = self.young_min.min(deadline);
         self.young.push_back((deadline, key));
+        self.young_head
+            .wrapping_add((self.young.len() - 1) as YoungSeq)
+    }
+
+    /// Cancels the young timer of `key` under `seq`, if it is still young: its entry no
+    /// longer waits for it. (The key is checked: a sequence number that came round again
+    /// names another timer.)
+    pub fn cancel_young(&mut self, seq: YoungSeq, key: &StateKey) {
+        let at = seq.wrapping_sub(self.young_head) as usize;
+        if let Some(timer) = self.young.get_mut(at)
+            && timer.1 == *key
+        {
+            timer.0 = CANCELLED;
+        }
     }
 
     /// Moves the young timers whose entries' first parts are at least [`YOUNG_AGE`] old
-    /// (deadline at most `ripe`) to the wheel, dropping those `pending` says no longer wait
-    /// (their entry completed); all of them when one could fall due within [`YOUNG_AGE`] of
-    /// `wm`. Before [`Timers::pop_due`] at `wm`. Returns how many were dropped.
-    pub fn promote(
-        &mut self,
-        wm: i64,
-        ripe: i64,
-        mut pending: impl FnMut(&Timer) -> bool,
-    ) -> usize {
+    /// (deadline at most `ripe`) to the wheel, dropping the cancelled ones; all of them when
+    /// one could fall due within [`YOUNG_AGE`] of `wm`. Before [`Timers::pop_due`] at `wm`.
+    /// Returns how many were dropped.
+    pub fn promote(&mut self, wm: i64, ripe: i64) -> usize {
         let all = self.young_min <= wm.saturating_add(YOUNG_AGE);
         let mut dropped = 0;
         while self.young.front().is_some_and(|(d, _)| all || *d <= ripe) {
             let Some(timer) = self.young.pop_front() else {
                 break;
             };
-            if pending(&timer) {
-                self.len -= 1;
-                self.push(timer.0, timer.1);
-            } else {
-                self.len -= 1;
+            self.young_head = self.young_head.wrapping_add(1);
+            self.len -= 1;
+            if timer.0 == CANCELLED {
                 dropped += 1;
+            } else {
+                self.push(timer.0, timer.1);
             }
         }
         if self.young.is_empty() {
@@ -159,7 +180,13 @@ impl Timers {
         for bucket in &mut self.far {
             bucket.retain(&mut keep);
         }
-        self.young.retain(&mut keep);
+        // Young timers keep their places (their sequence numbers): cancelled, and dropped
+        // when they would move to the wheel.
+        for timer in &mut self.young {
+            if timer.0 != CANCELLED && !keep(timer) {
+                timer.0 = CANCELLED;
+            }
+        }
         let before = self.len;
         self.len =
             self.near.len() + self.far.iter().map(Vec::len).sum::<usize>() + self.young.len();
@@ -170,6 +197,7 @@ impl Timers {
     pub fn clear(&mut self) {
         self.near.clear();
         self.far.clear();
+        self.young_head = self.young_head.wrapping_add(self.young.len() as YoungSeq);
         self.young.clear();
         self.young_min = i64::MAX;
         self.len = 0;
@@ -202,7 +230,7 @@ mod tests {
                     0 => {
                         wm += step / 16;
                         let ripe = wm - YOUNG_AGE + lateness;
-                        wheel.promote(wm, ripe, |(_, k)| !stale(k));
+                        wheel.promote(wm, ripe);
                         loop {
                             let expected = match heap.peek() {
                                 Some(Reverse((d, _))) if *d < wm => heap.pop().map(|Reverse(t)| t),
@@ -221,8 +249,10 @@ mod tests {
                         heap.push(Reverse((wm + step, key)));
                     }
                     _ => {
-                        wheel.push_young(wm + step, key.clone());
-                        if !stale(&key) {
+                        let seq = wheel.push_young(wm + step, key.clone());
+                        if stale(&key) {
+                            wheel.cancel_young(seq, &key);
+                        } else {
                             heap.push(Reverse((wm + step, key)));
                         }
                     }
@@ -231,7 +261,7 @@ mod tests {
             let kept = wheel.retain(|(d, _)| d % 2 == 0);
             heap.retain(|Reverse((d, _))| d % 2 == 0);
             prop_assert!(kept <= 400);
-            wheel.promote(i64::MAX, i64::MAX, |(_, k)| !stale(k));
+            wheel.promote(i64::MAX, i64::MAX);
             prop_assert_eq!(wheel.len(), heap.len());
             let mut rest = Vec::new();
             while let Some(t) = wheel.pop_due(i64::MAX) {
@@ -239,6 +269,28 @@ mod tests {
             }
             prop_assert_eq!(rest, heap.into_sorted_vec().into_iter().rev().map(|Reverse(t)| t).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn a_young_timer_cancelled_late_or_under_another_key_still_fires() {
+        let mut wheel = Timers::new(7_200_000);
+        let a = state_key(0, "a");
+        let b = state_key(0, "b");
+        let seq_a = wheel.push_young(100_000, a.clone());
+        let seq_b = wheel.push_young(100_000, b.clone());
+        wheel.cancel_young(seq_a, &b);
+        // Ripe: both move to the wheel; cancelling after that changes nothing.
+        assert_eq!(wheel.promote(50_000, 100_000), 0);
+        wheel.cancel_young(seq_b, &b);
+        assert_eq!(wheel.pop_due(100_001), Some((100_000, a)));
+        assert_eq!(wheel.pop_due(100_001), Some((100_000, b)));
+        // A cancelled one is dropped when it would move.
+        let c = state_key(0, "c");
+        let seq_c = wheel.push_young(300_000, c.clone());
+        wheel.cancel_young(seq_c, &c);
+        assert_eq!(wheel.len(), 1);
+        assert_eq!(wheel.promote(i64::MAX, i64::MAX), 1);
+        assert_eq!(wheel.len(), 0);
     }
 
     #[test]
