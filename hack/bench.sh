@@ -9,6 +9,11 @@
 #   bash hack/bench.sh [ACTIONS...]      default: 100000 500000
 #   RUNS=5 bash hack/bench.sh 500000
 #   LOCAL_ARGS="--max-hot-mib 0" bash hack/bench.sh   # join state through RocksDB, no hot tier
+#   STAGES=join bash hack/bench.sh 2000000 5000000      # some rows only (join join+process
+#                                                       # process-alone kafka-join kafka-all)
+#
+# Local rows also give the run's CPU time (user + system, every thread) and the input events
+# per CPU second: the per-core rate.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -17,6 +22,8 @@ cd "$here/.."
 bash hack/install-build-deps.sh
 source "$here/lib.sh" # again: ccache may have just been installed
 runs=${RUNS:-3}
+stages_wanted=" ${STAGES:-join join+process process-alone kafka-join kafka-all} "
+wanted() { [[ "$stages_wanted" == *" $1 "* ]]; }
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(100000 500000)
 
@@ -29,7 +36,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/weft-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 example=manifests/examples/credit-card
 
-# One local run; prints: events/s events seconds peakRSS_MiB sst_MiB hot_only_share
+# One local run; prints: events/s events seconds peakRSS_MiB sst_MiB hot_only_share cpu_s
+# events_per_cpu_s
 local_run() {
   local input=$1 out=$2
   shift 2
@@ -38,39 +46,44 @@ local_run() {
   # on two cores that writeback took up to a third of the next run's time.
   sync
   # GNU time reports the peak RSS of the run (KiB).
-  /usr/bin/time -f '%M' -o "$work/rss" "$bin" local -f "$example/processdefinition.yaml" -f "$example/joinpipeline.yaml" \
+  /usr/bin/time -f '%M %U %S' -o "$work/rss" "$bin" local -f "$example/processdefinition.yaml" -f "$example/joinpipeline.yaml" \
     --input "$input" --output "$out" --quiet "$@" ${LOCAL_ARGS:-} >"$work/summary.json" 2>"$work/stderr"
   python3 - "$work/summary.json" "$work/rss" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
-rss_kib = int(open(sys.argv[2]).read().split()[-1])
-print(f'{s["eventsPerSecond"]:.0f} {s["events"]} {s["seconds"]:.3f} {rss_kib/1024:.1f} {s["state"]["sstBytes"]/2**20:.1f} {s["state"]["neverPersistedShare"]:.4f}')
+rss_kib, user, system = open(sys.argv[2]).read().split()[-3:]
+cpu = float(user) + float(system)
+print(f'{s["eventsPerSecond"]:.0f} {s["events"]} {s["seconds"]:.3f} {int(rss_kib)/1024:.1f} {s["state"]["sstBytes"]/2**20:.1f} {s["state"]["neverPersistedShare"]:.4f} {cpu:.2f} {s["events"]/max(cpu, 1e-9):.0f}')
 PY
 }
 
 median() { sort -n | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 
-printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s\n' actions stages lines "per_second(med)" seconds peakRSS_MiB sst_MiB hot_only
+printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s %-8s %-10s\n' actions stages lines "per_second(med)" seconds peakRSS_MiB sst_MiB hot_only cpu_s per_cpu_s
 for n in "${sizes[@]}"; do
   "$bin" generate --actions "$n" --seed 1 -o "$work/in-$n.jsonl" >/dev/null
   for stages in join join+process; do
+    wanted "$stages" || continue
     flags=()
     [ "$stages" = join ] && flags=(--join-only)
     results=()
     for _ in $(seq "$runs"); do
       results+=("$(local_run "$work/in-$n.jsonl" "$work/out-$stages" "${flags[@]}")")
     done
-    read -r rate events seconds rss sst hot < <(printf '%s\n' "${results[@]}" | median)
-    printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s\n' "$n" "$stages" "$events" "$rate" "$seconds" "$rss" "$sst" "$hot"
+    read -r rate events seconds rss sst hot cpu per_cpu < <(printf '%s\n' "${results[@]}" | median)
+    printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s %-8s %-10s\n' "$n" "$stages" "$events" "$rate" "$seconds" "$rss" "$sst" "$hot" "$cpu" "$per_cpu"
   done
   # The process stage alone, over the actions the join-only run wrote (actions per second).
-  sync
-  line=$("$process_bench" "$work/out-join" "$runs" 2>/dev/null)
-  rate=$(echo "$line" | sed -E 's/.*median ([0-9]+) actions.*/\1/')
-  actions=$(echo "$line" | sed -E 's/.*stage: ([0-9]+) actions.*/\1/')
-  printf '%-10s %-14s %-10s %-16s\n' "$n" "process-alone" "$actions" "$rate"
+  if wanted process-alone && wanted join; then
+    sync
+    line=$("$process_bench" "$work/out-join" "$runs" 2>/dev/null)
+    rate=$(echo "$line" | sed -E 's/.*median ([0-9]+) actions.*/\1/')
+    actions=$(echo "$line" | sed -E 's/.*stage: ([0-9]+) actions.*/\1/')
+    printf '%-10s %-14s %-10s %-16s\n' "$n" "process-alone" "$actions" "$rate"
+  fi
   # One worker over the mock Kafka cluster (`kafka_worker` bench binary): input events/s.
   for stages in kafka-join kafka-all; do
+    wanted "$stages" || continue
     flags=()
     [ "$stages" = kafka-join ] && flags=(--join-only)
     sync
