@@ -599,3 +599,56 @@ fn restored_markers_are_in_memory_or_found_in_the_store() {
         assert!(out.complete.is_empty() && out.incomplete.is_empty());
     }
 }
+
+#[test]
+fn markers_stored_by_an_earlier_version_are_restored_and_expire() {
+    // Earlier versions stored a marker under its key with the pending entries, and a timer
+    // row marked as a marker's.
+    for budget in [1 << 20, 0] {
+        let cold = MemCold::default();
+        let key = state_key(key_group(b"a", 4), "a");
+        let (kg, _) = split_key(&key);
+        let until = T0 + 2 * L;
+        cold.entries.lock().unwrap().insert(
+            key.to_vec(),
+            Entry::Done(Done {
+                until,
+                outcome: Outcome::Completed,
+                parts: 0b111,
+            }),
+        );
+        cold.timers
+            .lock()
+            .unwrap()
+            .insert((kg, until, key.to_vec()));
+        let mut engine = all(4);
+        let mut watermarks = vec![i64::MIN; 4];
+        watermarks[usize::from(kg)] = T0;
+        engine
+            .restore(&watermarks, JoinStats::default(), &cold, budget)
+            .unwrap();
+        let mut out = Recorded::default();
+        engine
+            .process(msg("a", Part::Response, T0 + 1), &cold, &mut out)
+            .unwrap();
+        assert_eq!(engine.stats.duplicates, 1, "budget {budget}");
+        assert_eq!(engine.hot_pending(), 0);
+        // Past its expiry its timer fires and the checkpoint deletes it.
+        let same_group = (0..)
+            .map(|i| format!("b{i}"))
+            .find(|tn| key_group(tn.as_bytes(), 4) == kg)
+            .unwrap();
+        engine
+            .process(msg(&same_group, Part::Request, until + 1), &cold, &mut out)
+            .unwrap();
+        cold.apply(engine.checkpoint_changes(Evict::Nothing));
+        assert!(!cold.entries.lock().unwrap().contains_key(&key.to_vec()));
+        assert!(
+            cold.timers
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|(_, _, k)| *k != key.to_vec())
+        );
+    }
+}
