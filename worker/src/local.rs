@@ -370,7 +370,7 @@ struct Outputs {
 }
 
 /// Classified actions gathered before they go to the process thread.
-const PROCESS_BATCH: usize = 64 << 10;
+pub(crate) const PROCESS_BATCH: usize = 64 << 10;
 
 /// The process stage's outputs (on its thread).
 struct ProcessSinks {

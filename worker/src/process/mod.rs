@@ -335,6 +335,18 @@ pub struct ProcessChanges {
     pub rewrite: bool,
 }
 
+impl ProcessChanges {
+    /// These changes followed by `later`, as one write: a key's later value wins (the store
+    /// writes changes in order), and a later rewrite replaces everything.
+    pub fn then(mut self, later: ProcessChanges) -> ProcessChanges {
+        if later.rewrite {
+            return later;
+        }
+        self.instances.extend(later.instances);
+        self
+    }
+}
+
 impl ProcessState {
     fn new(plan: ProcessPlan, owned: KeyGroupRange) -> ProcessState {
         let dims = plan.dimensions.len();

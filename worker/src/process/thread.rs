@@ -1,5 +1,6 @@
 //! The process stage on a thread of its own, fed the join's actions in batches: the join and
-//! the process stage of one worker run on two cores instead of taking turns on one. The
+//! the process stage of one worker run on two cores instead of taking turns on one (local
+//! mode, and the worker over Kafka). The
 //! sending side classifies each action ([`Classifier`]: reading the record and evaluating the
 //! predicates, a sixth of the stage's work) and sends the result, so the stage, the slower of
 //! the two, only applies it.
@@ -15,7 +16,11 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use super::plan::decode_classified;
-use super::{ProcessChanges, ProcessEngine, ProcessError, ProcessMeta, ProcessOutput, ProcessPlan};
+use super::reconfigure::Reconfigured;
+use super::{
+    Classified, ProcessChanges, ProcessEngine, ProcessError, ProcessMeta, ProcessOutput,
+    ProcessPlan,
+};
 
 /// Batches on their way to the stage: enough to keep it busy, few enough that a checkpoint
 /// barrier waits for little.
@@ -26,6 +31,9 @@ pub trait StageOutput: ProcessOutput + Send + 'static {
     /// What a checkpoint records of the outputs once flushed (local mode: file lengths).
     type Flushed: Send + 'static;
     fn flush(&mut self) -> Result<Self::Flushed, String>;
+    /// Called at each checkpoint with the engine, before [`StageOutput::flush`] (the worker
+    /// over Kafka renders the stage's Prometheus text from it).
+    fn checkpointed(&mut self, _engine: &ProcessEngine) {}
 }
 
 /// The stage's part of a checkpoint.
@@ -55,11 +63,20 @@ impl Classifier {
 
     /// Appends the action's classification for each definition to `batch`.
     pub fn add(&self, action: &str, batch: &mut Vec<u8>) -> Result<(), ProcessError> {
-        for (p, plan) in self.plans.iter().enumerate() {
-            let classified = plan.classify(action).map_err(ProcessError::BadAction)?;
-            classified.encode(p as u16, batch);
+        for p in 0..self.plans.len() {
+            self.classify(p, action)?.encode(p as u16, batch);
         }
         Ok(())
+    }
+
+    /// The action's classification for definition `p` only (routed to it over Kafka), for
+    /// the caller to check and [`Classified::encode`] into a batch.
+    pub fn classify<'a>(&self, p: usize, action: &'a str) -> Result<Classified<'a>, ProcessError> {
+        let plan = self
+            .plans
+            .get(p)
+            .ok_or_else(|| ProcessError::BadAction(format!("no definition {p}")))?;
+        plan.classify(action).map_err(ProcessError::BadAction)
     }
 }
 
@@ -68,6 +85,10 @@ enum Job<F> {
     Actions(Vec<u8>),
     /// The end of a finite input: every changed aggregate is emitted.
     Finish,
+    /// Late changes to closed windows emitted now (before the caller flushes the outputs
+    /// for a checkpoint); answered when done.
+    EmitUpdates(SyncSender<()>),
+    Reconfigure(Vec<ProcessPlan>, SyncSender<Reconfigured>),
     Checkpoint(SyncSender<Result<StageCheckpoint<F>, String>>),
 }
 
@@ -123,6 +144,14 @@ impl<O: StageOutput> ProcessThread<O> {
                             let _ = give_back.try_send(batch);
                         }
                         Job::Finish => engine.finish(&mut output),
+                        Job::EmitUpdates(reply) => {
+                            engine.emit_updates(&mut output);
+                            let _ = reply.send(());
+                        }
+                        Job::Reconfigure(plans, reply) => {
+                            let _ = reply.send(engine.reconfigure(plans));
+                            shared.store(engine.unsaved(), Ordering::Relaxed);
+                        }
                         Job::Checkpoint(reply) => {
                             let answer = checkpoint(&mut engine, &mut output);
                             shared.store(engine.unsaved(), Ordering::Relaxed);
@@ -163,6 +192,21 @@ impl<O: StageOutput> ProcessThread<O> {
     /// Emits every changed aggregate (the end of a finite input), after the batches sent.
     pub fn finish_input(&mut self) -> Result<(), StageError> {
         self.job(Job::Finish)
+    }
+
+    /// Emits the late changes to closed windows, after the batches sent, and waits until
+    /// they are handed to the outputs.
+    pub fn emit_updates(&mut self) -> Result<(), StageError> {
+        let (reply, answer) = sync_channel(1);
+        self.job(Job::EmitUpdates(reply))?;
+        answer.recv().map_err(|_| self.stopped())
+    }
+
+    /// Replaces the definitions (see [`ProcessEngine::reconfigure`]), after the batches sent.
+    pub fn reconfigure(&mut self, plans: Vec<ProcessPlan>) -> Result<Reconfigured, StageError> {
+        let (reply, answer) = sync_channel(1);
+        self.job(Job::Reconfigure(plans, reply))?;
+        answer.recv().map_err(|_| self.stopped())
     }
 
     /// Asks for the stage's checkpoint, after the batches sent; the caller prepares its own
@@ -227,6 +271,7 @@ fn checkpoint<O: StageOutput>(
     output: &mut O,
 ) -> Result<StageCheckpoint<O::Flushed>, String> {
     engine.emit_updates(output);
+    output.checkpointed(engine);
     let flushed = output.flush()?;
     Ok(StageCheckpoint {
         flushed,

@@ -33,7 +33,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use weft_crds::keygroup::{KeyGroupRange, even_range};
+use weft_crds::keygroup::{KeyGroupRange, even_range, key_group};
 use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 
 use crate::admin::{CheckpointStatus, PartitionStatus, Shared};
@@ -43,13 +43,14 @@ use crate::kafka::{
     END_HEADER, Health, PROCESS_HEADER, SOURCE_HEADER, Topics, WeftContext, client_config,
     consumer_config, ensure_topic, producer_config,
 };
-use crate::local::{Summary, SummaryCounts, compile_plans, process_exposition, step_names};
+use crate::local::{PROCESS_BATCH, Summary, SummaryCounts, compile_plans, step_names};
 use crate::metrics::StageCounts;
+use crate::process::thread::{Classifier, ProcessThread, StageCheckpoint};
 use crate::process::{ProcessEngine, ProcessError, ProcessMeta, ProcessPlan};
 use crate::sinks::kafka::{KafkaSink, SinkError};
 use crate::sources::{DeadLetterReason, Extracted, Rejection, SourcePlan};
 use crate::state::Store;
-use outputs::{JoinOutputs, Outputs, Received, send_dead_letter};
+use outputs::{JoinOutputs, Outputs, ProcessSink, Received, send_dead_letter};
 
 /// Actions held for a definition this worker does not know yet, at most.
 const MAX_PARKED: usize = 100_000;
@@ -214,7 +215,13 @@ struct Stages {
     step_names: Vec<(String, Vec<String>)>,
     store: Store,
     join: JoinEngine,
-    process: ProcessEngine,
+    /// The process stage on a thread of its own, fed classified actions in batches.
+    process: ProcessThread<ProcessSink>,
+    classifier: Classifier,
+    process_batch: Vec<u8>,
+    /// The process stage's part of a checkpoint whose outputs were not acknowledged in time:
+    /// the next checkpoint writes it, with what changed since.
+    held_stage: Option<StageCheckpoint<StageCounts>>,
     sink: KafkaSink,
     health: Arc<Health>,
     record: WorkerCheckpoint,
@@ -245,6 +252,17 @@ struct Unconfirmed {
 
 /// Where an action applied without Kafka came from, in a dead letter.
 const LOCAL: &str = "(this worker's join)";
+
+/// An action whose instance's key group is not this worker's.
+fn wrong_partition(kg: u16, message: &Received<'_>) -> Rejection {
+    Rejection::new(
+        DeadLetterReason::WrongPartition,
+        format!(
+            "instance key group {kg} arrived on partition {}",
+            message.partition
+        ),
+    )
+}
 
 fn now_millis() -> i64 {
     SystemTime::now()
@@ -348,12 +366,12 @@ impl Stages {
             return Ok(());
         }
         match input {
-            Input::Keyed | Input::Source(_) => self.on_join_input(input, message),
+            Input::Keyed | Input::Source(_) => self.on_join_input(input, message)?,
             Input::Routed => {
                 self.on_action(&Received::of(message), header(message, PROCESS_HEADER));
-                Ok(())
             }
         }
+        self.feed_process(false)
     }
 
     /// A record of the join's input: a batch of the shuffle (see [`crate::kafka::batch`]),
@@ -472,7 +490,7 @@ impl Stages {
     }
 
     fn on_action(&mut self, message: &Received<'_>, process: Option<&[u8]>) {
-        let Some(p) = process.and_then(|n| self.process.position(n)) else {
+        let Some(p) = process.and_then(|n| self.definition(n)) else {
             match process {
                 // Routed by a worker that reloaded its configuration first.
                 Some(name) if self.parked.len() < MAX_PARKED => {
@@ -503,39 +521,55 @@ impl Stages {
     }
 
     /// An action for definition `p`, from the internal actions topic or from this worker's
-    /// own join.
+    /// own join: classified here (a bad one goes to the dead letters here), applied by the
+    /// stage's thread.
     fn apply_action(&mut self, p: usize, message: &Received<'_>) {
         self.record
             .counts
             .count_event("process", &self.routing[p].name);
         let rejection = match std::str::from_utf8(message.payload) {
             Err(e) => Some(Rejection::new(DeadLetterReason::NotJson, e.to_string())),
-            Ok(text) => {
-                let mut out = Outputs {
-                    sink: &mut self.sink,
-                    topics: &self.topics,
-                    counts: &mut self.record.counts,
-                    buf: &mut self.buf,
-                };
-                match self.process.apply_to(p, text, &mut out) {
-                    Ok(()) => None,
-                    Err(ProcessError::BadAction(e)) => {
-                        Some(Rejection::new(DeadLetterReason::NotJson, e))
-                    }
-                    Err(ProcessError::NotOwned(kg)) => Some(Rejection::new(
-                        DeadLetterReason::WrongPartition,
-                        format!(
-                            "instance key group {kg} arrived on partition {}",
-                            message.partition
-                        ),
-                    )),
+            Ok(text) => match self.classifier.classify(p, text) {
+                Err(ProcessError::BadAction(e)) => {
+                    Some(Rejection::new(DeadLetterReason::NotJson, e))
                 }
-            }
+                Err(ProcessError::NotOwned(kg)) => Some(wrong_partition(kg, message)),
+                Ok(c) => {
+                    // What the stage would refuse: an instance of a key group not owned (an
+                    // action it counts as unmatched or without a key it takes).
+                    let kg = match (&c.step, &c.instance, &c.time) {
+                        (Some(_), Some(key), Some(_)) => {
+                            Some(key_group(key.as_bytes(), self.key_groups))
+                        }
+                        _ => None,
+                    };
+                    match kg {
+                        Some(kg) if !self.owned.contains(kg) => Some(wrong_partition(kg, message)),
+                        _ => {
+                            c.encode(p as u16, &mut self.process_batch);
+                            None
+                        }
+                    }
+                }
+            },
         };
         if let Some(r) = rejection {
             let name = self.routing[p].name.clone();
             self.dead_letter("process", &name, message, &r);
         }
+    }
+
+    /// The position of the definition named `name`.
+    fn definition(&self, name: &[u8]) -> Option<usize> {
+        self.routing.iter().position(|p| p.name.as_bytes() == name)
+    }
+
+    /// Sends the classified actions to the stage: when a batch is full, or `all`.
+    fn feed_process(&mut self, all: bool) -> anyhow::Result<()> {
+        if all || self.process_batch.len() >= PROCESS_BATCH {
+            self.process.send(&mut self.process_batch)?;
+        }
+        Ok(())
     }
 
     /// Applies the parked actions again: after a reload, or when waiting longer is pointless
@@ -552,7 +586,7 @@ impl Stages {
                 offset: p.offset,
                 payload: &p.payload,
             };
-            let known = self.process.position(&p.process).is_some();
+            let known = self.definition(&p.process).is_some();
             let name = (known || self.parked.len() < limit).then_some(p.process.as_slice());
             self.on_action(&received, name);
         }
@@ -624,13 +658,18 @@ impl Stages {
         // The previous one is reported before the record changes.
         self.confirm(shared, true)?;
         let t0 = Instant::now();
-        let mut out = Outputs {
-            sink: &mut self.sink,
-            topics: &self.topics,
-            counts: &mut self.record.counts,
-            buf: &mut self.buf,
+        // The stage's part, after every action sent before (its records are queued in the
+        // producer when it answers); one held from a postponed checkpoint goes with it.
+        self.feed_process(true)?;
+        let stage = self.process.checkpoint()?.wait(&mut self.process)?;
+        let stage = match self.held_stage.take() {
+            Some(held) => StageCheckpoint {
+                flushed: held.flushed.merged(&stage.flushed),
+                changes: held.changes.then(stage.changes),
+                ..stage
+            },
+            None => stage,
         };
-        self.process.emit_updates(&mut out);
         match self.sink.flush(FLUSH_TIMEOUT) {
             Ok(()) => {}
             Err(SinkError::FlushTimeout(t)) => {
@@ -638,10 +677,12 @@ impl Stages {
                     in_flight = self.sink.in_flight(),
                     "outputs not acknowledged within {t:?}; checkpoint postponed"
                 );
+                self.held_stage = Some(stage);
                 return Ok(false);
             }
             Err(e) => return Err(e.into()),
         }
+        self.record.counts = self.record.counts.merged(&stage.flushed);
         self.health.brokers_down.store(false, Ordering::Relaxed);
         if let Some(counts) = self.shuffle_counts.as_ref().and_then(|c| c.lock().ok()) {
             self.record.shuffle_counts.clone_from(&counts);
@@ -668,14 +709,14 @@ impl Stages {
         }
         r.join_watermarks = self.join.watermarks().to_vec();
         r.join = self.join.stats.clone();
-        r.processes = self.process.meta();
-        r.process_watermarks = self.process.watermarks().to_vec();
+        r.processes = stage.meta;
+        r.process_watermarks = stage.watermarks;
         r.peak_hot_bytes = r.peak_hot_bytes.max(self.join.hot_bytes() as u64);
         r.peak_hot_entries = r.peak_hot_entries.max(self.join.hot_entries() as u64);
         let finished = r.bounded.finished;
         let bytes = serde_json::to_vec(&*r)?;
         let changes = self.join.checkpoint_changes(evict);
-        let process_changes = self.process.checkpoint_changes();
+        let process_changes = stage.changes;
         let clear_join = finished && self.join.holds_nothing();
         // Written while the next messages are processed: the state is what the batch
         // holds, and any read of the store waits for it (see `Store`).
@@ -707,9 +748,6 @@ impl Stages {
                 .set(now_millis() as f64 / 1000.0);
             m.state_sst_bytes.set(self.store.sst_bytes() as i64);
         }
-        if let Ok(mut text) = shared.process_exposition.lock() {
-            *text = process_exposition(&self.step_names, &self.process);
-        }
         shared.update_status(|s| {
             s.last_checkpoint = Some(CheckpointStatus {
                 number,
@@ -738,9 +776,12 @@ impl Stages {
         shared: &Shared,
     ) -> anyhow::Result<()> {
         let plans = compile_plans(&definitions)?;
+        // Actions classified under the old definitions are applied under them.
+        self.feed_process(true)?;
         self.routing = compile_plans(&definitions)?;
+        self.classifier = Classifier::new(compile_plans(&definitions)?);
         self.step_names = step_names(&self.routing);
-        let report = self.process.reconfigure(plans);
+        let report = self.process.reconfigure(plans)?;
         tracing::info!(?report, "applied changed ProcessDefinitions");
         self.record.definitions = definitions;
         let names: Vec<String> = self.routing.iter().map(|p| p.name.clone()).collect();
@@ -848,10 +889,14 @@ impl Stages {
         });
     }
 
-    fn summary(&self) -> Summary {
-        let r = &self.record;
+    /// The run's summary; stops the process stage.
+    fn into_summary(mut self) -> anyhow::Result<Summary> {
+        self.feed_process(true)?;
         let counts = self.all_counts();
-        Summary::build(
+        let (engine, sink) = self.process.close()?;
+        let counts = counts.merged(&sink.counts);
+        let r = &self.record;
+        Ok(Summary::build(
             self.name.clone(),
             &SummaryCounts {
                 events: counts.source_events,
@@ -866,8 +911,8 @@ impl Stages {
             },
             &self.join.stats,
             &self.step_names,
-            &self.process,
-        )
+            &engine,
+        ))
     }
 }
 
@@ -1002,6 +1047,18 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
     }
     record.definitions = options.processes.clone();
     let sink = KafkaSink::new(&producer_config(&base, pipeline), health.clone())?;
+    let process = ProcessThread::start(
+        process,
+        ProcessSink {
+            sink: sink.share(),
+            topics: topics.clone(),
+            counts: StageCounts::default(),
+            buf: Vec::with_capacity(4096),
+            shared: Arc::clone(shared),
+        },
+    )
+    .context("starting the process stage")?;
+    let classifier = Classifier::new(compile_plans(&options.processes)?);
 
     // The stateful inputs: owned partitions, from the checkpointed offsets.
     let mut offsets = BTreeMap::new();
@@ -1070,6 +1127,9 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         store,
         join,
         process,
+        classifier,
+        process_batch: Vec::with_capacity(PROCESS_BATCH + 4096),
+        held_stage: None,
         sink,
         health: health.clone(),
         previous_seconds: record.seconds,
@@ -1087,7 +1147,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
     };
     if stages.record.bounded.finished {
         shared.update_status(|s| s.phase = "finished".into());
-        return Ok(Ending::Finished(Box::new(stages.summary())));
+        return Ok(Ending::Finished(Box::new(stages.into_summary()?)));
     }
 
     let interval = options
@@ -1192,6 +1252,8 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         if busy {
             health.brokers_down.store(false, Ordering::Relaxed);
         }
+        // What this round classified goes to the stage now, not when a batch fills.
+        stages.feed_process(true)?;
         stages.sink.poll();
 
         // Parked actions wait for a reload: look for one now, and give up after a while.
@@ -1230,20 +1292,9 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
                 }
             }
             if stages.record.bounded.join_ended && stages.routed_ended() {
-                let Stages {
-                    sink,
-                    topics,
-                    record,
-                    buf,
-                    process,
-                    ..
-                } = &mut stages;
-                process.finish(&mut Outputs {
-                    sink,
-                    topics,
-                    counts: &mut record.counts,
-                    buf,
-                });
+                // Every changed aggregate emitted (the final checkpoint flushes them).
+                stages.feed_process(true)?;
+                stages.process.finish_input()?;
                 stages.record.bounded.finished = true;
                 if let Some(sh) = shuffle.take() {
                     sh.finish()?;
@@ -1253,7 +1304,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
                 stages.publish(shared);
                 shared.set_ready(false);
                 shared.update_status(|s| s.phase = "finished".into());
-                return Ok(Ending::Finished(Box::new(stages.summary())));
+                return Ok(Ending::Finished(Box::new(stages.into_summary()?)));
             }
         }
 

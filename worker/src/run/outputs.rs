@@ -234,6 +234,69 @@ pub fn record_id(record: &[u8]) -> Option<&[u8]> {
     None
 }
 
+/// The process stage's outputs on its own thread ([`crate::process::thread`]): metric and
+/// alert records through a sink over the worker's producer, counted apart and handed over at
+/// each checkpoint.
+pub struct ProcessSink {
+    pub sink: KafkaSink,
+    pub topics: Topics,
+    /// Records produced since the last checkpoint.
+    pub counts: StageCounts,
+    pub buf: Vec<u8>,
+    /// Where the stage's Prometheus text goes at each checkpoint.
+    pub shared: std::sync::Arc<crate::admin::Shared>,
+}
+
+impl ProcessSink {
+    fn outputs(&mut self) -> Outputs<'_> {
+        Outputs {
+            sink: &mut self.sink,
+            topics: &self.topics,
+            counts: &mut self.counts,
+            buf: &mut self.buf,
+        }
+    }
+}
+
+impl ProcessOutput for ProcessSink {
+    fn metric(&mut self, record: &[u8]) {
+        self.outputs().metric(record);
+    }
+
+    fn alert(&mut self, record: &[u8]) {
+        self.outputs().alert(record);
+    }
+}
+
+impl crate::process::thread::StageOutput for ProcessSink {
+    /// The records counted since the last checkpoint.
+    type Flushed = StageCounts;
+
+    /// The records are handed to the producer; the worker's flush of the producer waits for
+    /// them. A send that failed stops the stage.
+    fn flush(&mut self) -> Result<StageCounts, String> {
+        if let Some(e) = self.sink.take_error() {
+            return Err(e.to_string());
+        }
+        Ok(std::mem::take(&mut self.counts))
+    }
+
+    fn checkpointed(&mut self, engine: &crate::process::ProcessEngine) {
+        let steps: Vec<(String, Vec<String>)> = engine
+            .processes
+            .iter()
+            .map(|s| {
+                let names = s.plan.steps.iter().map(|step| step.name.clone()).collect();
+                (s.plan.name.clone(), names)
+            })
+            .collect();
+        let text = crate::local::process_exposition(&steps, engine);
+        if let Ok(mut exposition) = self.shared.process_exposition.lock() {
+            *exposition = text;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::record_id;

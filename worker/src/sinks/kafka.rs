@@ -28,7 +28,9 @@ pub enum SinkError {
 }
 
 pub struct KafkaSink {
-    producer: BaseProducer<WeftContext>,
+    /// Shared by the sinks of one worker's threads ([`KafkaSink::share`]): librdkafka's
+    /// producer is thread-safe, and one flush covers every thread's records.
+    producer: Arc<BaseProducer<WeftContext>>,
     health: Arc<Health>,
     /// Records handed to the producer.
     pub sent: u64,
@@ -46,11 +48,26 @@ impl KafkaSink {
             })
             .map_err(SinkError::Create)?;
         Ok(KafkaSink {
-            producer,
+            producer: Arc::new(producer),
             health,
             sent: 0,
             error: None,
         })
+    }
+
+    /// A sink for another thread over the same producer. Its errors are its own.
+    pub fn share(&self) -> KafkaSink {
+        KafkaSink {
+            producer: Arc::clone(&self.producer),
+            health: Arc::clone(&self.health),
+            sent: 0,
+            error: None,
+        }
+    }
+
+    /// The first error of a send, if any, taken.
+    pub fn take_error(&mut self) -> Option<SinkError> {
+        self.error.take()
     }
 
     /// Queues one record; waits for room when the local queue is full (the brokers are slow or

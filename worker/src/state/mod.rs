@@ -412,6 +412,7 @@ fn write_batch(
         batch.delete_range_cf(instances, &[][..], &[0xffu8; 16][..]);
     }
     let mut sorted: Vec<&(Vec<u8>, Option<Vec<u8>>)> = process.instances.iter().collect();
+    // Stable: of two changes of one key, the later is written later and wins.
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     for (key, value) in sorted {
         match value {
