@@ -88,10 +88,15 @@ impl StageCounts {
     }
 
     pub fn count_out(&mut self, topic: &str) {
+        self.add_out(topic, 1);
+    }
+
+    /// `n` records produced to `topic`.
+    pub fn add_out(&mut self, topic: &str, n: u64) {
         match self.records_out.get_mut(topic) {
-            Some(n) => *n += 1,
+            Some(count) => *count += n,
             None => {
-                self.records_out.insert(topic.to_string(), 1);
+                self.records_out.insert(topic.to_string(), n);
             }
         }
     }

@@ -893,8 +893,8 @@ impl Stages {
     fn into_summary(mut self) -> anyhow::Result<Summary> {
         self.feed_process(true)?;
         let counts = self.all_counts();
-        let (engine, sink) = self.process.close()?;
-        let counts = counts.merged(&sink.counts);
+        let (engine, mut sink) = self.process.close()?;
+        let counts = counts.merged(&sink.take_counts());
         let r = &self.record;
         Ok(Summary::build(
             self.name.clone(),
@@ -1049,13 +1049,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
     let sink = KafkaSink::new(&producer_config(&base, pipeline), health.clone())?;
     let process = ProcessThread::start(
         process,
-        ProcessSink {
-            sink: sink.share(),
-            topics: topics.clone(),
-            counts: StageCounts::default(),
-            buf: Vec::with_capacity(4096),
-            shared: Arc::clone(shared),
-        },
+        ProcessSink::new(sink.share(), topics.clone(), Arc::clone(shared)),
     )
     .context("starting the process stage")?;
     let classifier = Classifier::new(compile_plans(&options.processes)?);
