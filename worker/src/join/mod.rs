@@ -62,6 +62,9 @@ const SLOT_BYTES: usize = std::mem::size_of::<(StateKey, Slot)>() * 3 / 2 + 1;
 const TIMER_BYTES: usize = std::mem::size_of::<Timer>() * 3 / 2;
 /// A marker waiting in the journal for the next checkpoint to store it.
 const JOURNAL_BYTES: usize = std::mem::size_of::<Marker>() * 3 / 2;
+/// A stored run of markers, as the join keeps count of it (see `JoinEngine::runs`): at most
+/// one per key group and checkpoint, so with many sparse key groups about one per marker.
+const RUN_BYTES: usize = std::mem::size_of::<(u64, i64)>() * 3 / 2;
 
 /// Moves a resolved pending entry out of its slot (leaving an empty one to be overwritten)
 /// and takes its parts' bytes off the hot tier's account.
@@ -899,6 +902,7 @@ impl JoinEngine {
         };
         let index = |kg: u16| owned.contains(kg).then(|| usize::from(kg - owned.start));
         let mut next_run = 0;
+        let mut run_count = 0;
         cold.for_each_marker_run(&mut |kg, run, stored_markers| {
             next_run = next_run.max(run + 1);
             let Some(i) = index(kg) else {
@@ -910,6 +914,7 @@ impl JoinEngine {
                 .max()
                 .unwrap_or(i64::MIN);
             runs[i].push_back((run, latest));
+            run_count += 1;
             for marker in stored_markers {
                 restore_marker(i, *marker);
             }
@@ -924,7 +929,7 @@ impl JoinEngine {
             }
         })?;
         self.next_run = next_run;
-        self.hot_bytes += loaded * MARKER_BYTES;
+        self.hot_bytes += loaded * MARKER_BYTES + run_count * RUN_BYTES;
         let mut left: Vec<(u16, Vec<Marker>)> = Vec::new();
         for (i, markers) in overflow.into_iter().enumerate() {
             if let Some(latest) = markers.iter().map(Marker::until).max() {
@@ -1368,12 +1373,14 @@ impl JoinEngine {
             markers.retain(|m| m.until() >= wm);
             if let Some(latest) = markers.iter().map(Marker::until).max() {
                 self.runs[i].push_back((self.next_run, latest));
+                self.hot_bytes += RUN_BYTES;
                 out.marker_runs.push((kg, markers));
             }
             while let Some(&(run, latest)) = self.runs[i].front()
                 && latest < wm
             {
                 self.runs[i].pop_front();
+                freed += RUN_BYTES;
                 out.expired_runs.push((kg, run));
             }
         }
@@ -1477,7 +1484,10 @@ impl JoinEngine {
             }
         }
         self.hot_bytes = self.hot_bytes.saturating_sub(freed);
-        if self.slots.is_empty() && self.hot_markers() == 0 {
+        if self.slots.is_empty()
+            && self.hot_markers() == 0
+            && self.runs.iter().all(VecDeque::is_empty)
+        {
             self.hot_bytes = 0;
         }
         out
