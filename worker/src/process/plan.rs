@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use weft_crds::ProcessDefinitionSpec;
+use weft_crds::keygroup::key_group;
 
 use super::predicate::{Fields, Predicate};
 use crate::sources::scan::PointerSet;
@@ -121,6 +122,17 @@ pub struct Classified<'a> {
     pub tracking_number: Option<Cow<'a, str>>,
     pub outcomes: u64,
     pub dimensions: Vec<Option<Cow<'a, str>>>,
+}
+
+impl Classified<'_> {
+    /// The key group of the instance the stage applies this action to; `None` when it does
+    /// not apply it (no step matched, or no instance key or time: it only counts it).
+    pub fn instance_key_group(&self, key_groups: u16) -> Option<u16> {
+        match (&self.step, &self.instance, &self.time) {
+            (Some(_), Some(key), Some(_)) => Some(key_group(key.as_bytes(), key_groups)),
+            _ => None,
+        }
+    }
 }
 
 impl ProcessPlan {

@@ -556,3 +556,34 @@ fn a_classification_reads_back_as_it_was_written() {
         "cut short"
     );
 }
+
+#[test]
+fn an_action_s_instance_key_group_is_the_one_the_stage_refuses_when_not_owned() {
+    let plan = ProcessPlan::compile("cards", &definition()).unwrap();
+    let placed = action("T-1", "A-1", "/review", 3, "web", "approved");
+    let kg = plan.classify(&placed).unwrap().instance_key_group(120);
+    assert_eq!(kg, Some(key_group(b"A-1", 120)));
+    let unmatched = action("T-2", "A-2", "/other", 4, "", "");
+    assert_eq!(
+        plan.classify(&unmatched).unwrap().instance_key_group(120),
+        None
+    );
+    let keyless = json!({"request": {"path": "/apply"}}).to_string();
+    assert_eq!(
+        plan.classify(&keyless).unwrap().instance_key_group(120),
+        None
+    );
+    // An engine that owns every key group but that one refuses the action, naming it, and
+    // only counts the other two.
+    let kg = kg.unwrap();
+    let owned = if kg == 0 {
+        KeyGroupRange { start: 1, end: 120 }
+    } else {
+        KeyGroupRange { start: 0, end: kg }
+    };
+    let mut e = engine(120, owned);
+    let mut out = Recorded::default();
+    assert!(matches!(e.apply(&placed, &mut out), Err(ProcessError::NotOwned(k)) if k == kg));
+    e.apply(&unmatched, &mut out).unwrap();
+    e.apply(&keyless, &mut out).unwrap();
+}

@@ -33,7 +33,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use weft_crds::keygroup::{KeyGroupRange, even_range, key_group};
+use weft_crds::keygroup::{KeyGroupRange, even_range};
 use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 
 use crate::admin::{CheckpointStatus, PartitionStatus, Shared};
@@ -535,15 +535,8 @@ impl Stages {
                 }
                 Err(ProcessError::NotOwned(kg)) => Some(wrong_partition(kg, message)),
                 Ok(c) => {
-                    // What the stage would refuse: an instance of a key group not owned (an
-                    // action it counts as unmatched or without a key it takes).
-                    let kg = match (&c.step, &c.instance, &c.time) {
-                        (Some(_), Some(key), Some(_)) => {
-                            Some(key_group(key.as_bytes(), self.key_groups))
-                        }
-                        _ => None,
-                    };
-                    match kg {
+                    // What the stage would refuse: an instance of a key group not owned.
+                    match c.instance_key_group(self.key_groups) {
                         Some(kg) if !self.owned.contains(kg) => Some(wrong_partition(kg, message)),
                         _ => {
                             c.encode(p as u16, &mut self.process_batch);
