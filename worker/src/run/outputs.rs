@@ -260,20 +260,24 @@ impl ProcessSink {
 /// Metric records keyed by their idempotent id, alerts by theirs.
 impl ProcessOutput for ProcessSink {
     fn metric(&mut self, record: &[u8]) {
-        if let Some(topic) = &self.topics.metrics {
-            let record = record.strip_suffix(b"\n").unwrap_or(record);
-            self.sink.send(topic, None, record_id(record), record, None);
-            self.metrics_out += 1;
-        }
+        self.metrics_out +=
+            send_keyed_by_id(&mut self.sink, self.topics.metrics.as_deref(), record);
     }
 
     fn alert(&mut self, record: &[u8]) {
-        if let Some(topic) = &self.topics.alerts {
-            let record = record.strip_suffix(b"\n").unwrap_or(record);
-            self.sink.send(topic, None, record_id(record), record, None);
-            self.alerts_out += 1;
-        }
+        self.alerts_out += send_keyed_by_id(&mut self.sink, self.topics.alerts.as_deref(), record);
     }
+}
+
+/// Sends a record (without its newline) keyed by its id, if the topic is configured; how
+/// many records went (0 or 1).
+fn send_keyed_by_id(sink: &mut KafkaSink, topic: Option<&str>, record: &[u8]) -> u64 {
+    let Some(topic) = topic else {
+        return 0;
+    };
+    let record = record.strip_suffix(b"\n").unwrap_or(record);
+    sink.send(topic, None, record_id(record), record, None);
+    1
 }
 
 impl crate::process::thread::StageOutput for ProcessSink {
