@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use super::Metric;
 use super::plan::StepPlan;
+use super::{ENTERED, LEFT, Metric, ONCE, STARTED, Tally, WIP};
 
 /// One action applied to an instance.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -56,8 +56,10 @@ pub struct Instance {
     pub unsaved: bool,
 }
 
-/// One contribution to the metrics, with a sign: +1 adds, -1 (for a WIP decrement) subtracts.
-pub type Contribution = (Metric, i64, Option<i64>, i8);
+/// One contribution to the metrics: its aggregate's metric, its time (which picks the
+/// window), a duration in milliseconds (a step's exit, a transition) and what it adds to the
+/// aggregate's counters.
+pub type Contribution = (Metric, i64, Option<i64>, Tally);
 
 impl Instance {
     /// The actions that count: up to the end of the first visit to a final step. Actions
@@ -163,46 +165,58 @@ impl Instance {
         let Some(first) = visits.first() else {
             return;
         };
-        out.push((Metric::Started, first.entered, None, 1));
         let completed = visits.last().and_then(|v| completion(*v, steps));
         let ended = completed.or(self.abandoned);
         let mut skipped = false;
         for (i, visit) in visits.iter().enumerate() {
-            out.push((Metric::Entered(visit.step), visit.entered, None, 1));
+            let step = Metric::Step(visit.step);
             let next = visits.get(i + 1);
+            // Entering a final step ends the instance: it is not in progress there.
             let is_completing = completed.is_some() && i + 1 == visits.len();
-            if !is_completing {
-                out.push((Metric::Wip(visit.step), visit.entered, None, 1));
-                if let Some(left) = next.map(|n| n.entered).or(ended) {
-                    out.push((Metric::Wip(visit.step), left, None, -1));
-                }
-            }
+            let mut entry: Tally = [0; 4];
+            entry[ENTERED] = 1;
+            entry[WIP] = i8::from(!is_completing);
+            entry[STARTED] = i8::from(i == 0);
+            out.push((step, visit.entered, None, entry));
             if let Some(next) = next {
                 let millis = next.entered - visit.entered;
-                out.push((Metric::Duration(visit.step), next.entered, Some(millis), 1));
+                let mut exit: Tally = [0; 4];
+                exit[WIP] = -1;
+                exit[LEFT] = 1;
+                out.push((step, next.entered, Some(millis), exit));
                 out.push((
                     Metric::Transition(visit.step, next.step),
                     next.entered,
                     Some(millis),
-                    1,
+                    ONCE,
                 ));
                 if next.step < visit.step {
-                    out.push((Metric::Return(visit.step, next.step), next.entered, None, 1));
+                    out.push((
+                        Metric::Return(visit.step, next.step),
+                        next.entered,
+                        None,
+                        ONCE,
+                    ));
                 }
                 skipped |= next.step > visit.step + 1;
+            } else if let (false, Some(end)) = (is_completing, ended) {
+                // Abandoned here.
+                let mut gone: Tally = [0; 4];
+                gone[WIP] = -1;
+                out.push((step, end, None, gone));
             }
         }
         skipped |= first.step > 0;
         if skipped {
-            out.push((Metric::SkippedSteps, first.entered, None, 1));
+            out.push((Metric::SkippedSteps, first.entered, None, ONCE));
         }
         for o in 0..outcomes.min(64) {
             if let Some(a) = self.actions.iter().find(|a| a.outcomes & (1 << o) != 0) {
-                out.push((Metric::Outcome(o as u16), a.time, None, 1));
+                out.push((Metric::Outcome(o as u16), a.time, None, ONCE));
             }
         }
         for (step, deadline) in &self.breaches {
-            out.push((Metric::SlaBreach(*step), *deadline, None, 1));
+            out.push((Metric::SlaBreach(*step), *deadline, None, ONCE));
         }
         if let Some(end) = ended {
             let how = if completed.is_some() {
@@ -210,12 +224,12 @@ impl Instance {
             } else {
                 Metric::Abandoned
             };
-            out.push((how, end, None, 1));
+            out.push((how, end, None, ONCE));
             out.push((
                 Metric::Variant(variant(variant_of(visits, steps))),
                 end,
                 None,
-                1,
+                ONCE,
             ));
         }
         out.sort_unstable();

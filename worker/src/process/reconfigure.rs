@@ -87,6 +87,7 @@ impl ProcessEngine {
         let step = |s: u16| steps.get(usize::from(s)).copied().flatten();
         let metric = |m: Metric| -> Option<Metric> {
             Some(match m {
+                Metric::Step(s) => Metric::Step(step(s)?),
                 Metric::Wip(s) => Metric::Wip(step(s)?),
                 Metric::Entered(s) => Metric::Entered(step(s)?),
                 Metric::Duration(s) => Metric::Duration(step(s)?),

@@ -3,7 +3,8 @@
 //! A metric record is one partial aggregate: `id` is its idempotent key (definition, metric,
 //! its step/transition/outcome/variant, window start, key group, dimension values), so a
 //! re-emitted window overwrites itself in a compacted topic or an upsert table, and the sum
-//! of `count` (or the merge of `sketch`) over key groups is the total for the window.
+//! of `count` (or the merge of `sketch`) over key groups is the total for the window. A step
+//! record has `entered`, `wip`, `left` and `started` instead of `count`.
 
 use crate::join::record::{push_json_escaped, push_json_string};
 
@@ -40,6 +41,7 @@ fn describe<'s>(
     const NONE: (&str, &str) = ("", "");
     let step = |s: &u16| step_name(plan, *s);
     match metric {
+        Metric::Step(s) => ("step", [("step", step(s)), NONE]),
         Metric::Started => ("started", [NONE, NONE]),
         Metric::Completed => ("completed", [NONE, NONE]),
         Metric::Abandoned => ("abandoned", [NONE, NONE]),
@@ -88,8 +90,17 @@ struct MetricText {
     id: Box<[u8]>,
     /// `,"process":..,"metric":..[,<qualifier fields>],"windowStart":`
     fields: Box<[u8]>,
-    /// Durations and transitions carry a sum.
-    has_sum: bool,
+    values: Values,
+}
+
+/// The value fields a metric's records carry.
+#[derive(Clone, Copy, Debug)]
+enum Values {
+    Count,
+    /// Transitions: and the sum of their durations.
+    CountAndSum,
+    /// A step's counters, and the sum of the durations of its exits.
+    Step,
 }
 
 /// The parts of a metric record that depend on the dimension combination alone.
@@ -97,7 +108,7 @@ struct MetricText {
 struct ComboText {
     /// `[/<value>,<value>...]"` (ends the id)
     id: Box<[u8]>,
-    /// `,"dimensions":{...},"count":`
+    /// `,"dimensions":{...}`
     dimensions: Box<[u8]>,
 }
 
@@ -160,7 +171,11 @@ fn metric_text<'t>(
         MetricText {
             id: id.into(),
             fields: fields.into(),
-            has_sum: matches!(metric, Metric::Duration(_) | Metric::Transition(..)),
+            values: match metric {
+                Metric::Step(_) => Values::Step,
+                Metric::Duration(_) | Metric::Transition(..) => Values::CountAndSum,
+                _ => Values::Count,
+            },
         }
     })
 }
@@ -183,7 +198,6 @@ impl RecordTexts {
             text.push(b'"');
             let mut dimensions = b",\"dimensions\":".to_vec();
             push_dimensions(&mut dimensions, plan, &values);
-            dimensions.extend_from_slice(b",\"count\":");
             self.combos.push(ComboText {
                 id: text.into(),
                 dimensions: dimensions.into(),
@@ -224,11 +238,35 @@ pub fn write_metric(
     buf.extend_from_slice(combo_text.map_or(&b"\""[..], |c| &c.id));
     buf.extend_from_slice(&metric_text.fields);
     buf.extend_from_slice(&texts.window.fields);
-    buf.extend_from_slice(
-        combo_text.map_or(&b",\"dimensions\":{},\"count\":"[..], |c| &c.dimensions),
-    );
-    push_i64(buf, agg.count);
-    if metric_text.has_sum {
+    buf.extend_from_slice(combo_text.map_or(&b",\"dimensions\":{}"[..], |c| &c.dimensions));
+    let sum = match metric_text.values {
+        Values::Count => {
+            buf.extend_from_slice(b",\"count\":");
+            push_i64(buf, agg.count());
+            false
+        }
+        Values::CountAndSum => {
+            buf.extend_from_slice(b",\"count\":");
+            push_i64(buf, agg.count());
+            true
+        }
+        Values::Step => {
+            for (field, n) in [
+                &b",\"entered\":"[..],
+                b",\"wip\":",
+                b",\"left\":",
+                b",\"started\":",
+            ]
+            .into_iter()
+            .zip(agg.counts)
+            {
+                buf.extend_from_slice(field);
+                push_i64(buf, n);
+            }
+            true
+        }
+    };
+    if sum {
         buf.extend_from_slice(b",\"sumSeconds\":");
         push_f64(buf, agg.sum_ms as f64 / 1000.0);
     }

@@ -62,6 +62,19 @@ impl ProcessOutput for Recorded {
     }
 }
 
+/// A metric record's counters by name: a step record's four, or `count`.
+fn counters(m: &Value) -> Vec<(&'static str, i64)> {
+    let fields: &[&'static str] = if m["metric"] == "step" {
+        &["entered", "wip", "left", "started"]
+    } else {
+        &["count"]
+    };
+    fields
+        .iter()
+        .map(|f| (*f, m[*f].as_i64().unwrap()))
+        .collect()
+}
+
 impl Recorded {
     /// The last value of every metric id (a re-emitted aggregate replaces the earlier one).
     fn latest(&self) -> BTreeMap<String, Value> {
@@ -72,10 +85,22 @@ impl Recorded {
     }
 
     /// Sums of the latest counts by metric and qualifier, over windows, key groups and
-    /// dimension values.
+    /// dimension values; a step record's counters as `entered:<step>`, `wip:<step>`,
+    /// `left:<step>` and `started`.
     fn sums(&self) -> BTreeMap<String, i64> {
         let mut sums = BTreeMap::new();
         for m in self.latest().values() {
+            if m["metric"] == "step" {
+                let step = m["step"].as_str().unwrap();
+                for (field, n) in counters(m) {
+                    let name = match field {
+                        "started" => field.to_string(),
+                        _ => format!("{field}:{step}"),
+                    };
+                    *sums.entry(name).or_default() += n;
+                }
+                continue;
+            }
             let mut name = m["metric"].as_str().unwrap().to_string();
             for q in ["step", "from", "to", "outcome", "variant"] {
                 if let Some(v) = m[q].as_str() {
@@ -180,8 +205,8 @@ fn every_metric_of_a_hand_built_log() {
         ("completed", 2),
         ("entered:apply", 5),
         ("entered:review", 3),
-        ("stepDuration:apply", 4),
-        ("stepDuration:review", 2),
+        ("left:apply", 4),
+        ("left:review", 2),
         ("transition:review:apply", 1),
         ("return:review:apply", 1),
         ("outcome:approved", 1),
@@ -194,15 +219,30 @@ fn every_metric_of_a_hand_built_log() {
     for (name, n) in expect {
         assert_eq!(sums.get(name), Some(&n), "{name} in {sums:?}");
     }
-    // Window and dimensions of one record: A's start.
-    let started_a = out
-        .latest()
-        .into_values()
-        .find(|m| m["metric"] == "started" && m["windowStart"] == T0)
-        .unwrap();
-    assert_eq!(started_a["dimensions"]["channel"], "web");
-    assert_eq!(started_a["windowEnd"], T0 + MIN);
-    assert_eq!(started_a["count"], 1);
+    // Two step records whole: A's start, and A leaving review for issue after 55 minutes
+    // (B's second review at 40 is in another window).
+    let latest = out.latest();
+    assert_eq!(
+        latest[&format!("cards/step/apply/{T0}/0/web")],
+        json!({
+            "id": format!("cards/step/apply/{T0}/0/web"), "process": "cards", "metric": "step",
+            "step": "apply", "windowStart": T0, "windowEnd": T0 + MIN, "keyGroup": 0,
+            "dimensions": {"channel": "web"},
+            "entered": 1, "wip": 1, "left": 0, "started": 1, "sumSeconds": 0.0,
+        })
+    );
+    let left_review = &latest[&format!("cards/step/review/{}/0/web", T0 + 65 * MIN)];
+    assert_eq!(
+        [
+            &left_review["entered"],
+            &left_review["wip"],
+            &left_review["left"],
+            &left_review["started"]
+        ],
+        [0, -1, 1, 0]
+    );
+    assert_eq!(left_review["sumSeconds"], 55.0 * 60.0);
+    assert_eq!(left_review["sketch"]["count"], 1);
 }
 
 #[test]
@@ -325,11 +365,13 @@ proptest::proptest! {
         let by_window = |r: &Recorded| {
             let mut sums: BTreeMap<String, i64> = BTreeMap::new();
             for m in r.latest().values() {
-                let key = format!(
-                    "{}|{}|{}|{}|{}|{}",
-                    m["metric"], m["step"], m["from"], m["to"], m["windowStart"], m["dimensions"]
-                );
-                *sums.entry(key).or_default() += m["count"].as_i64().unwrap();
+                for (field, n) in counters(m) {
+                    let key = format!(
+                        "{}|{}|{}|{}|{}|{}|{field}",
+                        m["metric"], m["step"], m["from"], m["to"], m["windowStart"], m["dimensions"]
+                    );
+                    *sums.entry(key).or_default() += n;
+                }
             }
             sums.retain(|_, v| *v != 0);
             sums
@@ -360,10 +402,10 @@ fn dimensions_beyond_max_values_are_other() {
     }
     e.finish(&mut out);
     let mut channels: BTreeMap<String, i64> = BTreeMap::new();
-    for m in out.latest().values().filter(|m| m["metric"] == "started") {
+    for m in out.latest().values().filter(|m| m["metric"] == "step") {
         *channels
             .entry(m["dimensions"]["channel"].as_str().unwrap().to_string())
-            .or_default() += m["count"].as_i64().unwrap();
+            .or_default() += m["started"].as_i64().unwrap();
     }
     let want: BTreeMap<String, i64> = [("web", 2), ("branch", 1), ("other", 2)]
         .iter()

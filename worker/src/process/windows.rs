@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Aggregate, AggregateKey, Metric};
+use super::{Aggregate, AggregateKey, LEFT, Metric, Tally};
 
 /// A window's log is summed (not emitted) once it holds this many contributions and twice
 /// as many as the window has aggregates: on traffic where many contributions share an
@@ -24,10 +24,11 @@ struct Delta {
     /// `metric.sort_key()`: records are emitted in this order.
     order: u64,
     weight: i64,
-    /// Duration in milliseconds (durations and transitions), else 0.
+    /// Duration in milliseconds (a step's exit, a transition), else 0.
     millis: i64,
     combo: u32,
     metric: Metric,
+    tally: Tally,
 }
 
 /// A summed aggregate and its key. Its order is computed, not stored: millions of entries
@@ -55,11 +56,14 @@ impl Entry {
     /// Adds a contribution's value.
     fn add(&mut self, d: &Delta) {
         let agg = &mut self.agg;
-        agg.count += d.weight;
+        for (count, n) in agg.counts.iter_mut().zip(d.tally) {
+            *count += d.weight * i64::from(n);
+        }
         agg.sum_ms += d.millis * d.weight;
-        if matches!(d.metric, Metric::Duration(_)) {
+        // A step's exits carry the time spent in it.
+        if matches!(d.metric, Metric::Step(_)) && d.tally[LEFT] != 0 {
             let sketch = agg.sketch.get_or_insert_with(Box::default);
-            sketch.add_weighted(d.millis, d.weight);
+            sketch.add_weighted(d.millis, d.weight * i64::from(d.tally[LEFT]));
         }
     }
 }
@@ -207,14 +211,15 @@ impl Windows {
             .is_some_and(|w| position(w, start).is_ok())
     }
 
-    /// Adds a contribution to the aggregate of `key`: `weight` to its count, and for
-    /// durations and transitions `millis` times `weight` to its sum (and, for durations, to
-    /// its sketch). Nothing for a key group not owned.
+    /// Adds a contribution to the aggregate of `key`: `weight` times `tally` to its
+    /// counters, and with a duration `millis` times `weight` to its sum (and, for a step's
+    /// exits, to its sketch). Nothing for a key group not owned.
     pub fn add(
         &mut self,
         (kg, start, metric, combo): AggregateKey,
         weight: i64,
         millis: Option<i64>,
+        tally: Tally,
     ) {
         let i = self.position_of(kg);
         let Some(windows) = self.by_key_group.get_mut(i) else {
@@ -227,6 +232,7 @@ impl Windows {
             millis: millis.unwrap_or(0),
             combo,
             metric,
+            tally,
         });
         if window.log.len() >= FOLD_AT.max(2 * window.summed.len()) {
             self.aggregates += window.fold();
@@ -411,6 +417,10 @@ fn emit_window(
 mod tests {
     use super::super::sketch::Sketch;
     use super::*;
+    use crate::process::ONCE;
+
+    /// A step's exit: out of WIP, one more left.
+    const EXIT: Tally = [0, -1, 1, 0];
 
     fn emitted(w: &mut Windows, kg: u16, before: i64) -> Vec<AggregateKey> {
         let mut keys = Vec::new();
@@ -421,31 +431,37 @@ mod tests {
     #[test]
     fn changes_are_emitted_once_in_key_order() {
         let mut w = Windows::new(10, 2);
-        w.add((9, 0, Metric::Started, 0), 1, None);
+        w.add((9, 0, Metric::Completed, 0), 1, None, ONCE);
         assert_eq!(w.window_count(), 0, "key group 9 is not owned");
         for (metric, combo) in [
-            (Metric::Wip(1), 3),
-            (Metric::Started, 7),
-            (Metric::Wip(1), 3),
+            (Metric::SlaBreach(1), 3),
+            (Metric::Completed, 7),
+            (Metric::SlaBreach(1), 3),
         ] {
-            w.add((10, 60, metric, combo), 1, None);
+            w.add((10, 60, metric, combo), 1, None, ONCE);
         }
-        w.add((11, 0, Metric::Started, 0), 1, None);
+        w.add((11, 0, Metric::Completed, 0), 1, None, ONCE);
         assert_eq!((w.contributions(), w.window_count()), (4, 2));
         assert_eq!(emitted(&mut w, 10, 60), vec![], "window 60 is still open");
         assert_eq!(
             emitted(&mut w, 10, 120),
-            vec![(10, 60, Metric::Started, 7), (10, 60, Metric::Wip(1), 3)]
+            vec![
+                (10, 60, Metric::Completed, 7),
+                (10, 60, Metric::SlaBreach(1), 3)
+            ]
         );
         assert_eq!((w.len(), w.unemitted(), w.contributions()), (2, 0, 1));
         assert_eq!(emitted(&mut w, 10, 120), vec![], "emitted once");
-        assert_eq!(w.get(&(10, 60, Metric::Wip(1), 3)).unwrap().count, 2);
+        assert_eq!(
+            w.get(&(10, 60, Metric::SlaBreach(1), 3)).unwrap().count(),
+            2
+        );
 
         // A late change is emitted again, even to nothing: a consumer holds a value.
-        w.add((10, 60, Metric::Started, 7), -1, None);
+        w.add((10, 60, Metric::Completed, 7), -1, None, ONCE);
         let mut last = Vec::new();
-        w.drop_before(10, 120, &mut |k, a| last.push((k, a.count)));
-        assert_eq!(last, vec![((10, 60, Metric::Started, 7), 0)]);
+        w.drop_before(10, 120, &mut |k, a| last.push((k, a.count())));
+        assert_eq!(last, vec![((10, 60, Metric::Completed, 7), 0)]);
         assert_eq!((w.len(), w.window_count()), (0, 1));
         assert!(!w.has_window(10, 60) && w.has_window(11, 0));
     }
@@ -453,32 +469,32 @@ mod tests {
     #[test]
     fn late_contributions_are_summed_into_the_emitted_aggregates_in_key_order() {
         let mut w = Windows::new(0, 1);
-        w.add((0, 0, Metric::Duration(1), 2), 1, Some(1_500));
-        w.add((0, 0, Metric::Started, 2), 1, None);
-        w.add((0, 0, Metric::Duration(1), 2), 1, Some(3_000));
+        w.add((0, 0, Metric::Step(1), 2), 1, Some(1_500), EXIT);
+        w.add((0, 0, Metric::Completed, 2), 1, None, ONCE);
+        w.add((0, 0, Metric::Step(1), 2), 1, Some(3_000), EXIT);
         assert_eq!(emitted(&mut w, 0, 60).len(), 2);
         // Late: one aggregate before the others, one between, one of them changed.
-        w.add((0, 0, Metric::Entered(0), 2), 1, None);
-        w.add((0, 0, Metric::Duration(1), 2), -1, Some(1_500));
-        w.add((0, 0, Metric::Started, 1), 1, None);
+        w.add((0, 0, Metric::Outcome(0), 2), 1, None, ONCE);
+        w.add((0, 0, Metric::Step(1), 2), -1, Some(1_500), EXIT);
+        w.add((0, 0, Metric::Completed, 1), 1, None, ONCE);
         let mut out = Vec::new();
         w.emit_before(0, 60, &mut |k, a| out.push((k.2, k.3, a.clone())));
         let keys: Vec<_> = out.iter().map(|(m, c, _)| (*m, *c)).collect();
         assert_eq!(
             keys,
             vec![
-                (Metric::Started, 1),
-                (Metric::Entered(0), 2),
-                (Metric::Duration(1), 2)
+                (Metric::Completed, 1),
+                (Metric::Outcome(0), 2),
+                (Metric::Step(1), 2)
             ]
         );
         let duration = &out[2].2;
-        assert_eq!((duration.count, duration.sum_ms), (1, 3_000));
+        assert_eq!((duration.counts, duration.sum_ms), ([0, -1, 1, 0], 3_000));
         let mut expected = Sketch::default();
         expected.add(3_000);
         assert_eq!(duration.sketch.as_deref(), Some(&expected));
         assert_eq!(w.len(), 4);
-        assert_eq!(w.get(&(0, 0, Metric::Started, 2)).unwrap().count, 1);
+        assert_eq!(w.get(&(0, 0, Metric::Completed, 2)).unwrap().count(), 1);
     }
 
     #[test]
@@ -486,12 +502,12 @@ mod tests {
         let mut w = Windows::new(0, 1);
         let n = 10 * FOLD_AT as i64;
         for i in 0..n {
-            w.add((0, 0, Metric::Duration(1), (i % 3) as u32), 1, Some(i));
+            w.add((0, 0, Metric::Step(1), (i % 3) as u32), 1, Some(i), EXIT);
             assert!(w.contributions() < FOLD_AT, "summed along the way");
         }
         assert_eq!(w.unemitted(), 3, "summed, not emitted");
         let mut out = Vec::new();
-        w.emit_before(0, 60, &mut |k, a| out.push((k.3, a.count, a.sum_ms)));
+        w.emit_before(0, 60, &mut |k, a| out.push((k.3, a.counts[LEFT], a.sum_ms)));
         let expected: Vec<_> = (0..3)
             .map(|c| {
                 let values = (0..n).filter(|i| i % 3 == c);
@@ -504,10 +520,10 @@ mod tests {
     #[test]
     fn what_comes_to_nothing_before_it_is_emitted_is_not_emitted() {
         let mut w = Windows::new(0, 1);
-        w.add((0, 0, Metric::Started, 1), 1, None);
-        w.add((0, 0, Metric::Started, 1), -1, None);
-        w.add((0, 0, Metric::Entered(0), 1), 1, None);
-        assert_eq!(emitted(&mut w, 0, 60), vec![(0, 0, Metric::Entered(0), 1)]);
+        w.add((0, 0, Metric::Completed, 1), 1, None, ONCE);
+        w.add((0, 0, Metric::Completed, 1), -1, None, ONCE);
+        w.add((0, 0, Metric::Outcome(0), 1), 1, None, ONCE);
+        assert_eq!(emitted(&mut w, 0, 60), vec![(0, 0, Metric::Outcome(0), 1)]);
         assert_eq!(w.unemitted(), 0);
     }
 
@@ -516,34 +532,36 @@ mod tests {
         let mut w = Windows::new(0, 1);
         for start in [0, 60, 120] {
             let agg = Aggregate {
-                count: 1,
+                counts: [1, 0, 0, 0],
                 ..Aggregate::default()
             };
-            w.put((0, start, Metric::Started, 0), agg.clone());
-            w.put((0, start, Metric::Started, 0), agg);
+            w.put((0, start, Metric::Completed, 0), agg.clone());
+            w.put((0, start, Metric::Completed, 0), agg);
         }
-        w.add((0, 60, Metric::Entered(0), 0), 1, None);
+        w.add((0, 60, Metric::Outcome(0), 0), 1, None, ONCE);
         w.mark_restored(0, |start| start >= 60);
-        assert_eq!(w.get(&(0, 0, Metric::Started, 0)).unwrap().count, 2);
+        assert_eq!(w.get(&(0, 0, Metric::Completed, 0)).unwrap().count(), 2);
         assert_eq!(w.unemitted(), 3);
         assert_eq!(emitted(&mut w, 0, 180).len(), 3, "the open windows");
         // A change to a closed window is emitted, even to nothing.
-        w.add((0, 0, Metric::Started, 0), -2, None);
-        assert_eq!(emitted(&mut w, 0, 60), vec![(0, 0, Metric::Started, 0)]);
+        w.add((0, 0, Metric::Completed, 0), -2, None, ONCE);
+        assert_eq!(emitted(&mut w, 0, 60), vec![(0, 0, Metric::Completed, 0)]);
     }
 
     #[test]
     fn sort_keys_order_metrics_as_they_compare() {
         let metrics = [
             Metric::Variant(70_000),
+            Metric::Step(3),
+            Metric::Step(0),
             Metric::Transition(1, 0),
-            Metric::Started,
+            Metric::Completed,
             Metric::Return(0, 3),
             Metric::Wip(2),
             Metric::Transition(0, 5),
             Metric::Variant(3),
             Metric::SlaBreach(1),
-            Metric::Wip(1),
+            Metric::SlaBreach(1),
             Metric::SkippedSteps,
             Metric::Outcome(0),
             Metric::Duration(4),

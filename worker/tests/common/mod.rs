@@ -21,3 +21,13 @@ pub fn examples() -> PathBuf {
 pub fn example() -> String {
     examples().join("credit-card").display().to_string()
 }
+
+/// A metric record that holds nothing: every counter (`count`, or a step's `entered`, `wip`,
+/// `left` and `started`) and its sum are zero. Such a record reads as no record: whether a
+/// window that went back to zero was emitted depends on the arrival order.
+pub fn holds_nothing(record: &serde_json::Value) -> bool {
+    ["count", "entered", "wip", "left", "started"]
+        .iter()
+        .all(|f| record[*f].as_i64().unwrap_or(0) == 0)
+        && record["sumSeconds"].as_f64().unwrap_or(0.0) == 0.0
+}
