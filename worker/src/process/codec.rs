@@ -1,7 +1,14 @@
 //! Binary encoding of the process stage's stored instances: fixed-width little-endian,
 //! several times smaller and faster than JSON (a checkpoint writes every changed instance).
+//!
+//! Version 2 starts with [`V2`] and stores each action's tracking-number fingerprint; version
+//! 1 (no prefix: it starts with the key's length) stored the tracking number itself, and is
+//! still read.
 
-use super::instance::{Applied, Instance};
+use super::instance::{Applied, Instance, tracking_fingerprint};
+
+/// Starts a version-2 instance: as a version-1 key length it would be 4 GiB.
+const V2: [u8; 5] = [0xff, 0xff, 0xff, 0xff, 2];
 
 /// Reads fixed-width fields from the front of a byte slice.
 struct Reader<'a>(&'a [u8]);
@@ -55,12 +62,13 @@ fn put_option_i64(out: &mut Vec<u8>, v: Option<i64>) {
 }
 
 pub fn encode_instance(i: &Instance, out: &mut Vec<u8>) {
+    out.extend_from_slice(&V2);
     put_string(out, &i.key);
     out.extend_from_slice(&i.key_group.to_le_bytes());
     out.extend_from_slice(&(i.actions.len() as u32).to_le_bytes());
     for a in &i.actions {
         out.extend_from_slice(&a.time.to_le_bytes());
-        put_string(out, &a.tracking_number);
+        out.extend_from_slice(&a.tracking.to_le_bytes());
         out.extend_from_slice(&a.step.to_le_bytes());
         out.extend_from_slice(&a.outcomes.to_le_bytes());
     }
@@ -79,18 +87,30 @@ pub fn encode_instance(i: &Instance, out: &mut Vec<u8>) {
 }
 
 pub fn decode_instance(bytes: &[u8]) -> Option<Instance> {
-    let mut r = Reader(bytes);
+    let (v1, mut r) = match bytes.strip_prefix(&V2) {
+        Some(rest) => (false, Reader(rest)),
+        None => (true, Reader(bytes)),
+    };
     let key = r.string()?;
     let key_group = r.u16()?;
     let n = r.u32()? as usize;
     let mut actions = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
+        let time = r.i64()?;
+        let tracking = match v1 {
+            true => tracking_fingerprint(&r.string()?),
+            false => r.u64()?,
+        };
         actions.push(Applied {
-            time: r.i64()?,
-            tracking_number: r.string()?,
+            time,
+            tracking,
             step: r.u16()?,
             outcomes: r.u64()?,
         });
+    }
+    if v1 {
+        // Version 1 sorted same-time actions by tracking number, not by its fingerprint.
+        actions.sort_unstable();
     }
     let n = r.u32()? as usize;
     let mut dimensions = Vec::with_capacity(n.min(64));
@@ -133,13 +153,13 @@ mod tests {
             actions: vec![
                 Applied {
                     time: 1_000,
-                    tracking_number: "T-1".into(),
+                    tracking: tracking_fingerprint("T-1"),
                     step: 0,
                     outcomes: 0,
                 },
                 Applied {
                     time: 61_000,
-                    tracking_number: "T-2".into(),
+                    tracking: tracking_fingerprint("T-2"),
                     step: 1,
                     outcomes: 0b10,
                 },
@@ -166,6 +186,40 @@ mod tests {
         let mut old = Vec::new();
         encode_instance(&without, &mut old);
         old.truncate(old.len() - 4);
-        assert_eq!(decode_instance(&old), Some(without));
+        assert_eq!(decode_instance(&old), Some(without.clone()));
+
+        // Version 1: no prefix, tracking numbers as strings (two at one time, in string
+        // order), no breaches.
+        let mut v1 = Vec::new();
+        put_string(&mut v1, "A-1");
+        v1.extend_from_slice(&7u16.to_le_bytes());
+        v1.extend_from_slice(&3u32.to_le_bytes());
+        for (time, tracking, step, outcomes) in [
+            (1_000i64, "T-1", 0u16, 0u64),
+            (61_000, "T-2", 1, 0b10),
+            (61_000, "T-3", 1, 0),
+        ] {
+            v1.extend_from_slice(&time.to_le_bytes());
+            put_string(&mut v1, tracking);
+            v1.extend_from_slice(&step.to_le_bytes());
+            v1.extend_from_slice(&outcomes.to_le_bytes());
+        }
+        v1.extend_from_slice(&3u32.to_le_bytes());
+        for d in [3u32, 0, 1] {
+            v1.extend_from_slice(&d.to_le_bytes());
+        }
+        v1.extend_from_slice(&9u32.to_le_bytes());
+        put_option_i64(&mut v1, None);
+        put_option_i64(&mut v1, Some(61_000));
+        let read = decode_instance(&v1).unwrap();
+        let mut actions = without.actions.clone();
+        actions.push(Applied {
+            time: 61_000,
+            tracking: tracking_fingerprint("T-3"),
+            step: 1,
+            outcomes: 0,
+        });
+        actions.sort();
+        assert_eq!(read, Instance { actions, ..without });
     }
 }

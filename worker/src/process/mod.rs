@@ -30,7 +30,6 @@ pub mod sketch;
 pub mod thread;
 pub mod windows;
 
-use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
@@ -39,7 +38,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
-pub use instance::{Applied, Instance, Instances, SlotId};
+pub use instance::{Applied, Instance, Instances, SlotId, tracking_fingerprint};
 pub use plan::{Classified, ProcessPlan};
 use record::RecordTexts;
 use sketch::Sketch;
@@ -804,7 +803,7 @@ impl ProcessEngine {
         let wm = self.watermarks[idx];
         let lateness = self.lateness;
         let state = &mut self.processes[p];
-        let tracking_number = c.tracking_number.map(Cow::into_owned).unwrap_or_default();
+        let tracking = c.tracking_number.as_deref().map_or(0, tracking_fingerprint);
         let mut dims = std::mem::take(&mut state.dims);
         dims.clear();
         for (d, v) in c.dimensions.iter().enumerate() {
@@ -813,7 +812,7 @@ impl ProcessEngine {
         }
         let applied = Applied {
             time: t,
-            tracking_number,
+            tracking,
             step: step as u16,
             outcomes: c.outcomes,
         };
@@ -827,10 +826,8 @@ impl ProcessEngine {
         let mut after_end_before = 0;
         let (mut instance, old) = match taken {
             Some(i) => {
-                let duplicate = !applied.tracking_number.is_empty()
-                    && i.actions
-                        .iter()
-                        .any(|a| a.tracking_number == applied.tracking_number);
+                let duplicate = applied.tracking != 0
+                    && i.actions.iter().any(|a| a.tracking == applied.tracking);
                 // After completion an action is kept but does not count (see
                 // `Instance::effective`); after abandonment it is refused.
                 let after_end = i.abandoned.is_some_and(|e| t > e);
