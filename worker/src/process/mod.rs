@@ -866,11 +866,12 @@ impl ProcessEngine {
         let old_combo = instance.combo;
         let mut changed = false;
         for (d, id) in dims.iter().enumerate() {
+            // Mostly the same value: no lookup of `other` then.
+            if instance.dimensions[d] == *id || c.dimensions[d].is_none() {
+                continue;
+            }
             let other = state.names.dimension_ids[d].get(OTHER).copied();
-            if c.dimensions[d].is_some()
-                && Some(instance.dimensions[d]) == other
-                && Some(*id) != other
-            {
+            if Some(instance.dimensions[d]) == other && Some(*id) != other {
                 instance.dimensions[d] = *id;
                 changed = true;
             }
