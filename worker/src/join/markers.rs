@@ -231,6 +231,77 @@ impl MarkerTable {
     }
 }
 
+/// Bits of a cold-marker filter per marker: with [`FILTER_PROBES`] probes, about one key in a
+/// hundred that has no cold marker is looked up anyway.
+const FILTER_BITS_PER_MARKER: usize = 10;
+const FILTER_PROBES: u64 = 7;
+
+/// Which fingerprints may be among a key group's cold markers (markers that left memory and
+/// are stored one by one). Without it, every tracking number of the key group that is not in
+/// memory would cost a RocksDB lookup until the last cold marker expires: the whole dedupe
+/// horizon after an eviction. A Bloom filter per batch of markers that left together, at
+/// about a twentieth of their memory, kept until every marker of the batch has expired. It
+/// never says no to a cold marker that is still live; a false yes only costs the lookup.
+#[derive(Debug, Default)]
+pub struct ColdMarkers {
+    /// (latest expiry of the batch's markers, filter bits), oldest first.
+    batches: std::collections::VecDeque<(i64, Box<[u64]>)>,
+}
+
+impl ColdMarkers {
+    /// Bit positions of a fingerprint in a filter of `words` words (a power of two): double
+    /// hashing on the half of the fingerprint the marker table does not hash by.
+    fn positions(fingerprint: Fingerprint, words: usize) -> impl Iterator<Item = u64> {
+        let mask = (words as u64 * 64) - 1;
+        let (a, b) = (fingerprint.0[1], fingerprint.0[0].rotate_left(32) | 1);
+        (0..FILTER_PROBES).map(move |i| a.wrapping_add(i.wrapping_mul(b)) & mask)
+    }
+
+    /// Adds a batch of markers that leave memory; the bytes its filter takes.
+    pub fn add(&mut self, markers: &[Marker]) -> usize {
+        let Some(latest) = markers.iter().map(Marker::until).max() else {
+            return 0;
+        };
+        let words = (markers.len() * FILTER_BITS_PER_MARKER)
+            .div_ceil(64)
+            .next_power_of_two();
+        let mut bits = vec![0u64; words].into_boxed_slice();
+        for m in markers {
+            for p in Self::positions(m.fingerprint, words) {
+                bits[(p / 64) as usize] |= 1 << (p % 64);
+            }
+        }
+        self.batches.push_back((latest, bits));
+        words * 8
+    }
+
+    /// Whether a live cold marker may have this fingerprint.
+    pub fn may_contain(&self, fingerprint: Fingerprint, watermark: i64) -> bool {
+        self.batches.iter().any(|(latest, bits)| {
+            *latest >= watermark
+                && Self::positions(fingerprint, bits.len())
+                    .all(|p| bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
+        })
+    }
+
+    /// Drops the filters whose markers have all expired; the bytes freed.
+    pub fn expire(&mut self, watermark: i64) -> usize {
+        let mut freed = 0;
+        self.batches.retain(|(latest, bits)| {
+            let live = *latest >= watermark;
+            if !live {
+                freed += bits.len() * 8;
+            }
+            live
+        });
+        freed
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.batches.iter().map(|(_, bits)| bits.len() * 8).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -293,5 +364,45 @@ mod tests {
     #[test]
     fn a_marker_is_24_bytes() {
         assert_eq!(std::mem::size_of::<Marker>(), 24);
+    }
+
+    #[test]
+    fn cold_marker_filters_know_every_live_marker_and_few_others() {
+        let mut cold = ColdMarkers::default();
+        let marker = |i: u32, until: i64| {
+            Marker::new(
+                Fingerprint::of(format!("key-{i}").as_bytes()),
+                &done(until, Outcome::Completed, 0b111),
+            )
+        };
+        let first: Vec<Marker> = (0..10_000)
+            .map(|i| marker(i, 100 + i64::from(i % 7)))
+            .collect();
+        let second: Vec<Marker> = (10_000..20_000).map(|i| marker(i, 500)).collect();
+        let bytes = cold.add(&first) + cold.add(&second);
+        assert_eq!(cold.bytes(), bytes);
+        assert!(
+            bytes < 20_000 * 3,
+            "{bytes} bytes: well under the 24 of a marker each"
+        );
+        for m in first.iter().chain(&second) {
+            assert!(cold.may_contain(m.fingerprint(), 0), "no false no");
+        }
+        let others = (20_000..120_000)
+            .filter(|i| cold.may_contain(marker(*i, 0).fingerprint(), 0))
+            .count();
+        assert!(others < 2_000, "{others} false yeses in 100,000");
+
+        // The first batch has expired at 107: its markers are not asked about any more.
+        assert!(!cold.may_contain(first[0].fingerprint(), 107));
+        assert!(cold.may_contain(second[0].fingerprint(), 107));
+        assert!(cold.expire(107) > 0);
+        assert!(cold.may_contain(second[0].fingerprint(), 500));
+        assert!(cold.expire(501) > 0);
+        assert_eq!(
+            (cold.bytes(), cold.may_contain(second[0].fingerprint(), 0)),
+            (0, false)
+        );
+        assert_eq!(cold.add(&[]), 0);
     }
 }

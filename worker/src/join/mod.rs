@@ -23,7 +23,7 @@ use weft_crds::join_pipeline::JoinSpec;
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
 use crate::sources::{DeadLetterReason, Message, Rejection};
-use markers::{Fingerprint, MARKER_BYTES, Marker, MarkerTable};
+use markers::{ColdMarkers, Fingerprint, MARKER_BYTES, Marker, MarkerTable};
 use timers::{Timer, Timers, YOUNG_AGE, YoungSeq};
 
 /// Join settings in milliseconds, from the pipeline's `spec.join`.
@@ -774,6 +774,9 @@ pub struct JoinEngine {
     /// or left in the store at a restore): until its watermark passes it, a key missing from
     /// memory may have a marker in the store.
     cold_markers_until: Vec<i64>,
+    /// Per key group, which keys may have one of those cold markers: most keys missing from
+    /// memory are then not looked up in RocksDB.
+    cold_markers: Vec<ColdMarkers>,
     /// How far the watermark moves between two sweeps of a marker table.
     sweep_interval: i64,
     hot_bytes: usize,
@@ -804,6 +807,7 @@ impl JoinEngine {
             runs: (0..n).map(|_| VecDeque::new()).collect(),
             next_run: 0,
             cold_markers_until: vec![i64::MIN; n],
+            cold_markers: (0..n).map(|_| ColdMarkers::default()).collect(),
             // An expired marker stays at most a sixteenth of the horizon.
             sweep_interval: (config.dedupe / 16).max(1000),
             hot_bytes: 0,
@@ -934,6 +938,7 @@ impl JoinEngine {
         for (i, markers) in overflow.into_iter().enumerate() {
             if let Some(latest) = markers.iter().map(Marker::until).max() {
                 self.cold_markers_until[i] = self.cold_markers_until[i].max(latest);
+                self.hot_bytes += self.cold_markers[i].add(&markers);
                 left.push((owned.start + i as u16, markers));
             }
         }
@@ -1205,7 +1210,7 @@ impl JoinEngine {
         if self.markers[idx].get(fingerprint, wm).is_some() {
             return Ok(());
         }
-        if maybe_marker {
+        if maybe_marker && self.cold_markers[idx].may_contain(fingerprint, wm) {
             let kg = self.owned.start + idx as u16;
             if let Some(done) = cold.get_marker(kg, fingerprint)?
                 && done.until >= wm
@@ -1369,6 +1374,7 @@ impl JoinEngine {
             let kg = start + i as u16;
             let wm = self.watermarks[i];
             freed += journal.len() * JOURNAL_BYTES;
+            freed += self.cold_markers[i].expire(wm);
             let mut markers = std::mem::take(journal);
             markers.retain(|m| m.until() >= wm);
             if let Some(latest) = markers.iter().map(Marker::until).max() {
@@ -1469,6 +1475,7 @@ impl JoinEngine {
                 let live = self.markers[i].take_live(self.watermarks[i]);
                 if let Some(latest) = live.iter().map(Marker::until).max() {
                     self.cold_markers_until[i] = self.cold_markers_until[i].max(latest);
+                    self.hot_bytes += self.cold_markers[i].add(&live);
                     out.marker_points.push((start + i as u16, live));
                 }
             }
@@ -1487,6 +1494,7 @@ impl JoinEngine {
         if self.slots.is_empty()
             && self.hot_markers() == 0
             && self.runs.iter().all(VecDeque::is_empty)
+            && self.cold_markers.iter().all(|c| c.bytes() == 0)
         {
             self.hot_bytes = 0;
         }

@@ -49,6 +49,8 @@ struct MemCold {
     timers: Mutex<BTreeSet<(u16, i64, Vec<u8>)>>,
     runs: Mutex<BTreeMap<(u16, u64), Vec<Marker>>>,
     points: Mutex<BTreeMap<(u16, Fingerprint), Done>>,
+    /// Calls of `get_marker`.
+    marker_lookups: std::sync::atomic::AtomicUsize,
 }
 
 impl MemCold {
@@ -118,6 +120,8 @@ impl ColdStore for MemCold {
             .min())
     }
     fn get_marker(&self, kg: u16, fingerprint: Fingerprint) -> Result<Option<Done>, StateError> {
+        self.marker_lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(self.points.lock().unwrap().get(&(kg, fingerprint)).copied())
     }
     fn for_each_marker_run(
@@ -384,6 +388,43 @@ fn evicted_entries_resolve_from_the_cold_tier() {
     engine.finish(&cold, &mut out).unwrap();
     assert_eq!(out.incomplete, [("b".to_string(), 0b110)]);
     assert_eq!(engine.stats.actions_persisted, 2);
+}
+
+#[test]
+fn evicted_markers_cost_a_lookup_for_their_own_keys_only() {
+    let cold = MemCold::default();
+    let mut engine = all(4);
+    let mut out = Recorded::default();
+    let old: Vec<String> = (0..2_000).map(|i| format!("old-{i}")).collect();
+    for tn in &old {
+        for part in Part::ALL {
+            engine.process(msg(tn, part, T0), &cold, &mut out).unwrap();
+        }
+    }
+    cold.apply(engine.checkpoint_changes(Evict::Markers { max: usize::MAX }));
+    assert_eq!(engine.hot_markers(), 0, "every marker left memory");
+    let lookups = || {
+        cold.marker_lookups
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // New tracking numbers: almost none is looked up in the store.
+    for i in 0..2_000 {
+        let tn = format!("new-{i}");
+        engine
+            .process(msg(&tn, Part::Request, T0 + 1), &cold, &mut out)
+            .unwrap();
+    }
+    assert!(lookups() < 100, "{} lookups for 2,000 new keys", lookups());
+    // Every evicted one is, and is a duplicate.
+    let before = lookups();
+    for tn in &old {
+        engine
+            .process(msg(tn, Part::Response, T0 + 2), &cold, &mut out)
+            .unwrap();
+    }
+    assert_eq!(lookups() - before, old.len());
+    assert_eq!(engine.stats.duplicates, old.len() as u64);
+    assert_eq!(engine.hot_pending(), 2_000, "only the new ones are pending");
 }
 
 /// One tracking number's messages in a generated scenario.
