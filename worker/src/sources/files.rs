@@ -25,7 +25,9 @@ pub struct LineReader {
     eof: bool,
 }
 
-const READ_BUFFER: usize = 1 << 20;
+/// A read fills this much, and the scanner reads it right after: small enough to still be
+/// in the core's L2 cache then (1 MiB was not: 2M actions, join alone, 3 pairs +3-8%).
+const READ_BUFFER: usize = 1 << 18;
 
 impl LineReader {
     /// Opens a file at a saved position (`None` for stdin, which cannot be resumed).
