@@ -69,9 +69,9 @@ pub struct Instance {
 }
 
 /// One contribution to the metrics: its aggregate's metric, its time (which picks the
-/// window), a duration in milliseconds (a step's exit, a transition) and what it adds to the
-/// aggregate's counters.
-pub type Contribution = (Metric, i64, Option<i64>, Tally);
+/// window), for a step's exit the time spent in the step (ms) and the step it went to, and
+/// what it adds to the aggregate's counters.
+pub type Contribution = (Metric, i64, Option<(i64, u16)>, Tally);
 
 impl Instance {
     /// The actions that count: up to the end of the first visit to a final step. Actions
@@ -191,17 +191,12 @@ impl Instance {
             entry[STARTED] = i8::from(i == 0);
             out.push((step, visit.entered, None, entry));
             if let Some(next) = next {
+                // Leaving for the next step: the time spent, and the edge to it.
                 let millis = next.entered - visit.entered;
                 let mut exit: Tally = [0; 4];
                 exit[WIP] = -1;
                 exit[LEFT] = 1;
-                out.push((step, next.entered, Some(millis), exit));
-                out.push((
-                    Metric::Transition(visit.step, next.step),
-                    next.entered,
-                    Some(millis),
-                    ONCE,
-                ));
+                out.push((step, next.entered, Some((millis, next.step)), exit));
                 if next.step < visit.step {
                     out.push((
                         Metric::Return(visit.step, next.step),

@@ -10,7 +10,8 @@
 //! (none: the action is *unmatched*); the instance key is the first present `instanceKey`
 //! field. An instance's metrics are derived from its actions in event-time order (see
 //! [`instance`]): entering a different step closes the current one (its duration goes into
-//! the step's sketch) and counts a transition, and a *return* when the new step comes
+//! the step's sketch, and the edge to the new step into its exits: a transition), and counts
+//! a *return* when the new step comes
 //! earlier in the definition. A final step completes the instance; `instanceTimeout` without
 //! actions abandons it. An action whose tracking number the instance already has is ignored.
 //!
@@ -56,7 +57,7 @@ const ACTION_LIMIT: usize = 256;
 /// mostly counted at the same moments (entering a step is leaving the one before), and one
 /// record per step and window instead of three halves the records on real traffic.
 /// `Started`, `Wip`, `Entered` and `Duration` remain as keys of the running totals (and of
-/// checkpoints written before the step record) only.
+/// checkpoints written before the step record) only; transitions are a step record's exits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Metric {
     /// Total only: instances started (a step record's `started`).
@@ -69,6 +70,7 @@ pub enum Metric {
     Entered(u16),
     /// Total only: exits from a step to another (a step record's `left`).
     Duration(u16),
+    /// Neither: in checkpoints written before transitions were a step record's exits.
     Transition(u16, u16),
     Return(u16, u16),
     Outcome(u16),
@@ -122,15 +124,66 @@ impl Metric {
 pub struct Aggregate {
     /// `[count, 0, 0, 0]`, or a step's counters (see [`Tally`]).
     pub counts: [i64; 4],
-    /// Sum of durations in milliseconds (a step's exits, transitions).
+    /// Sum of durations in milliseconds (a step's exits).
     pub sum_ms: i64,
-    pub sketch: Option<Box<Sketch>>,
+    /// A step's exits: the time spent, and where they went.
+    pub exits: Option<Box<Exits>>,
     /// Changed since it was last emitted.
     pub dirty: bool,
     /// Emitted at least once: a consumer may hold a value for its key, so it is emitted again
     /// when it changes, even to nothing. One never emitted that comes to nothing (what an
     /// instance contributed and took back before the window closed) is not emitted at all.
     pub emitted: bool,
+}
+
+/// The step an exit went to when it is not known (a reconfiguration removed it).
+pub const NO_STEP: u16 = u16::MAX;
+
+/// What a step's exits in one window add up to, besides their count: the time spent in the
+/// step (a sketch) and, per next step, the exits to it and the sum of their times. The next
+/// steps are the directly-follows edges (transitions) out of the step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Exits {
+    pub sketch: Sketch,
+    /// (next step, exits to it, sum of their times in ms), by step, none all zero.
+    pub to: Vec<(u16, i64, i64)>,
+}
+
+impl Exits {
+    /// Adds an exit after `millis` to step `to`, `weight` times (negative: takes it back).
+    pub fn add(&mut self, millis: i64, to: u16, weight: i64) {
+        self.sketch.add_weighted(millis, weight);
+        self.add_to(to, weight, millis.saturating_mul(weight));
+    }
+
+    fn add_to(&mut self, to: u16, count: i64, sum_ms: i64) {
+        if to == NO_STEP {
+            return;
+        }
+        match self.to.binary_search_by_key(&to, |e| e.0) {
+            Ok(i) => {
+                let e = &mut self.to[i];
+                e.1 += count;
+                e.2 += sum_ms;
+                if e.1 == 0 && e.2 == 0 {
+                    self.to.remove(i);
+                }
+            }
+            Err(i) if count != 0 || sum_ms != 0 => self.to.insert(i, (to, count, sum_ms)),
+            Err(_) => {}
+        }
+    }
+
+    pub fn merge(&mut self, other: &Exits) {
+        self.sketch.merge(&other.sketch);
+        for (to, count, sum_ms) in &other.to {
+            self.add_to(*to, *count, *sum_ms);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sketch.is_empty() && self.to.is_empty()
+    }
 }
 
 impl Aggregate {
@@ -143,7 +196,7 @@ impl Aggregate {
     pub fn is_zero(&self) -> bool {
         self.counts == [0; 4]
             && self.sum_ms == 0
-            && self.sketch.as_ref().is_none_or(|s| s.is_empty())
+            && self.exits.as_ref().is_none_or(|e| e.is_empty())
     }
 
     /// Adds another partial aggregate's values (not its flags).
@@ -152,10 +205,10 @@ impl Aggregate {
             *c += o;
         }
         self.sum_ms += other.sum_ms;
-        if let Some(sketch) = &other.sketch {
-            match &mut self.sketch {
-                Some(s) => s.merge(sketch),
-                None => self.sketch = Some(sketch.clone()),
+        if let Some(exits) = &other.exits {
+            match &mut self.exits {
+                Some(e) => e.merge(exits),
+                None => self.exits = Some(exits.clone()),
             }
         }
     }
@@ -517,7 +570,7 @@ impl ProcessState {
         contribution: instance::Contribution,
         weight: i64,
     ) {
-        let (metric, _, millis, tally) = contribution;
+        let (metric, _, exit, tally) = contribution;
         let mut add_total = |key: Metric, n: i8| {
             if n == 0 {
                 return;
@@ -538,7 +591,7 @@ impl ProcessState {
         add_total(Metric::Duration(step), tally[LEFT]);
         add_total(Metric::Started, tally[STARTED]);
         if tally[LEFT] != 0
-            && let Some(ms) = millis
+            && let Some((ms, _)) = exit
             && let Some(sketch) = self.counts.durations.get_mut(usize::from(step))
         {
             sketch.add_weighted(ms, weight * i64::from(tally[LEFT]));
@@ -555,7 +608,7 @@ impl ProcessState {
         wm: i64,
         lateness: i64,
         combo: u32,
-        (metric, t, millis, tally): instance::Contribution,
+        (metric, t, exit, tally): instance::Contribution,
         weight: i64,
         count_late: bool,
     ) {
@@ -567,7 +620,7 @@ impl ProcessState {
             return;
         }
         self.windows
-            .add((kg, start, metric, combo), weight, millis, tally);
+            .add((kg, start, metric, combo), weight, exit, tally);
     }
 
     /// The totals by name.

@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 
 use super::instance::{Applied, Contribution, Instance};
 use super::plan::ProcessPlan;
-use super::{Metric, ProcessEngine, ProcessState};
+use super::{Metric, NO_STEP, ProcessEngine, ProcessState};
 
 /// What a reconfiguration did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -107,7 +107,11 @@ impl ProcessEngine {
             let contributed = old
                 .contributions(&instance)
                 .into_iter()
-                .filter_map(|(m, t, ms, sign)| Some((metric(m)?, t, ms, sign)))
+                .filter_map(|(m, t, exit, tally)| {
+                    // An exit to a removed step still counts, without its edge.
+                    let exit = exit.map(|(ms, to)| (ms, step(to).unwrap_or(NO_STEP)));
+                    Some((metric(m)?, t, exit, tally))
+                })
                 .collect();
             instances.push((instance, contributed));
         }
@@ -149,6 +153,17 @@ impl ProcessEngine {
                 continue;
             };
             let key = (kg, start, m, combo(&mut new, c));
+            let mut agg = agg;
+            if let Some(exits) = &mut agg.exits {
+                // Edges to the next steps in the new terms (the same step twice is impossible:
+                // steps map one to one), without those to removed steps.
+                exits.to = exits
+                    .to
+                    .iter()
+                    .filter_map(|(to, n, ms)| Some((step(*to)?, *n, *ms)))
+                    .collect();
+                exits.to.sort_unstable_by_key(|e| e.0);
+            }
             new.windows.put(key, agg);
         }
 

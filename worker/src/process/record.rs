@@ -270,7 +270,8 @@ pub fn write_metric(
         buf.extend_from_slice(b",\"sumSeconds\":");
         push_f64(buf, agg.sum_ms as f64 / 1000.0);
     }
-    if let Some(sketch) = &agg.sketch {
+    if let Some(exits) = &agg.exits {
+        let sketch = &exits.sketch;
         for (field, q) in [
             (&b",\"p50Seconds\":"[..], 0.5),
             (b",\"p90Seconds\":", 0.9),
@@ -283,6 +284,20 @@ pub fn write_metric(
         }
         buf.extend_from_slice(b",\"sketch\":");
         push_sketch(buf, sketch);
+        // The edges out of the step: `"to":{"<next step>":{"count":..,"sumSeconds":..}}`.
+        buf.extend_from_slice(b",\"to\":{");
+        for (n, (to, count, sum_ms)) in exits.to.iter().enumerate() {
+            if n > 0 {
+                buf.push(b',');
+            }
+            push_json_string(buf, step_name(plan, *to));
+            buf.extend_from_slice(b":{\"count\":");
+            push_i64(buf, *count);
+            buf.extend_from_slice(b",\"sumSeconds\":");
+            push_f64(buf, *sum_ms as f64 / 1000.0);
+            buf.push(b'}');
+        }
+        buf.push(b'}');
     }
     buf.extend_from_slice(b"}\n");
 }

@@ -62,17 +62,22 @@ impl ProcessOutput for Recorded {
     }
 }
 
-/// A metric record's counters by name: a step record's four, or `count`.
-fn counters(m: &Value) -> Vec<(&'static str, i64)> {
-    let fields: &[&'static str] = if m["metric"] == "step" {
-        &["entered", "wip", "left", "started"]
-    } else {
-        &["count"]
-    };
-    fields
+/// A metric record's counters by name: a step record's four and its exits per next step
+/// (`to:<step>`), or `count`.
+fn counters(m: &Value) -> Vec<(String, i64)> {
+    if m["metric"] != "step" {
+        return vec![("count".to_string(), m["count"].as_i64().unwrap())];
+    }
+    let mut out: Vec<(String, i64)> = ["entered", "wip", "left", "started"]
         .iter()
-        .map(|f| (*f, m[*f].as_i64().unwrap()))
-        .collect()
+        .map(|f| (f.to_string(), m[*f].as_i64().unwrap()))
+        .collect();
+    if let Some(to) = m["to"].as_object() {
+        for (next, edge) in to {
+            out.push((format!("to:{next}"), edge["count"].as_i64().unwrap()));
+        }
+    }
+    out
 }
 
 impl Recorded {
@@ -93,9 +98,13 @@ impl Recorded {
             if m["metric"] == "step" {
                 let step = m["step"].as_str().unwrap();
                 for (field, n) in counters(m) {
-                    let name = match field {
-                        "started" => field.to_string(),
-                        _ => format!("{field}:{step}"),
+                    let name = match field.as_str() {
+                        "started" => field,
+                        // An exit to the next step is a transition.
+                        _ => match field.strip_prefix("to:") {
+                            Some(next) => format!("transition:{step}:{next}"),
+                            None => format!("{field}:{step}"),
+                        },
                     };
                     *sums.entry(name).or_default() += n;
                 }
@@ -243,6 +252,11 @@ fn every_metric_of_a_hand_built_log() {
     );
     assert_eq!(left_review["sumSeconds"], 55.0 * 60.0);
     assert_eq!(left_review["sketch"]["count"], 1);
+    assert_eq!(
+        left_review["to"],
+        json!({"issue": {"count": 1, "sumSeconds": 55.0 * 60.0}}),
+        "the edge out of review"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Aggregate, AggregateKey, LEFT, Metric, Tally};
+use super::{Aggregate, AggregateKey, LEFT, Metric, NO_STEP, Tally};
 
 /// A window's log is summed (not emitted) once it holds this many contributions and twice
 /// as many as the window has aggregates: on traffic where many contributions share an
@@ -24,11 +24,13 @@ struct Delta {
     /// `metric.sort_key()`: records are emitted in this order.
     order: u64,
     weight: i64,
-    /// Duration in milliseconds (a step's exit, a transition), else 0.
+    /// A step's exit: the time spent in milliseconds, else 0.
     millis: i64,
     combo: u32,
     metric: Metric,
     tally: Tally,
+    /// A step's exit: the step it went to, else [`NO_STEP`].
+    to: u16,
 }
 
 /// A summed aggregate and its key. Its order is computed, not stored: millions of entries
@@ -60,10 +62,10 @@ impl Entry {
             *count += d.weight * i64::from(n);
         }
         agg.sum_ms += d.millis * d.weight;
-        // A step's exits carry the time spent in it.
+        // A step's exits carry the time spent in it and where they went.
         if matches!(d.metric, Metric::Step(_)) && d.tally[LEFT] != 0 {
-            let sketch = agg.sketch.get_or_insert_with(Box::default);
-            sketch.add_weighted(d.millis, d.weight * i64::from(d.tally[LEFT]));
+            let exits = agg.exits.get_or_insert_with(Box::default);
+            exits.add(d.millis, d.to, d.weight * i64::from(d.tally[LEFT]));
         }
     }
 }
@@ -212,13 +214,14 @@ impl Windows {
     }
 
     /// Adds a contribution to the aggregate of `key`: `weight` times `tally` to its
-    /// counters, and with a duration `millis` times `weight` to its sum (and, for a step's
-    /// exits, to its sketch). Nothing for a key group not owned.
+    /// counters, and for a step's exit (time spent in ms, next step) the time `weight` times
+    /// to its sum, its sketch and its edge to the next step. Nothing for a key group not
+    /// owned.
     pub fn add(
         &mut self,
         (kg, start, metric, combo): AggregateKey,
         weight: i64,
-        millis: Option<i64>,
+        exit: Option<(i64, u16)>,
         tally: Tally,
     ) {
         let i = self.position_of(kg);
@@ -229,10 +232,11 @@ impl Windows {
         window.log.push(Delta {
             order: metric.sort_key(),
             weight,
-            millis: millis.unwrap_or(0),
+            millis: exit.map_or(0, |(ms, _)| ms),
             combo,
             metric,
             tally,
+            to: exit.map_or(NO_STEP, |(_, to)| to),
         });
         if window.log.len() >= FOLD_AT.max(2 * window.summed.len()) {
             self.aggregates += window.fold();
@@ -417,7 +421,7 @@ fn emit_window(
 mod tests {
     use super::super::sketch::Sketch;
     use super::*;
-    use crate::process::ONCE;
+    use crate::process::{Exits, ONCE};
 
     /// A step's exit: out of WIP, one more left.
     const EXIT: Tally = [0, -1, 1, 0];
@@ -469,13 +473,13 @@ mod tests {
     #[test]
     fn late_contributions_are_summed_into_the_emitted_aggregates_in_key_order() {
         let mut w = Windows::new(0, 1);
-        w.add((0, 0, Metric::Step(1), 2), 1, Some(1_500), EXIT);
+        w.add((0, 0, Metric::Step(1), 2), 1, Some((1_500, 2)), EXIT);
         w.add((0, 0, Metric::Completed, 2), 1, None, ONCE);
-        w.add((0, 0, Metric::Step(1), 2), 1, Some(3_000), EXIT);
+        w.add((0, 0, Metric::Step(1), 2), 1, Some((3_000, 3)), EXIT);
         assert_eq!(emitted(&mut w, 0, 60).len(), 2);
         // Late: one aggregate before the others, one between, one of them changed.
         w.add((0, 0, Metric::Outcome(0), 2), 1, None, ONCE);
-        w.add((0, 0, Metric::Step(1), 2), -1, Some(1_500), EXIT);
+        w.add((0, 0, Metric::Step(1), 2), -1, Some((1_500, 2)), EXIT);
         w.add((0, 0, Metric::Completed, 1), 1, None, ONCE);
         let mut out = Vec::new();
         w.emit_before(0, 60, &mut |k, a| out.push((k.2, k.3, a.clone())));
@@ -490,9 +494,14 @@ mod tests {
         );
         let duration = &out[2].2;
         assert_eq!((duration.counts, duration.sum_ms), ([0, -1, 1, 0], 3_000));
-        let mut expected = Sketch::default();
-        expected.add(3_000);
-        assert_eq!(duration.sketch.as_deref(), Some(&expected));
+        let mut sketch = Sketch::default();
+        sketch.add(3_000);
+        // The exit to step 2 was taken back: only the edge to step 3 is left.
+        let expected = Exits {
+            sketch,
+            to: vec![(3, 1, 3_000)],
+        };
+        assert_eq!(duration.exits.as_deref(), Some(&expected));
         assert_eq!(w.len(), 4);
         assert_eq!(w.get(&(0, 0, Metric::Completed, 2)).unwrap().count(), 1);
     }
@@ -502,7 +511,12 @@ mod tests {
         let mut w = Windows::new(0, 1);
         let n = 10 * FOLD_AT as i64;
         for i in 0..n {
-            w.add((0, 0, Metric::Step(1), (i % 3) as u32), 1, Some(i), EXIT);
+            w.add(
+                (0, 0, Metric::Step(1), (i % 3) as u32),
+                1,
+                Some((i, 2)),
+                EXIT,
+            );
             assert!(w.contributions() < FOLD_AT, "summed along the way");
         }
         assert_eq!(w.unemitted(), 3, "summed, not emitted");
