@@ -150,7 +150,7 @@ impl Shuffle {
             published: counts.clone(),
             alignment: Alignment {
                 window: config.align_window,
-                lanes: HashMap::new(),
+                lanes: Lanes::default(),
                 last_check: Instant::now(),
                 last_refresh: None,
                 // Nothing is written before the partitions have been looked at once.
@@ -361,11 +361,23 @@ impl Work {
     }
 }
 
-fn note_read(share: &mut [SharePartition], topic: &str, partition: i32, offset: i64) {
-    if let Some(p) = share
-        .iter_mut()
-        .find(|p| p.partition == partition && p.topic == topic)
-    {
+/// Notes how far a partition of the share was read. `at` is where the last message's
+/// partition was: a poll round's messages mostly come a partition at a time.
+fn note_read(
+    share: &mut [SharePartition],
+    at: &mut usize,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) {
+    let is = |p: &SharePartition| p.partition == partition && p.topic == topic;
+    if !share.get(*at).is_some_and(is) {
+        match share.iter().position(is) {
+            Some(found) => *at = found,
+            None => return,
+        }
+    }
+    if let Some(p) = share.get_mut(*at) {
         p.next = offset + 1;
     }
 }
@@ -398,12 +410,32 @@ struct Held {
 /// when too much waits is a partition paused (librdkafka then drops its prefetch).
 struct Alignment {
     window: i64,
-    lanes: HashMap<(String, i32), Lane>,
+    lanes: Lanes,
     last_check: Instant,
     last_refresh: Option<Instant>,
     /// The latest event time a message may have to be written now.
     limit: i64,
     held_bytes: usize,
+}
+
+/// The partitions' lanes by (topic, partition), looked up per message by [`LaneKey`].
+type Lanes = hashbrown::HashMap<(String, i32), Lane, rustc_hash::FxBuildHasher>;
+
+/// A lane's key, borrowed: finding the lane of a message allocates nothing. It hashes as the
+/// owned key does (a string's bytes, then the partition).
+#[derive(Hash)]
+struct LaneKey<'a>(&'a str, i32);
+
+impl hashbrown::Equivalent<(String, i32)> for LaneKey<'_> {
+    fn equivalent(&self, key: &(String, i32)) -> bool {
+        self.1 == key.1 && self.0 == key.0
+    }
+}
+
+impl From<&LaneKey<'_>> for (String, i32) {
+    fn from(key: &LaneKey<'_>) -> (String, i32) {
+        (key.0.to_string(), key.1)
+    }
 }
 
 struct Lane {
@@ -448,35 +480,35 @@ impl Alignment {
     fn note_ended(&mut self, share: &[SharePartition]) {
         for p in share {
             if p.end.is_some_and(|end| p.next >= end)
-                && let Some(lane) = self.lanes.get_mut(&(p.topic.clone(), p.partition))
+                && let Some(lane) = self.lanes.get_mut(&LaneKey(&p.topic, p.partition))
             {
                 lane.ended = true;
             }
         }
     }
 
-    fn lane(&mut self, topic: &str, partition: i32) -> &mut Lane {
-        let now = Instant::now();
+    fn lane(&mut self, topic: &str, partition: i32, now: Instant) -> &mut Lane {
         self.lanes
-            .entry((topic.to_string(), partition))
+            .entry_ref(&LaneKey(topic, partition))
             .or_insert_with(|| new_lane(now, i64::MIN))
     }
 
     /// Whether a message must wait: its partition has messages waiting, or it is too far
-    /// ahead.
-    fn must_wait(&mut self, topic: &str, partition: i32, time: Option<i64>) -> bool {
+    /// ahead. `now` is when its poll round began (a clock read per message was a tenth of
+    /// the shuffle's thread).
+    fn must_wait(&mut self, topic: &str, partition: i32, time: Option<i64>, now: Instant) -> bool {
         let limit = self.limit;
-        let lane = self.lane(topic, partition);
-        lane.last_seen = Instant::now();
+        let lane = self.lane(topic, partition, now);
+        lane.last_seen = now;
         if let Some(t) = time {
             lane.time = lane.time.max(t);
         }
         !lane.held.is_empty() || time.is_some_and(|t| t > limit)
     }
 
-    fn hold(&mut self, topic: &str, partition: i32, held: Held) {
+    fn hold(&mut self, topic: &str, partition: i32, held: Held, now: Instant) {
         self.held_bytes += held.routed.as_ref().map_or(0, |(_, payload)| payload.len());
-        self.lane(topic, partition).held.push_back(held);
+        self.lane(topic, partition, now).held.push_back(held);
     }
 
     /// How far the slowest partition has been *written*, not read: a fetch reads a partition
@@ -516,7 +548,7 @@ impl Alignment {
             if let Ok(assigned) = consumer.assignment() {
                 for e in assigned.elements() {
                     self.lanes
-                        .entry((e.topic().to_string(), e.partition()))
+                        .entry_ref(&LaneKey(e.topic(), e.partition()))
                         .or_insert_with(|| new_lane(now, i64::MIN));
                 }
             }
@@ -524,7 +556,11 @@ impl Alignment {
         let floor = self.floor(now);
         self.limit = floor.map_or(i64::MAX, |f| f.saturating_add(self.window));
         let limit = self.limit;
+        // The offsets of what is released, stored at once (storing them one by one made a
+        // topic handle each).
+        let mut released = TopicPartitionList::new();
         for ((topic, partition), lane) in &mut self.lanes {
+            let mut next = None;
             while lane
                 .held
                 .front()
@@ -537,7 +573,10 @@ impl Alignment {
                     work.route(routed, payload);
                     self.held_bytes = self.held_bytes.saturating_sub(payload.len());
                 }
-                let _ = consumer.store_offset(topic, *partition, held.offset);
+                next = Some(held.offset + 1);
+            }
+            if let Some(next) = next {
+                let _ = released.add_partition_offset(topic, *partition, Offset::Offset(next));
             }
             let pause = self.held_bytes > MAX_HELD_BYTES && !lane.held.is_empty();
             let resume = lane.paused && lane.held.is_empty();
@@ -554,6 +593,10 @@ impl Alignment {
                     lane.last_seen = now;
                 }
             }
+        }
+        if released.count() > 0 {
+            // Committed once the producer has flushed what was written for them.
+            let _ = consumer.store_offsets(&released);
         }
     }
 }
@@ -583,10 +626,13 @@ impl ShuffleStage {
                 &mut self.share,
             );
             let bounded = self.bounded;
+            let now = Instant::now();
+            let mut share_at = 0;
             let busy = poll_batch(consumer, "shuffle consumer", |message| {
                 let routed = work.examine(message);
                 let (topic, partition) = (message.topic(), message.partition());
-                if alignment.must_wait(topic, partition, routed.as_ref().map(|r| r.time)) {
+                let time = routed.as_ref().map(|r| r.time);
+                if alignment.must_wait(topic, partition, time, now) {
                     let payload: Box<[u8]> = message.payload().unwrap_or_default().into();
                     alignment.hold(
                         topic,
@@ -595,6 +641,7 @@ impl ShuffleStage {
                             offset: message.offset(),
                             routed: routed.map(|r| (r, payload)),
                         },
+                        now,
                     );
                 } else {
                     if let Some(r) = &routed {
@@ -604,7 +651,7 @@ impl ShuffleStage {
                     let _ = consumer.store_offset_from_message(message);
                 }
                 if bounded {
-                    note_read(share, topic, partition, message.offset());
+                    note_read(share, &mut share_at, topic, partition, message.offset());
                 }
                 Ok(())
             })?;
@@ -718,7 +765,7 @@ mod tests {
         let now = Instant::now();
         let mut alignment = Alignment {
             window: 150,
-            lanes: HashMap::new(),
+            lanes: Lanes::default(),
             last_check: now,
             last_refresh: None,
             limit: i64::MIN,
@@ -748,7 +795,7 @@ mod tests {
         assert_eq!(alignment.floor(now), Some(50));
         alignment
             .lanes
-            .get_mut(&("raw".into(), 2))
+            .get_mut(&LaneKey("raw", 2))
             .unwrap()
             .held
             .clear();
@@ -757,7 +804,7 @@ mod tests {
         assert_eq!(alignment.floor(later), Some(100), "holding: not idle");
         alignment
             .lanes
-            .get_mut(&("raw".into(), 0))
+            .get_mut(&LaneKey("raw", 0))
             .unwrap()
             .held
             .clear();
