@@ -532,7 +532,21 @@ fn a_changed_definition_keeps_its_instances_and_maps_metrics_by_step_name() {
 
     // Changed after A's `issue` action: it is dropped from A's history, and every metric
     // that counts (A is still completed, its review still ends when it was left) agrees.
-    let (e, _, report) = run_reconfigured(&definition(), &changed, 11);
+    let (e, out, report) = run_reconfigured(&definition(), &changed, 11);
+    // A's review now ends at `activate` (80), and its exit to `issue` at 65, emitted before
+    // the change, is taken back: the edge to the removed step goes with it.
+    let kg = key_group(b"A", 4);
+    let latest = out.latest();
+    let review =
+        |minute: i64| &latest[&format!("cards/step/review/{}/{kg}/web", T0 + minute * MIN)];
+    assert_eq!(
+        (&review(65)["left"], &review(65)["to"]),
+        (&json!(0), &json!({}))
+    );
+    assert_eq!(
+        review(80)["to"],
+        json!({"activate": {"count": 1, "sumSeconds": 70.0 * 60.0}})
+    );
     assert_eq!(report.dropped_actions, 1);
     assert!(report.dropped_aggregates > 0, "issue's aggregates");
     let mut got = e.processes[0].totals();
