@@ -390,17 +390,29 @@ fn evicted_entries_resolve_from_the_cold_tier() {
     assert_eq!(engine.stats.actions_persisted, 2);
 }
 
+/// `n` tracking numbers `<prefix>-<i>`, each completed with all three parts at `T0`.
+fn completed_at_t0(
+    engine: &mut JoinEngine,
+    cold: &MemCold,
+    out: &mut Recorded,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    for tn in &names {
+        for part in Part::ALL {
+            engine.process(msg(tn, part, T0), cold, out).unwrap();
+        }
+    }
+    names
+}
+
 #[test]
 fn evicted_markers_cost_a_lookup_for_their_own_keys_only() {
     let cold = MemCold::default();
     let mut engine = all(4);
     let mut out = Recorded::default();
-    let old: Vec<String> = (0..2_000).map(|i| format!("old-{i}")).collect();
-    for tn in &old {
-        for part in Part::ALL {
-            engine.process(msg(tn, part, T0), &cold, &mut out).unwrap();
-        }
-    }
+    let old = completed_at_t0(&mut engine, &cold, &mut out, "old", 2_000);
     cold.apply(engine.checkpoint_changes(Evict::Markers { max: usize::MAX }));
     assert_eq!(engine.hot_markers(), 0, "every marker left memory");
     let lookups = || {
@@ -613,12 +625,7 @@ fn restored_markers_are_in_memory_or_found_in_the_store() {
     let cold = MemCold::default();
     let mut first = all(4);
     let mut out = Recorded::default();
-    let names: Vec<String> = (0..20).map(|i| format!("tn-{i}")).collect();
-    for tn in &names {
-        for part in Part::ALL {
-            first.process(msg(tn, part, T0), &cold, &mut out).unwrap();
-        }
-    }
+    let names = completed_at_t0(&mut first, &cold, &mut out, "tn", 20);
     cold.apply(first.checkpoint_changes(Evict::Nothing));
     let watermarks = first.watermarks().to_vec();
     // Room for every marker, and for none: the second keeps them in the store, one by one.
