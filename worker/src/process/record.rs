@@ -97,8 +97,6 @@ struct MetricText {
 #[derive(Clone, Copy, Debug)]
 enum Values {
     Count,
-    /// Transitions: and the sum of their durations.
-    CountAndSum,
     /// A step's counters, and the sum of the durations of its exits.
     Step,
 }
@@ -173,7 +171,6 @@ fn metric_text<'t>(
             fields: fields.into(),
             values: match metric {
                 Metric::Step(_) => Values::Step,
-                Metric::Duration(_) | Metric::Transition(..) => Values::CountAndSum,
                 _ => Values::Count,
             },
         }
@@ -239,16 +236,10 @@ pub fn write_metric(
     buf.extend_from_slice(&metric_text.fields);
     buf.extend_from_slice(&texts.window.fields);
     buf.extend_from_slice(combo_text.map_or(&b",\"dimensions\":{}"[..], |c| &c.dimensions));
-    let sum = match metric_text.values {
+    match metric_text.values {
         Values::Count => {
             buf.extend_from_slice(b",\"count\":");
             push_i64(buf, agg.count());
-            false
-        }
-        Values::CountAndSum => {
-            buf.extend_from_slice(b",\"count\":");
-            push_i64(buf, agg.count());
-            true
         }
         Values::Step => {
             for (field, n) in [
@@ -263,12 +254,9 @@ pub fn write_metric(
                 buf.extend_from_slice(field);
                 push_i64(buf, n);
             }
-            true
+            buf.extend_from_slice(b",\"sumSeconds\":");
+            push_f64(buf, agg.sum_ms as f64 / 1000.0);
         }
-    };
-    if sum {
-        buf.extend_from_slice(b",\"sumSeconds\":");
-        push_f64(buf, agg.sum_ms as f64 / 1000.0);
     }
     if let Some(exits) = &agg.exits {
         let sketch = &exits.sketch;
