@@ -124,8 +124,6 @@ impl Metric {
 pub struct Aggregate {
     /// `[count, 0, 0, 0]`, or a step's counters (see [`Tally`]).
     pub counts: [i64; 4],
-    /// Sum of durations in milliseconds (a step's exits).
-    pub sum_ms: i64,
     /// A step's exits: the time spent, and where they went.
     pub exits: Option<Box<Exits>>,
     /// Changed since it was last emitted.
@@ -192,11 +190,14 @@ impl Aggregate {
         self.counts[0]
     }
 
+    /// The time a step's exits spent in it, in milliseconds (the sketch keeps the sum).
+    pub fn sum_ms(&self) -> i64 {
+        self.exits.as_ref().map_or(0, |e| e.sketch.sum_ms)
+    }
+
     /// Holds nothing: what a key without a record means.
     pub fn is_zero(&self) -> bool {
-        self.counts == [0; 4]
-            && self.sum_ms == 0
-            && self.exits.as_ref().is_none_or(|e| e.is_empty())
+        self.counts == [0; 4] && self.exits.as_ref().is_none_or(|e| e.is_empty())
     }
 
     /// Adds another partial aggregate's values (not its flags).
@@ -204,7 +205,6 @@ impl Aggregate {
         for (c, o) in self.counts.iter_mut().zip(other.counts) {
             *c += o;
         }
-        self.sum_ms += other.sum_ms;
         if let Some(exits) = &other.exits {
             match &mut self.exits {
                 Some(e) => e.merge(exits),

@@ -255,7 +255,7 @@ pub fn write_metric(
                 push_i64(buf, n);
             }
             buf.extend_from_slice(b",\"sumSeconds\":");
-            push_f64(buf, agg.sum_ms as f64 / 1000.0);
+            push_f64(buf, agg.sum_ms() as f64 / 1000.0);
         }
     }
     if let Some(exits) = &agg.exits {
