@@ -5,7 +5,7 @@
 //! 1 (no prefix: it starts with the key's length) stored the tracking number itself, and is
 //! still read.
 
-use super::instance::{Applied, Instance, tracking_fingerprint};
+use super::instance::{Applied, Instance, InstanceKey, tracking_fingerprint};
 
 /// Starts a version-2 instance: as a version-1 key length it would be 4 GiB.
 const V2: [u8; 5] = [0xff, 0xff, 0xff, 0xff, 2];
@@ -118,7 +118,7 @@ pub fn decode_instance(bytes: &[u8]) -> Option<Instance> {
         dimensions.push(r.u32()?);
     }
     let mut instance = Instance {
-        key: key.into(),
+        key: InstanceKey::new(&key),
         key_group,
         actions,
         dimensions,

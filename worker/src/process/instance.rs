@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
 
 use super::plan::StepPlan;
 use super::{ENTERED, LEFT, Metric, ONCE, STARTED, Tally, WIP};
@@ -37,6 +37,75 @@ pub fn tracking_fingerprint(tracking_number: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(tracking_number.as_bytes()).max(1)
 }
 
+/// An instance's key, held in the instance itself when it is short (an application number
+/// is): finding an instance then reads the instance's own memory only, not a string
+/// elsewhere as well. Longer keys are shared.
+#[derive(Clone, PartialEq, Eq)]
+pub enum InstanceKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Shared(Arc<str>),
+}
+
+/// The longest key held inline (the enum stays 24 bytes, as an `Arc<str>` with its tag).
+const INLINE_KEY: usize = 22;
+
+impl InstanceKey {
+    pub fn new(key: &str) -> InstanceKey {
+        let mut bytes = [0; INLINE_KEY];
+        match bytes.get_mut(..key.len()) {
+            Some(prefix) => {
+                prefix.copy_from_slice(key.as_bytes());
+                InstanceKey::Inline {
+                    len: key.len() as u8,
+                    bytes,
+                }
+            }
+            None => InstanceKey::Shared(Arc::from(key)),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `&str` whole, so always UTF-8.
+            InstanceKey::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            InstanceKey::Shared(key) => key,
+        }
+    }
+}
+
+impl Default for InstanceKey {
+    fn default() -> InstanceKey {
+        InstanceKey::new("")
+    }
+}
+
+impl std::ops::Deref for InstanceKey {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for InstanceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for InstanceKey {
+    fn from(key: &str) -> InstanceKey {
+        InstanceKey::new(key)
+    }
+}
+
 /// A stay in one step: consecutive actions of the same step are one visit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Visit {
@@ -46,7 +115,7 @@ pub struct Visit {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Instance {
-    pub key: Arc<str>,
+    pub key: InstanceKey,
     pub key_group: u16,
     /// Sorted by (time, tracking number's fingerprint).
     pub actions: Vec<Applied>,
@@ -302,19 +371,36 @@ pub fn differences(
 /// reused after its instance is forgotten; a timer naming the old generation is stale).
 pub type SlotId = (u32, u32);
 
-/// The instances of a definition in a slab. The map finds an instance's slot once per
+/// The instances of a definition in a slab. The table finds an instance's slot once per
 /// action; the instance is then reached by index, and timers name a slot instead of
-/// carrying (and comparing) the key.
+/// carrying (and comparing) the key. The table holds slots with 32 bits of their key's hash:
+/// a probe compares keys (in the instances, inline) only when those bits match, and growing
+/// the table reads no instance.
 #[derive(Debug, Default)]
 pub struct Instances {
-    slots: FxHashMap<Arc<str>, u32>,
+    slots: HashTable<(u32, u32)>,
     entries: Vec<(u32, Instance)>,
     free: Vec<u32>,
 }
 
+/// 32 bits of a key's hash, as the table keeps it.
+fn key_hash(key: &str) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) >> 32) as u32
+}
+
+/// The table's 64-bit hash of a kept 32-bit one (spread over the bits hashbrown uses: the
+/// top seven and the low ones).
+fn table_hash(hash: u32) -> u64 {
+    u64::from(hash).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 impl Instances {
     pub fn find(&self, key: &str) -> Option<SlotId> {
-        let slot = *self.slots.get(key)?;
+        let hash = key_hash(key);
+        let entries = &self.entries;
+        let &(slot, _) = self.slots.find(table_hash(hash), |&(slot, h)| {
+            h == hash && *entries[slot as usize].1.key == *key
+        })?;
         Some((slot, self.entries[slot as usize].0))
     }
 
@@ -326,8 +412,9 @@ impl Instances {
         }
     }
 
-    /// Takes a slot for `key` (holding an empty instance until one is put there).
-    pub fn reserve(&mut self, key: Arc<str>) -> SlotId {
+    /// Takes a slot for an instance with `key` (not in the table yet), holding an empty
+    /// instance with that key until the instance is put there.
+    pub fn reserve(&mut self, key: &InstanceKey) -> SlotId {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -335,14 +422,24 @@ impl Instances {
                 (self.entries.len() - 1) as u32
             }
         };
-        self.slots.insert(key, slot);
-        (slot, self.entries[slot as usize].0)
+        let hash = key_hash(key);
+        self.slots
+            .insert_unique(table_hash(hash), (slot, hash), |&(_, h)| table_hash(h));
+        let (generation, instance) = &mut self.entries[slot as usize];
+        instance.key = key.clone();
+        (slot, *generation)
     }
 
     /// Forgets the instance in a slot.
     pub fn remove(&mut self, at: SlotId) -> Option<Instance> {
         let instance = std::mem::take(self.get_mut(at)?);
-        self.slots.remove(&*instance.key);
+        let hash = key_hash(&instance.key);
+        if let Ok(entry) = self
+            .slots
+            .find_entry(table_hash(hash), |&(slot, _)| slot == at.0)
+        {
+            entry.remove();
+        }
         let (generation, _) = &mut self.entries[at.0 as usize];
         *generation = generation.wrapping_add(1);
         self.free.push(at.0);
@@ -368,8 +465,8 @@ impl Instances {
         let mut entries = std::mem::take(&mut self.entries);
         self.free.clear();
         slots
-            .into_values()
-            .map(|slot| std::mem::take(&mut entries[slot as usize].1))
+            .into_iter()
+            .map(|(slot, _)| std::mem::take(&mut entries[slot as usize].1))
             .collect()
     }
 }
@@ -380,7 +477,7 @@ mod tests {
 
     fn instance(key: &str, time: i64) -> Instance {
         Instance {
-            key: Arc::from(key),
+            key: key.into(),
             actions: vec![Applied {
                 time,
                 tracking: tracking_fingerprint(&format!("T-{time}")),
@@ -394,9 +491,9 @@ mod tests {
     #[test]
     fn a_forgotten_instance_s_slot_is_reused_under_a_new_generation() {
         let mut instances = Instances::default();
-        let a = instances.reserve(Arc::from("A"));
+        let a = instances.reserve(&"A".into());
         *instances.get_mut(a).unwrap() = instance("A", 1);
-        let b = instances.reserve(Arc::from("B"));
+        let b = instances.reserve(&"B".into());
         *instances.get_mut(b).unwrap() = instance("B", 2);
         assert_eq!(
             (instances.find("A"), instances.find("B")),
@@ -408,7 +505,7 @@ mod tests {
         assert!(instances.get_mut(a).is_none(), "a timer naming it is stale");
         assert!(instances.remove(a).is_none(), "removed once");
 
-        let c = instances.reserve(Arc::from("C"));
+        let c = instances.reserve(&"C".into());
         assert_eq!(c.0, a.0, "the slot is reused");
         assert_ne!(c.1, a.1, "under a new generation");
         *instances.get_mut(c).unwrap() = instance("C", 3);
@@ -419,9 +516,52 @@ mod tests {
         assert_eq!(instances.get_by_key("C").map(|i| i.last_action()), Some(3));
         assert_eq!(instances.len(), 2);
 
-        let mut all: Vec<_> = instances.take_all().into_iter().map(|i| i.key).collect();
+        let mut all: Vec<_> = instances
+            .take_all()
+            .into_iter()
+            .map(|i| i.key.to_string())
+            .collect();
         all.sort();
-        assert_eq!(all, vec![Arc::from("B"), Arc::from("C")]);
+        assert_eq!(all, ["B", "C"]);
         assert!(instances.is_empty() && instances.find("B").is_none());
+    }
+
+    #[test]
+    fn keys_short_and_long_are_found_after_the_table_grows_and_shrinks() {
+        let long = "a key longer than twenty-two bytes, kept shared";
+        let keys: Vec<String> = (0..5000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    format!("A-{i}")
+                } else {
+                    format!("{long}/{i}")
+                }
+            })
+            .collect();
+        let mut instances = Instances::default();
+        let slots: Vec<SlotId> = keys
+            .iter()
+            .map(|k| {
+                let at = instances.reserve(&InstanceKey::new(k));
+                *instances.get_mut(at).unwrap() = instance(k, 1);
+                at
+            })
+            .collect();
+        assert!(matches!(
+            InstanceKey::new(&keys[0]),
+            InstanceKey::Inline { .. }
+        ));
+        assert!(matches!(InstanceKey::new(&keys[1]), InstanceKey::Shared(_)));
+        for (k, at) in keys.iter().zip(&slots) {
+            assert_eq!(instances.find(k), Some(*at), "{k}");
+        }
+        for at in slots.iter().step_by(3) {
+            instances.remove(*at);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(instances.find(k).is_some(), i % 3 != 0, "{k}");
+        }
+        assert_eq!(instances.find("A-"), None);
+        assert_eq!(instances.len(), keys.len() - keys.len().div_ceil(3));
     }
 }

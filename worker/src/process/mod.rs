@@ -32,13 +32,12 @@ pub mod windows;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
-pub use instance::{Applied, Instance, Instances, SlotId, tracking_fingerprint};
+pub use instance::{Applied, Instance, InstanceKey, Instances, SlotId, tracking_fingerprint};
 pub use plan::{Classified, ProcessPlan};
 use record::RecordTexts;
 use sketch::Sketch;
@@ -322,7 +321,7 @@ pub struct ProcessState {
     /// instance's `unsaved` flag is set (a flag instead of a set: no second lookup per
     /// action), and for instances forgotten. A key may be listed twice (forgotten, then
     /// started again); the flag says whether it is still to write.
-    dirty: Vec<(Arc<str>, u16)>,
+    dirty: Vec<(InstanceKey, u16)>,
     /// Per owned key group, a min-heap: cheaper than an ordered set, and a timer set twice
     /// (an ended instance's forget timer, at each late action) fires once, the second time
     /// finding its instance gone.
@@ -685,7 +684,7 @@ impl ProcessState {
     /// Puts an instance (restored, or mapped by a reconfiguration) in a slot of its own, with
     /// its timers.
     fn insert_instance(&mut self, idx: usize, mut instance: Instance, lateness: i64) {
-        let at = self.instances.reserve(instance.key.clone());
+        let at = self.instances.reserve(&instance.key);
         if idx < self.timers.len() {
             self.set_timers(idx, at, &mut instance, lateness);
         }
@@ -904,7 +903,7 @@ impl ProcessEngine {
             }
             None => (
                 Instance {
-                    key: Arc::from(key.as_ref()),
+                    key: InstanceKey::new(key.as_ref()),
                     key_group: kg,
                     combo: state.names.combos.id(&dims),
                     dimensions: dims.clone(),
@@ -946,7 +945,7 @@ impl ProcessEngine {
         );
         let at = match found {
             Some(at) => at,
-            None => state.instances.reserve(instance.key.clone()),
+            None => state.instances.reserve(&instance.key),
         };
         state.set_timers(idx, at, &mut instance, lateness);
         state.mark_unsaved(&mut instance);
