@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
 pub use instance::{Applied, Instance, InstanceKey, Instances, SlotId, tracking_fingerprint};
@@ -142,8 +143,9 @@ pub const NO_STEP: u16 = u16::MAX;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Exits {
     pub sketch: Sketch,
-    /// (next step, exits to it, sum of their times in ms), by step, none all zero.
-    pub to: Vec<(u16, i64, i64)>,
+    /// (next step, exits to it, sum of their times in ms), by step, none all zero. Mostly
+    /// one next step: held in place then.
+    pub to: SmallVec<[(u16, i64, i64); 1]>,
 }
 
 impl Exits {

@@ -8,11 +8,15 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
 
 /// Relative accuracy of the quantiles.
 pub const RELATIVE_ACCURACY: f64 = 0.01;
 /// Durations below this (seconds) count in the zero bucket.
 const MIN_SECONDS: f64 = 1e-3;
+
+/// A sketch's buckets.
+pub type Buckets = SmallVec<[(i32, i64); 2]>;
 
 fn gamma() -> f64 {
     (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY)
@@ -26,10 +30,12 @@ pub struct Sketch {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub zero: i64,
     /// (bucket index, count), sorted by index, no zero counts; bucket `i` holds values in
-    /// `(γ^(i-1), γ^i]` seconds. A vector, not a map: most sketches of a window hold one
-    /// or two buckets. Serialized as a map from index to count.
+    /// `(γ^(i-1), γ^i]` seconds. A vector, not a map, with room for two in place: most
+    /// sketches of a window hold one or two buckets, and the millions of them held for the
+    /// retention then cost no allocation of their own. Serialized as a map from index to
+    /// count.
     #[serde(with = "as_map")]
-    pub buckets: Vec<(i32, i64)>,
+    pub buckets: Buckets,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -116,7 +122,7 @@ mod as_map {
         s.collect_map(buckets.iter().map(|(i, n)| (i, n)))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(i32, i64)>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Buckets, D::Error> {
         let map = BTreeMap::<i32, i64>::deserialize(d)?;
         Ok(map.into_iter().filter(|(_, n)| *n != 0).collect())
     }

@@ -498,7 +498,7 @@ mod tests {
         // The exit to step 2 was taken back: only the edge to step 3 is left.
         let expected = Exits {
             sketch,
-            to: vec![(3, 1, 3_000)],
+            to: smallvec::smallvec![(3, 1, 3_000)],
         };
         assert_eq!(duration.exits.as_deref(), Some(&expected));
         assert_eq!(w.len(), 4);
