@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use weft_crds::keygroup::KeyGroupRange;
 use weft_worker::local::load_pipeline;
+use weft_worker::process::thread::Classifier;
 use weft_worker::process::{ProcessEngine, ProcessOutput, ProcessPlan};
 
 struct Sink {
@@ -57,10 +58,15 @@ fn main() {
     let lateness = pipeline.spec.join.lateness.as_millis() as i64;
     let mut rates = Vec::new();
     for _ in 0..runs {
-        let plans = processes
-            .iter()
-            .map(|(name, spec)| ProcessPlan::compile(name, spec).unwrap())
-            .collect();
+        let compile = || -> Vec<ProcessPlan> {
+            processes
+                .iter()
+                .map(|(name, spec)| ProcessPlan::compile(name, spec).unwrap())
+                .collect()
+        };
+        let plans = compile();
+        let classifier = Classifier::new(compile());
+        let definitions = processes.len();
         let mut engine = ProcessEngine::new(
             plans,
             key_groups,
@@ -75,9 +81,12 @@ fn main() {
             records: 0,
         };
         let started = Instant::now();
-        for a in &actions {
-            engine.apply(a, &mut sink).unwrap();
-        }
+        // As the stage runs: each action classified for each definition, then applied.
+        let classified = actions
+            .iter()
+            .flat_map(|a| (0..definitions).map(move |p| (p, a)))
+            .map(|(p, a)| classifier.classify(p, a).map(|c| (p, c)));
+        engine.apply_many(classified, &mut sink).unwrap();
         engine.finish(&mut sink);
         let seconds = started.elapsed().as_secs_f64();
         let rss = std::fs::read_to_string("/proc/self/status")

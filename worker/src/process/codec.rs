@@ -5,7 +5,7 @@
 //! 1 (no prefix: it starts with the key's length) stored the tracking number itself, and is
 //! still read.
 
-use super::instance::{Applied, Instance, InstanceKey, tracking_fingerprint};
+use super::instance::{Applied, DimensionIds, Instance, InstanceKey, tracking_fingerprint};
 
 /// Starts a version-2 instance: as a version-1 key length it would be 4 GiB.
 const V2: [u8; 5] = [0xff, 0xff, 0xff, 0xff, 2];
@@ -113,7 +113,7 @@ pub fn decode_instance(bytes: &[u8]) -> Option<Instance> {
         actions.sort_unstable();
     }
     let n = r.u32()? as usize;
-    let mut dimensions = Vec::with_capacity(n.min(64));
+    let mut dimensions = DimensionIds::new();
     for _ in 0..n {
         dimensions.push(r.u32()?);
     }
@@ -164,7 +164,7 @@ mod tests {
                     outcomes: 0b10,
                 },
             ],
-            dimensions: vec![3, 0, 1],
+            dimensions: [3, 0, 1].into_iter().collect(),
             combo: 9,
             abandoned: None,
             sla_alerted: Some(61_000),

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 use super::plan::StepPlan;
 use super::{ENTERED, LEFT, Metric, ONCE, STARTED, Tally, WIP};
@@ -36,6 +37,9 @@ pub fn tracking_fingerprint(tracking_number: &str) -> u64 {
     }
     xxhash_rust::xxh3::xxh3_64(tracking_number.as_bytes()).max(1)
 }
+
+/// An instance's dimension value ids.
+pub type DimensionIds = SmallVec<[u32; 4]>;
 
 /// An instance's key, held in the instance itself when it is short (an application number
 /// is): finding an instance then reads the instance's own memory only, not a string
@@ -119,8 +123,10 @@ pub struct Instance {
     pub key_group: u16,
     /// Sorted by (time, tracking number's fingerprint).
     pub actions: Vec<Applied>,
-    /// Dimension value ids (per dimension, an index into its value table).
-    pub dimensions: Vec<u32>,
+    /// Dimension value ids (per dimension, an index into its value table). In place for up
+    /// to four dimensions: every action compares them, and a vector elsewhere was a cache
+    /// miss each time.
+    pub dimensions: DimensionIds,
     /// The id of that combination.
     pub combo: u32,
     /// When `instanceTimeout` passed without an action (unless it completed).
@@ -402,6 +408,14 @@ impl Instances {
             h == hash && *entries[slot as usize].1.key == *key
         })?;
         Some((slot, self.entries[slot as usize].0))
+    }
+
+    /// The instance in a slot, if the slot still holds that generation.
+    pub fn get(&self, (slot, generation): SlotId) -> Option<&Instance> {
+        match self.entries.get(slot as usize) {
+            Some((g, instance)) if *g == generation => Some(instance),
+            _ => None,
+        }
     }
 
     /// The instance in a slot, if the slot still holds that generation.

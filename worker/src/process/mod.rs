@@ -38,7 +38,9 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
-pub use instance::{Applied, Instance, InstanceKey, Instances, SlotId, tracking_fingerprint};
+pub use instance::{
+    Applied, DimensionIds, Instance, InstanceKey, Instances, SlotId, tracking_fingerprint,
+};
 pub use plan::{Classified, ProcessPlan};
 use record::RecordTexts;
 use sketch::Sketch;
@@ -312,6 +314,10 @@ pub enum ProcessError {
     #[error("{0}")]
     BadAction(String),
 }
+
+/// Actions looked up ahead of being applied (see [`ProcessEngine::apply_many`]): enough to
+/// overlap their memory reads, few enough that what they read is still in the cache.
+const LOOKAHEAD: usize = 32;
 
 /// The state of one definition over the owned key groups.
 pub struct ProcessState {
@@ -827,6 +833,46 @@ impl ProcessEngine {
             .position(|s| s.plan.name.as_bytes() == name)
     }
 
+    /// Applies actions already classified (definition, classification) in order, stopping at
+    /// the first error (after applying those before it). Each group of [`LOOKAHEAD`]
+    /// actions first has its instances looked up: one action at a time, each waits in turn
+    /// for the memory reads of its lookup (the table, then the instance, then its history),
+    /// while independent lookups in a row overlap them.
+    pub fn apply_many<'a>(
+        &mut self,
+        actions: impl IntoIterator<Item = Result<(usize, Classified<'a>), ProcessError>>,
+        out: &mut impl ProcessOutput,
+    ) -> Result<(), ProcessError> {
+        let mut actions = actions.into_iter();
+        let mut group = Vec::with_capacity(LOOKAHEAD);
+        loop {
+            group.extend(actions.by_ref().take(LOOKAHEAD));
+            if group.is_empty() {
+                return Ok(());
+            }
+            for (p, c) in group.iter().flatten() {
+                self.look_up(*p, c);
+            }
+            for action in group.drain(..) {
+                let (p, c) = action?;
+                self.apply_classified(p, c, out)?;
+            }
+        }
+    }
+
+    /// Reads what applying `c` will read first (see [`ProcessEngine::apply_many`]).
+    fn look_up(&self, p: usize, c: &Classified<'_>) {
+        let (Some(state), Some(key)) = (self.processes.get(p), c.instance.as_deref()) else {
+            return;
+        };
+        let first = state
+            .instances
+            .find(key)
+            .and_then(|at| state.instances.get(at))
+            .and_then(|i| i.actions.first().map(|a| a.tracking));
+        std::hint::black_box(first);
+    }
+
     /// Applies an action already classified for definition `p`.
     pub fn apply_classified(
         &mut self,
@@ -908,7 +954,7 @@ impl ProcessEngine {
                     key: InstanceKey::new(key.as_ref()),
                     key_group: kg,
                     combo: state.names.combos.id(&dims),
-                    dimensions: dims.clone(),
+                    dimensions: DimensionIds::from_slice(&dims),
                     ..Instance::default()
                 },
                 None,
@@ -931,7 +977,7 @@ impl ProcessEngine {
             }
         }
         if changed {
-            instance.combo = state.names.combos.id(&instance.dimensions);
+            instance.combo = state.names.combos.id(&instance.dimensions.to_vec());
         }
         state.dims = dims;
         let after_end = instance.after_end(&state.plan.steps);

@@ -11,7 +11,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::instance::{Applied, Contribution, Instance};
+use super::instance::{Applied, Contribution, DimensionIds, Instance};
 use super::plan::ProcessPlan;
 use super::{Metric, NO_STEP, ProcessEngine, ProcessState};
 
@@ -211,7 +211,7 @@ impl ProcessEngine {
                 .collect();
             report.dropped_actions += (before - instance.actions.len()) as u64;
             instance.combo = old_combo;
-            instance.dimensions = new.names.combo(old_combo).to_vec();
+            instance.dimensions = DimensionIds::from_slice(new.names.combo(old_combo));
             instance.armed_sla = None;
             instance.armed_timeout = None;
             let kg = instance.key_group;

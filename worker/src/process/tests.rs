@@ -657,3 +657,98 @@ fn an_action_s_instance_key_group_is_the_one_the_stage_refuses_when_not_owned() 
     e.apply(&unmatched, &mut out).unwrap();
     e.apply(&keyless, &mut out).unwrap();
 }
+
+/// Many instances through every step, with duplicates and some actions late: more actions
+/// than [`LOOKAHEAD`], so that look-ups run ahead over several groups.
+fn busy_log() -> Vec<String> {
+    let paths = ["/apply", "/review", "/issue", "/activate"];
+    let mut log = Vec::new();
+    for minute in 0..40 {
+        for app in 0..10 {
+            let step = (minute + app) % 4;
+            let tn = format!("t{minute}-{app}");
+            let app = format!("A{}", (minute / 4) * 10 + app);
+            log.push(action(
+                &tn,
+                &app,
+                paths[step as usize],
+                minute,
+                "web",
+                "approved",
+            ));
+            if minute % 7 == 0 {
+                log.push(action(
+                    &tn,
+                    &app,
+                    paths[step as usize],
+                    minute,
+                    "web",
+                    "approved",
+                ));
+            }
+        }
+    }
+    // Some late: moved a dozen places on.
+    for i in (0..log.len() - 12).step_by(9) {
+        log.swap(i, i + 12);
+    }
+    log
+}
+
+#[test]
+fn actions_applied_many_at_a_time_give_what_one_at_a_time_gives() {
+    let log = busy_log();
+    assert!(log.len() > 4 * LOOKAHEAD);
+    let mut one = engine(4, KeyGroupRange { start: 0, end: 4 });
+    let mut one_out = Recorded::default();
+    for a in &log {
+        one.apply(a, &mut one_out).unwrap();
+    }
+    one.finish(&mut one_out);
+
+    let mut many = engine(4, KeyGroupRange { start: 0, end: 4 });
+    let mut many_out = Recorded::default();
+    let plan = ProcessPlan::compile("cards", &definition()).unwrap();
+    let classified = log.iter().map(|a| {
+        plan.classify(a)
+            .map(|c| (0, c))
+            .map_err(ProcessError::BadAction)
+    });
+    many.apply_many(classified, &mut many_out).unwrap();
+    many.finish(&mut many_out);
+
+    assert_eq!(many_out.metrics, one_out.metrics);
+    assert_eq!(many.processes[0].totals(), one.processes[0].totals());
+    let totals = one.processes[0].totals();
+    assert!(totals.completed > 0 && totals.duplicates > 0, "{totals:?}");
+}
+
+#[test]
+fn applying_many_stops_at_the_first_error_after_the_actions_before_it() {
+    let plan = ProcessPlan::compile("cards", &definition()).unwrap();
+    let key_group_of = |a: &String| plan.classify(a).unwrap().instance_key_group(8).unwrap();
+    // Key groups 0..4 owned; one action of another in the middle of a look-ahead group,
+    // after a few of them.
+    let owned = KeyGroupRange { start: 0, end: 4 };
+    let (mut log, others): (Vec<String>, Vec<String>) = busy_log()
+        .into_iter()
+        .partition(|a| owned.contains(key_group_of(a)));
+    let first_refused = 3 * LOOKAHEAD + 5;
+    assert!(log.len() > first_refused + LOOKAHEAD);
+    log.insert(first_refused, others[0].clone());
+    let mut e = engine(8, owned);
+    let mut out = Recorded::default();
+    let classified = log.iter().map(|a| {
+        plan.classify(a)
+            .map(|c| (0, c))
+            .map_err(ProcessError::BadAction)
+    });
+    let result = e.apply_many(classified, &mut out);
+    let refused = key_group_of(&others[0]);
+    assert!(
+        matches!(result, Err(ProcessError::NotOwned(k)) if k == refused),
+        "{result:?}"
+    );
+    // The actions before it, and it (counted, then refused); none after it.
+    assert_eq!(e.processes[0].counts.actions, first_refused as u64 + 1);
+}

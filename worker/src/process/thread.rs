@@ -255,15 +255,26 @@ fn apply_batch(
     mut batch: &[u8],
     output: &mut impl ProcessOutput,
 ) -> Result<(), String> {
-    while !batch.is_empty() {
-        let (p, classified, rest) =
-            decode_classified(batch).ok_or("a classified action cut short")?;
-        engine
-            .apply_classified(usize::from(p), classified, output)
-            .map_err(|e| e.to_string())?;
-        batch = rest;
-    }
-    Ok(())
+    let actions = std::iter::from_fn(|| {
+        if batch.is_empty() {
+            return None;
+        }
+        Some(match decode_classified(batch) {
+            Some((p, classified, rest)) => {
+                batch = rest;
+                Ok((usize::from(p), classified))
+            }
+            None => {
+                batch = &[];
+                Err(ProcessError::BadAction(
+                    "a classified action cut short".into(),
+                ))
+            }
+        })
+    });
+    engine
+        .apply_many(actions, output)
+        .map_err(|e| e.to_string())
 }
 
 fn checkpoint<O: StageOutput>(
