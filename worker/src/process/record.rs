@@ -11,7 +11,7 @@ use crate::join::record::{push_json_escaped, push_json_string};
 use rustc_hash::FxHashMap;
 
 use super::instance::Visit;
-use super::sketch::Sketch;
+use super::sketch::{Sketch, bucket_value};
 use super::{Aggregate, AggregateKey, Instance, Metric, Names, ProcessPlan, ProcessState};
 
 fn push_i64(buf: &mut Vec<u8>, n: i64) {
@@ -24,6 +24,35 @@ fn push_f64(buf: &mut Vec<u8>, x: f64) {
     } else {
         buf.extend_from_slice(b"null");
     }
+}
+
+/// Milliseconds as seconds, the very text `push_f64(ms as f64 / 1000.0)` writes (the
+/// shortest decimal that reads back as that double) without formatting a float: below
+/// 10¹² ms (31 years) that decimal is the exact one, trailing zeros dropped, because
+/// doubles there are far closer together than 0.001.
+fn push_seconds(buf: &mut Vec<u8>, ms: i64) {
+    let abs = ms.unsigned_abs();
+    if abs >= 1_000_000_000_000 {
+        return push_f64(buf, ms as f64 / 1000.0);
+    }
+    if ms < 0 {
+        buf.push(b'-');
+    }
+    buf.extend_from_slice(itoa::Buffer::new().format(abs / 1000).as_bytes());
+    buf.push(b'.');
+    let fraction = abs % 1000;
+    let digits = [
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ];
+    let len = match fraction {
+        0 => 1,
+        f if f % 100 == 0 => 1,
+        f if f % 10 == 0 => 2,
+        _ => 3,
+    };
+    buf.extend_from_slice(&digits[..len]);
 }
 
 fn step_name(plan: &ProcessPlan, step: u16) -> &str {
@@ -127,6 +156,8 @@ struct WindowText {
 #[derive(Clone, Debug, Default)]
 pub struct RecordTexts {
     metrics: FxHashMap<Metric, MetricText>,
+    /// The text of each sketch bucket's value, as reported quantiles use it.
+    bucket_values: FxHashMap<i32, Box<[u8]>>,
     combos: Vec<ComboText>,
     window: WindowText,
 }
@@ -255,7 +286,7 @@ pub fn write_metric(
                 push_i64(buf, n);
             }
             buf.extend_from_slice(b",\"sumSeconds\":");
-            push_f64(buf, agg.sum_ms() as f64 / 1000.0);
+            push_seconds(buf, agg.sum_ms());
         }
     }
     if let Some(exits) = &agg.exits {
@@ -265,9 +296,18 @@ pub fn write_metric(
             (b",\"p90Seconds\":", 0.9),
             (b",\"p99Seconds\":", 0.99),
         ] {
-            if let Some(v) = sketch.quantile(q) {
+            if let Some(bucket) = sketch.quantile_bucket(q) {
                 buf.extend_from_slice(field);
-                push_f64(buf, v);
+                match bucket {
+                    None => push_f64(buf, 0.0),
+                    Some(i) => {
+                        buf.extend_from_slice(texts.bucket_values.entry(i).or_insert_with(|| {
+                            let mut text = Vec::new();
+                            push_f64(&mut text, bucket_value(i));
+                            text.into()
+                        }))
+                    }
+                }
             }
         }
         buf.extend_from_slice(b",\"sketch\":");
@@ -282,7 +322,7 @@ pub fn write_metric(
             buf.extend_from_slice(b":{\"count\":");
             push_i64(buf, *count);
             buf.extend_from_slice(b",\"sumSeconds\":");
-            push_f64(buf, *sum_ms as f64 / 1000.0);
+            push_seconds(buf, *sum_ms);
             buf.push(b'}');
         }
         buf.push(b'}');
@@ -355,6 +395,52 @@ pub fn write_alert(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn both_ways(ms: i64) -> (String, String) {
+        let (mut fast, mut float) = (Vec::new(), Vec::new());
+        push_seconds(&mut fast, ms);
+        push_f64(&mut float, ms as f64 / 1000.0);
+        (
+            String::from_utf8(fast).unwrap(),
+            String::from_utf8(float).unwrap(),
+        )
+    }
+
+    #[test]
+    fn seconds_are_written_as_the_float_formatter_writes_them() {
+        for ms in [
+            0,
+            1,
+            -1,
+            10,
+            100,
+            999,
+            1000,
+            1001,
+            1010,
+            1100,
+            -1500,
+            86_400_000,
+            999_999_999_999,
+            1_000_000_000_000,
+            -1_000_000_000_001,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let (fast, float) = both_ways(ms);
+            assert_eq!(fast, float, "{ms} ms");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_milliseconds_are_written_as_the_float_formatter_writes_them(
+            ms in proptest::prop_oneof![-100_000_000i64..100_000_000, proptest::num::i64::ANY],
+        ) {
+            let (fast, float) = both_ways(ms);
+            proptest::prop_assert_eq!(fast, float);
+        }
+    }
 
     #[test]
     fn a_sketch_is_written_as_serde_writes_it() {

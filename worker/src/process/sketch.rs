@@ -95,23 +95,36 @@ impl Sketch {
     /// The `q` quantile (0..=1) in seconds, within [`RELATIVE_ACCURACY`] of a value of the
     /// input.
     pub fn quantile(&self, q: f64) -> Option<f64> {
+        self.quantile_bucket(q)
+            .map(|bucket| bucket.map_or(0.0, bucket_value))
+    }
+
+    /// The bucket of the `q` quantile: `Some(None)` for the zero bucket, `None` for an
+    /// empty sketch. Its value is [`bucket_value`] (a function of the bucket alone, so a
+    /// writer may keep its text).
+    pub fn quantile_bucket(&self, q: f64) -> Option<Option<i32>> {
         if self.count <= 0 {
             return None;
         }
         let rank = (q.clamp(0.0, 1.0) * (self.count - 1) as f64).floor() as i64;
         if rank < self.zero {
-            return Some(0.0);
+            return Some(None);
         }
         let mut seen = self.zero;
-        let g = gamma();
         for (i, n) in &self.buckets {
             seen += n;
             if seen > rank {
-                return Some(2.0 * g.powi(*i) / (g + 1.0));
+                return Some(Some(*i));
             }
         }
         None
     }
+}
+
+/// The value (seconds) a bucket reports: the middle of its range in relative terms.
+pub fn bucket_value(index: i32) -> f64 {
+    let g = gamma();
+    2.0 * g.powi(index) / (g + 1.0)
 }
 
 /// Buckets as a JSON map from index to count, as they were when they were a map.
