@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use smallvec::SmallVec;
 use weft_crds::ProcessDefinitionSpec;
 use weft_crds::keygroup::key_group;
 
@@ -121,7 +122,8 @@ pub struct Classified<'a> {
     pub time: Option<i64>,
     pub tracking_number: Option<Cow<'a, str>>,
     pub outcomes: u64,
-    pub dimensions: Vec<Option<Cow<'a, str>>>,
+    /// In place for up to four dimensions: no allocation per action.
+    pub dimensions: SmallVec<[Option<Cow<'a, str>>; 4]>,
 }
 
 impl Classified<'_> {
@@ -268,7 +270,7 @@ pub fn decode_classified(mut bytes: &[u8]) -> Option<(u16, Classified<'_>, &[u8]
     let instance = take_text(b)?;
     let tracking_number = take_text(b)?;
     let n = take_u32(b)? as usize;
-    let mut dimensions = Vec::with_capacity(n.min(64));
+    let mut dimensions = SmallVec::new();
     for _ in 0..n {
         dimensions.push(take_text(b)?);
     }
