@@ -4,7 +4,7 @@
 //! are printed (median of the runs). Outputs are not read back (the mock cluster keeps only
 //! a few MiB per partition of them). `hack/bench.sh` runs it; results in docs/benchmarks.md.
 //!
-//!   cargo bench -p weft-worker --bench kafka_worker -- [actions] [runs] [--join-only]
+//!   [KAFKA_PROPERTIES=k=v,...] cargo bench -p weft-worker --bench kafka_worker -- [actions] [runs] [--join-only]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: fail loudly
 
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use weft_worker::kafka::embedded::EmbeddedKafka;
 use weft_worker::local::load_pipeline;
 use weft_worker::run::{Ending, RunOptions};
 
-/// Raw partitions: room for the whole input (about 5 MiB each).
+/// Raw partitions: at least this many, and enough to hold the whole input (the mock cluster
+/// keeps about 5 MiB per partition; 4 MiB each leaves room).
 const RAW_PARTITIONS: i32 = 96;
 
 fn main() {
@@ -38,6 +39,20 @@ fn main() {
         None,
     )
     .unwrap();
+    // Client settings to try, as a pipeline's `kafka.properties` would set them:
+    // `KAFKA_PROPERTIES=linger.ms=100,fetch.min.bytes=65536`.
+    for setting in std::env::var("KAFKA_PROPERTIES")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((key, value)) = setting.split_once('=') {
+            pipeline
+                .spec
+                .kafka
+                .properties
+                .insert(key.trim().into(), value.trim().into());
+        }
+    }
     if join_only {
         processes.clear();
         pipeline.spec.processes.names.clear();
@@ -53,18 +68,19 @@ fn main() {
     )
     .unwrap();
     let text = std::fs::read(&input).unwrap();
+    let raw_partitions = RAW_PARTITIONS.max(i32::try_from(text.len() >> 22).unwrap() + 1);
     let mut rates = Vec::new();
     for run in 0..runs {
         let kafka = EmbeddedKafka::start().unwrap();
         let topics = Topics::new("bench", &pipeline);
         kafka
-            .create_topics_with(&topics, &pipeline, RAW_PARTITIONS)
+            .create_topics_with(&topics, &pipeline, raw_partitions)
             .unwrap();
         let raw = &pipeline.spec.sources[0].topics[0];
         kafka
             .produce_lines(
                 raw,
-                RAW_PARTITIONS,
+                raw_partitions,
                 text.split(|b| *b == b'\n').filter(|l| !l.is_empty()),
             )
             .unwrap();
