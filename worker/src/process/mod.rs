@@ -865,12 +865,14 @@ impl ProcessEngine {
         let (Some(state), Some(key)) = (self.processes.get(p), c.instance.as_deref()) else {
             return;
         };
-        let first = state
+        // The whole history: applying compares every action's tracking number with the new
+        // one's.
+        let history = state
             .instances
             .find(key)
             .and_then(|at| state.instances.get(at))
-            .and_then(|i| i.actions.first().map(|a| a.tracking));
-        std::hint::black_box(first);
+            .map(|i| i.actions.iter().fold(0, |x, a| x ^ a.tracking));
+        std::hint::black_box(history);
     }
 
     /// Applies an action already classified for definition `p`.
