@@ -322,8 +322,8 @@ const LOOKAHEAD: usize = 32;
 /// The state of one definition over the owned key groups.
 pub struct ProcessState {
     pub plan: ProcessPlan,
-    /// Instance keys are shared (`Arc<str>`) by the instance and the changed set, and timers
-    /// name the instance's slot: setting a timer or marking a change copies no string.
+    /// Timers name an instance's slot, and its key is held in place (copied into the changed
+    /// set when it changes): setting a timer or marking a change allocates nothing.
     instances: Instances,
     /// Changed since the last checkpoint: instance key and key group, listed when the
     /// instance's `unsaved` flag is set (a flag instead of a set: no second lookup per
@@ -339,7 +339,14 @@ pub struct ProcessState {
     closed_before: Vec<i64>,
     pub names: Names,
     texts: RecordTexts,
-    pub counts: Counts,
+    /// The totals; those of the step records are in `step_totals` until read (see
+    /// [`ProcessState::counts`]).
+    counts: Counts,
+    /// Per step, what its records added to the totals of `Entered`, `Wip` and `Duration`
+    /// since they were last merged into `counts`, and to `Started`: an addition to an array
+    /// instead of up to four hash map updates per contribution.
+    step_totals: Vec<[i64; 3]>,
+    started_total: i64,
     /// Scratch vectors of [`ProcessState::contributions`], reused from action to action.
     spare: Vec<Vec<instance::Contribution>>,
     visits: Vec<instance::Visit>,
@@ -461,6 +468,42 @@ impl ProcessState {
                 durations: vec![Sketch::default(); steps],
                 ..Counts::default()
             },
+            step_totals: vec![[0; 3]; steps],
+            started_total: 0,
+        }
+    }
+
+    /// The totals, with the step records' additions merged in.
+    pub fn counts(&self) -> Counts {
+        let mut counts = self.counts.clone();
+        Self::merge_step_totals(&mut counts, &self.step_totals, self.started_total);
+        counts
+    }
+
+    /// Merges the step records' additions into `counts` (a reconfiguration, a restore).
+    fn settle_step_totals(&mut self) {
+        Self::merge_step_totals(&mut self.counts, &self.step_totals, self.started_total);
+        self.step_totals.iter_mut().for_each(|t| *t = [0; 3]);
+        self.started_total = 0;
+    }
+
+    fn merge_step_totals(counts: &mut Counts, step_totals: &[[i64; 3]], started: i64) {
+        let mut add = |metric: Metric, n: i64| {
+            if n == 0 {
+                return;
+            }
+            let total = counts.metrics.entry(metric).or_default();
+            *total += n;
+            if *total == 0 {
+                counts.metrics.remove(&metric);
+            }
+        };
+        add(Metric::Started, started);
+        for (s, [entered, wip, left]) in step_totals.iter().enumerate() {
+            let s = s as u16;
+            add(Metric::Entered(s), *entered);
+            add(Metric::Wip(s), *wip);
+            add(Metric::Duration(s), *left);
         }
     }
 
@@ -593,10 +636,12 @@ impl ProcessState {
             self.add_to_window(kg, wm, lateness, combo, contribution, weight, true);
             return;
         };
-        add_total(Metric::Entered(step), tally[ENTERED]);
-        add_total(Metric::Wip(step), tally[WIP]);
-        add_total(Metric::Duration(step), tally[LEFT]);
-        add_total(Metric::Started, tally[STARTED]);
+        if let Some(totals) = self.step_totals.get_mut(usize::from(step)) {
+            totals[0] += weight * i64::from(tally[ENTERED]);
+            totals[1] += weight * i64::from(tally[WIP]);
+            totals[2] += weight * i64::from(tally[LEFT]);
+        }
+        self.started_total += weight * i64::from(tally[STARTED]);
         if tally[LEFT] != 0
             && let Some((ms, _)) = exit
             && let Some(sketch) = self.counts.durations.get_mut(usize::from(step))
@@ -638,7 +683,7 @@ impl ProcessState {
                 .get(usize::from(s))
                 .map_or("?".to_string(), |p| p.name.clone())
         };
-        let c = &self.counts;
+        let c = &self.counts();
         let mut t = Totals {
             actions: c.actions,
             unmatched: c.unmatched,
@@ -1175,7 +1220,7 @@ impl ProcessEngine {
                 dimension_values: s.names.dimension_values.clone(),
                 combos: s.names.combos.values.clone(),
                 variants: s.names.variants.values.clone(),
-                counts: s.counts.clone(),
+                counts: s.counts(),
             })
             .collect()
     }
@@ -1207,6 +1252,8 @@ impl ProcessEngine {
             state.names.combos = Interner::from_values(m.combos);
             state.names.variants = Interner::from_values(m.variants);
             state.counts = m.counts;
+            state.step_totals.iter_mut().for_each(|t| *t = [0; 3]);
+            state.started_total = 0;
         }
         let definition = |key: &[u8]| {
             usize::from(u16::from_be_bytes([

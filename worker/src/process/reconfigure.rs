@@ -117,6 +117,7 @@ impl ProcessEngine {
         }
 
         let old_aggregates = old.windows.drain();
+        old.settle_step_totals();
         let old_metrics = std::mem::take(&mut old.counts.metrics);
         let old = old;
         let mut new = ProcessState::new(plan, self.owned);

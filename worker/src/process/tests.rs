@@ -391,7 +391,7 @@ proptest::proptest! {
             sums
         };
         proptest::prop_assert_eq!(by_window(&parts), by_window(&whole));
-        let total = |es: &[&ProcessEngine]| es.iter().map(|e| e.processes[0].counts.metrics.get(&Metric::Started).copied().unwrap_or(0)).sum::<i64>();
+        let total = |es: &[&ProcessEngine]| es.iter().map(|e| e.processes[0].counts().metrics.get(&Metric::Started).copied().unwrap_or(0)).sum::<i64>();
         proptest::prop_assert_eq!(total(&engines.iter().collect::<Vec<_>>()), total(&[&single]));
     }
 }
