@@ -28,8 +28,6 @@ pub struct ProcessPlan {
     pub steps: Vec<StepPlan>,
     pub outcomes: Vec<(String, Predicate)>,
     instance_key: Vec<usize>,
-    /// Only the instance-key fields: routing an action needs nothing else.
-    instance_key_pointers: PointerSet,
     pub dimensions: Vec<DimensionPlan>,
     pub instance_timeout: i64,
     pub window: i64,
@@ -84,10 +82,6 @@ impl ProcessPlan {
             .iter()
             .map(|p| pointers.add(p.segments()))
             .collect();
-        let mut instance_key_pointers = PointerSet::default();
-        for p in &spec.instance_key.fields {
-            instance_key_pointers.add(p.segments());
-        }
         let dimensions = spec
             .dimensions
             .iter()
@@ -105,7 +99,6 @@ impl ProcessPlan {
             steps,
             outcomes,
             instance_key,
-            instance_key_pointers,
             dimensions,
             instance_timeout: ms(spec.instance_timeout),
             window: ms(spec.metrics_window).max(1),
@@ -138,29 +131,6 @@ impl Classified<'_> {
 }
 
 impl ProcessPlan {
-    /// The instance key of an action record alone (the first of the key fields that is
-    /// there): what routing an action to its instance's key group needs, without the
-    /// predicates. `None` for a record that is not JSON or has no key.
-    pub fn instance_key<'a>(&self, action: &'a str) -> Option<Cow<'a, str>> {
-        const STACK: usize = 8;
-        let n = self.instance_key_pointers.len();
-        let mut stack: [Option<&'a str>; STACK] = [None; STACK];
-        let mut heap: Vec<Option<&'a str>>;
-        let values: &mut [Option<&'a str>] = if n <= STACK {
-            &mut stack[..n]
-        } else {
-            heap = vec![None; n];
-            &mut heap
-        };
-        self.instance_key_pointers.scan(action, values).ok()?;
-        values
-            .iter()
-            .flatten()
-            .find(|v| **v != "null")
-            .map(|v| text_of(v))
-            .filter(|k| !k.is_empty())
-    }
-
     /// Reads an action record (JSON) and evaluates the predicates. `Err` for a record that is
     /// not JSON.
     pub fn classify<'a>(&self, action: &'a str) -> Result<Classified<'a>, String> {

@@ -580,21 +580,6 @@ fn definitions_are_added_and_removed_by_name() {
 }
 
 #[test]
-fn the_instance_key_alone_is_the_one_classification_finds() {
-    let plan = ProcessPlan::compile("cards", &definition()).unwrap();
-    let mut without_key = action("z1", "", "/apply", 1, "web", "");
-    without_key = without_key.replace("\"app\":\"\"", "\"app\":null");
-    for a in hand_log()
-        .iter()
-        .chain([&without_key, &"not json".to_string()])
-    {
-        let classified = plan.classify(a).ok().and_then(|c| c.instance);
-        assert_eq!(plan.instance_key(a), classified, "{a}");
-    }
-    assert_eq!(plan.instance_key(&hand_log()[0]).as_deref(), Some("A"));
-}
-
-#[test]
 fn a_classification_reads_back_as_it_was_written() {
     let plan = ProcessPlan::compile("cards", &definition()).unwrap();
     let records = [

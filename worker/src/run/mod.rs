@@ -307,6 +307,7 @@ impl Stages {
             routing: &self.routing,
             key_groups: self.key_groups,
             owned: self.owned,
+            classified: &mut self.process_batch,
             local: &mut self.local_actions,
             latencies: &mut self.latencies,
         };

@@ -49,10 +49,14 @@ pub struct JoinOutputs<'a> {
     pub routing: &'a [ProcessPlan],
     pub key_groups: u16,
     pub owned: KeyGroupRange,
-    /// Actions for this worker's own process stage, framed as a batch (entry topic = the
-    /// definition's position in `routing`, partition = key group): applied after the join
-    /// call, in the same checkpoint as the join state that made them, so they need no trip
-    /// through Kafka (as Flink chains operators whose partitioning agrees).
+    /// Actions for this worker's own process stage, classified (see
+    /// [`crate::process::thread::Classifier`]) into the stage's next batch: in the same
+    /// checkpoint as the join state that made them, so they need no trip through Kafka (as
+    /// Flink chains operators whose partitioning agrees), and read once, for routing and
+    /// classification together.
+    pub classified: &'a mut Vec<u8>,
+    /// Those that could not be classified, framed as a batch (entry topic = the definition's
+    /// position in `routing`, partition = key group), for the caller to dead-letter.
     pub local: &'a mut Vec<u8>,
     /// Event-time seconds from the first part to the completing one, per completed action.
     pub latencies: &'a mut Vec<f64>,
@@ -73,19 +77,26 @@ impl JoinOutputs<'_> {
         for (p, plan) in self.routing.iter().enumerate() {
             // An action the definition cannot classify still goes to it, keyed by tracking
             // number: the process stage counts it (unmatched, no instance key) where it lives.
-            let instance = plan.instance_key(text);
-            let key = instance.as_deref().unwrap_or(tracking_number);
+            let classified = plan.classify(text);
+            let instance = classified.as_ref().ok().and_then(|c| c.instance.as_deref());
+            let key = instance.unwrap_or(tracking_number);
             let kg = key_group(key.as_bytes(), self.key_groups);
             if self.owned.contains(kg) {
-                batch::push(
-                    self.local,
-                    &batch::Entry {
-                        topic: p as u16,
-                        partition: i32::from(kg),
-                        offset: -1,
-                        payload: record,
-                    },
-                );
+                match classified {
+                    Ok(c) => {
+                        counts.count_event("process", &plan.name);
+                        c.encode(p as u16, self.classified);
+                    }
+                    Err(_) => batch::push(
+                        self.local,
+                        &batch::Entry {
+                            topic: p as u16,
+                            partition: i32::from(kg),
+                            offset: -1,
+                            payload: record,
+                        },
+                    ),
+                }
                 continue;
             }
             sink.send(
