@@ -653,15 +653,8 @@ fn busy_log() -> Vec<String> {
             let step = (minute + app) % 4;
             let tn = format!("t{minute}-{app}");
             let app = format!("A{}", (minute / 4) * 10 + app);
-            log.push(action(
-                &tn,
-                &app,
-                paths[step as usize],
-                minute,
-                "web",
-                "approved",
-            ));
-            if minute % 7 == 0 {
+            let copies = if minute % 7 == 0 { 2 } else { 1 };
+            for _ in 0..copies {
                 log.push(action(
                     &tn,
                     &app,
@@ -680,6 +673,18 @@ fn busy_log() -> Vec<String> {
     log
 }
 
+/// `log` classified for the engine's one definition, as the stage's thread receives it.
+fn classified<'a>(
+    plan: &'a ProcessPlan,
+    log: &'a [String],
+) -> impl Iterator<Item = Result<(usize, Classified<'a>), ProcessError>> {
+    log.iter().map(|a| {
+        plan.classify(a)
+            .map(|c| (0, c))
+            .map_err(ProcessError::BadAction)
+    })
+}
+
 #[test]
 fn actions_applied_many_at_a_time_give_what_one_at_a_time_gives() {
     let log = busy_log();
@@ -694,12 +699,8 @@ fn actions_applied_many_at_a_time_give_what_one_at_a_time_gives() {
     let mut many = engine(4, KeyGroupRange { start: 0, end: 4 });
     let mut many_out = Recorded::default();
     let plan = ProcessPlan::compile("cards", &definition()).unwrap();
-    let classified = log.iter().map(|a| {
-        plan.classify(a)
-            .map(|c| (0, c))
-            .map_err(ProcessError::BadAction)
-    });
-    many.apply_many(classified, &mut many_out).unwrap();
+    many.apply_many(classified(&plan, &log), &mut many_out)
+        .unwrap();
     many.finish(&mut many_out);
 
     assert_eq!(many_out.metrics, one_out.metrics);
@@ -723,12 +724,7 @@ fn applying_many_stops_at_the_first_error_after_the_actions_before_it() {
     log.insert(first_refused, others[0].clone());
     let mut e = engine(8, owned);
     let mut out = Recorded::default();
-    let classified = log.iter().map(|a| {
-        plan.classify(a)
-            .map(|c| (0, c))
-            .map_err(ProcessError::BadAction)
-    });
-    let result = e.apply_many(classified, &mut out);
+    let result = e.apply_many(classified(&plan, &log), &mut out);
     let refused = key_group_of(&others[0]);
     assert!(
         matches!(result, Err(ProcessError::NotOwned(k)) if k == refused),
