@@ -315,6 +315,18 @@ pub enum ProcessError {
     BadAction(String),
 }
 
+/// Adds `n` to a metric's total; a total of zero is not kept.
+fn add_to_total(totals: &mut FxHashMap<Metric, i64>, metric: Metric, n: i64) {
+    if n == 0 {
+        return;
+    }
+    let total = totals.entry(metric).or_default();
+    *total += n;
+    if *total == 0 {
+        totals.remove(&metric);
+    }
+}
+
 /// Actions looked up ahead of being applied (see [`ProcessEngine::apply_many`]): enough to
 /// overlap their memory reads, few enough that what they read is still in the cache.
 const LOOKAHEAD: usize = 32;
@@ -480,7 +492,8 @@ impl ProcessState {
         counts
     }
 
-    /// Merges the step records' additions into `counts` (a reconfiguration, a restore).
+    /// Merges the step records' additions into `counts` (before a reconfiguration maps the
+    /// totals).
     fn settle_step_totals(&mut self) {
         Self::merge_step_totals(&mut self.counts, &self.step_totals, self.started_total);
         self.step_totals.iter_mut().for_each(|t| *t = [0; 3]);
@@ -488,22 +501,13 @@ impl ProcessState {
     }
 
     fn merge_step_totals(counts: &mut Counts, step_totals: &[[i64; 3]], started: i64) {
-        let mut add = |metric: Metric, n: i64| {
-            if n == 0 {
-                return;
-            }
-            let total = counts.metrics.entry(metric).or_default();
-            *total += n;
-            if *total == 0 {
-                counts.metrics.remove(&metric);
-            }
-        };
-        add(Metric::Started, started);
+        let totals = &mut counts.metrics;
+        add_to_total(totals, Metric::Started, started);
         for (s, [entered, wip, left]) in step_totals.iter().enumerate() {
             let s = s as u16;
-            add(Metric::Entered(s), *entered);
-            add(Metric::Wip(s), *wip);
-            add(Metric::Duration(s), *left);
+            add_to_total(totals, Metric::Entered(s), *entered);
+            add_to_total(totals, Metric::Wip(s), *wip);
+            add_to_total(totals, Metric::Duration(s), *left);
         }
     }
 
@@ -621,18 +625,12 @@ impl ProcessState {
         weight: i64,
     ) {
         let (metric, _, exit, tally) = contribution;
-        let mut add_total = |key: Metric, n: i8| {
-            if n == 0 {
-                return;
-            }
-            let total = self.counts.metrics.entry(key).or_default();
-            *total += weight * i64::from(n);
-            if *total == 0 {
-                self.counts.metrics.remove(&key);
-            }
-        };
         let Metric::Step(step) = metric else {
-            add_total(metric, tally[0]);
+            add_to_total(
+                &mut self.counts.metrics,
+                metric,
+                weight * i64::from(tally[0]),
+            );
             self.add_to_window(kg, wm, lateness, combo, contribution, weight, true);
             return;
         };
