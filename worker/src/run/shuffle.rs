@@ -271,7 +271,7 @@ impl Work {
         self.counts.count_event("shuffle", &plan.name);
         self.counts.source_events += 1;
         let payload = message.payload().unwrap_or_default();
-        match plan.extract(payload) {
+        match plan.examine(payload) {
             Ok(Extracted::Message(msg)) => Some(Routed {
                 key_group: weft_crds::keygroup::key_group(
                     msg.tracking_number.as_bytes(),

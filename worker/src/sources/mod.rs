@@ -182,6 +182,17 @@ impl SourcePlan {
 
     /// Reads one message. Never panics on input: whatever is wrong becomes a [`Rejection`].
     pub fn extract<'a>(&self, raw: &'a [u8]) -> Result<Extracted<'a>, Rejection> {
+        self.read(raw, true)
+    }
+
+    /// [`SourcePlan::extract`] without the projection (`fields` empty): the same checks and
+    /// the same outcome, for the shuffle, which routes the raw message by its tracking number
+    /// and time and had built, then dropped, the projected fields of every message.
+    pub fn examine<'a>(&self, raw: &'a [u8]) -> Result<Extracted<'a>, Rejection> {
+        self.read(raw, false)
+    }
+
+    fn read<'a>(&self, raw: &'a [u8], project: bool) -> Result<Extracted<'a>, Rejection> {
         if raw.len() > self.max_message_bytes {
             return Err(Rejection::new(
                 DeadLetterReason::Oversized,
@@ -300,6 +311,14 @@ impl SourcePlan {
             ));
         }
 
+        if !project {
+            return Ok(Extracted::Message(Message {
+                part,
+                tracking_number,
+                event_time,
+                fields: Box::default(),
+            }));
+        }
         // Sized first, so the projection is one exact allocation that the join keeps as is.
         let bit = part_bit(part);
         let projected = || {
@@ -354,5 +373,59 @@ pub(crate) fn text_of(v: &str) -> Cow<'_, str> {
         }
         Some(content) => Cow::Borrowed(content),
         None => Cow::Borrowed(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn examining_a_message_gives_what_extracting_it_gives_but_the_projection() {
+        let example = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/examples/credit-card"
+        ));
+        let resources = ["processdefinition.yaml", "joinpipeline.yaml"].map(|f| example.join(f));
+        let (pipeline, _) = crate::local::load_pipeline(&resources, None).unwrap();
+        let plan = SourcePlan::new(&pipeline.spec.sources[0]);
+        let long = format!(
+            r#"{{"logType":"REQ","traceId":"T1","ts":1763798400000,"env":"prod","pad":"{}"}}"#,
+            "x".repeat(plan.max_message_bytes)
+        );
+        let lines = [
+            r#"{"logType":"REQ","traceId":"T1","ts":1763798400000,"env":"prod","http":{"path":"/cc/apply"},"body":{"applicationNo":"A1","product":"gold","branchCode":"B1"}}"#,
+            r#"{"logType":"RESP","traceId":"T\u00311","ts":1763798400100,"env":"prod","http":{"status":200},"body":{"applicationNo":"A1","decision":""}}"#,
+            r#"{"logType":"TRK","traceId":12,"ts":1763798400200,"env":"prod","channel":"web","page":"cc-apply"}"#,
+            r#"{"logType":"TRK","traceId":"T2","ts":1763798400200,"env":"uat"}"#,
+            r#"{"logType":"REQ","ts":1763798400000,"env":"prod"}"#,
+            r#"{"logType":"REQ","traceId":"T3","ts":"yesterday","env":"prod"}"#,
+            r#"{"logType":"AUDIT","traceId":"T4","ts":1763798400000,"env":"prod"}"#,
+            r#"{"logType":"REQ","traceId":"T5","ts":1763798400000,"env":"prod""#,
+            "not json",
+            long.as_str(),
+        ];
+        let mut projected = 0;
+        for line in lines {
+            let extracted = plan.extract(line.as_bytes());
+            let examined = plan.examine(line.as_bytes());
+            let without_fields = match extracted {
+                Ok(Extracted::Message(m)) => {
+                    projected += usize::from(!m.fields.is_empty());
+                    Ok(Extracted::Message(Message {
+                        fields: Box::default(),
+                        ..m
+                    }))
+                }
+                other => other,
+            };
+            assert_eq!(examined, without_fields, "{line}");
+        }
+        assert_eq!(
+            projected, 3,
+            "the three good messages have fields to project"
+        );
     }
 }
