@@ -888,34 +888,37 @@ impl ProcessEngine {
     ) -> Result<(), ProcessError> {
         let mut actions = actions.into_iter();
         let mut group = Vec::with_capacity(LOOKAHEAD);
+        let mut found = Vec::with_capacity(LOOKAHEAD);
         loop {
             group.extend(actions.by_ref().take(LOOKAHEAD));
             if group.is_empty() {
                 return Ok(());
             }
-            for (p, c) in group.iter().flatten() {
-                self.look_up(*p, c);
-            }
-            for action in group.drain(..) {
+            found.clear();
+            found.extend(group.iter().map(|a| match a {
+                Ok((p, c)) => self.look_up(*p, c),
+                Err(_) => None,
+            }));
+            for (action, found) in group.drain(..).zip(&found) {
                 let (p, c) = action?;
-                self.apply_classified(p, c, out)?;
+                self.apply_found(p, c, *found, out)?;
             }
         }
     }
 
-    /// Reads what applying `c` will read first (see [`ProcessEngine::apply_many`]).
-    fn look_up(&self, p: usize, c: &Classified<'_>) {
-        let (Some(state), Some(key)) = (self.processes.get(p), c.instance.as_deref()) else {
-            return;
-        };
+    /// Reads what applying `c` will read first (see [`ProcessEngine::apply_many`]), and
+    /// returns where its instance was.
+    fn look_up(&self, p: usize, c: &Classified<'_>) -> Option<SlotId> {
+        let state = self.processes.get(p)?;
+        let at = state.instances.find(c.instance.as_deref()?)?;
         // The whole history: applying compares every action's tracking number with the new
         // one's.
         let history = state
             .instances
-            .find(key)
-            .and_then(|at| state.instances.get(at))
+            .get(at)
             .map(|i| i.actions.iter().fold(0, |x, a| x ^ a.tracking));
         std::hint::black_box(history);
+        Some(at)
     }
 
     /// Applies an action already classified for definition `p`.
@@ -923,6 +926,19 @@ impl ProcessEngine {
         &mut self,
         p: usize,
         c: Classified<'_>,
+        out: &mut impl ProcessOutput,
+    ) -> Result<(), ProcessError> {
+        self.apply_found(p, c, None, out)
+    }
+
+    /// [`ProcessEngine::apply_classified`], told where the instance was when it was looked up
+    /// ahead: still there if that slot holds the key, else (the actions before it may have
+    /// started or forgotten instances) looked up again.
+    fn apply_found(
+        &mut self,
+        p: usize,
+        c: Classified<'_>,
+        found: Option<SlotId>,
         out: &mut impl ProcessOutput,
     ) -> Result<(), ProcessError> {
         let state = &mut self.processes[p];
@@ -964,7 +980,9 @@ impl ProcessEngine {
 
         // Taken out of its slot while it changes, and put back: no copy, no key allocation and
         // one lookup per action.
-        let found = state.instances.find(key.as_ref());
+        let found = found
+            .filter(|at| state.instances.get(*at).is_some_and(|i| *i.key == *key))
+            .or_else(|| state.instances.find(key.as_ref()));
         let taken = found
             .and_then(|at| state.instances.get_mut(at))
             .map(std::mem::take);
