@@ -47,7 +47,6 @@ fn push_seconds(buf: &mut Vec<u8>, ms: i64) {
         b'0' + (fraction % 10) as u8,
     ];
     let len = match fraction {
-        0 => 1,
         f if f % 100 == 0 => 1,
         f if f % 10 == 0 => 2,
         _ => 3,
