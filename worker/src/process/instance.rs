@@ -343,7 +343,7 @@ fn variant_of(visits: &[Visit], steps: &[StepPlan]) -> String {
 pub fn differences(
     old: &[Contribution],
     new: &[Contribution],
-    mut out: impl FnMut(Contribution, i64),
+    mut out: impl FnMut(Contribution, i8),
 ) {
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {

@@ -119,6 +119,30 @@ impl Metric {
         };
         variant << 56 | a << 16 | b
     }
+
+    /// The metric whose [`Metric::sort_key`] this is (`None` for a number that is none).
+    pub fn from_sort_key(key: u64) -> Option<Metric> {
+        let a = (key >> 16) & 0xffff_ffff;
+        let b = key & 0xffff;
+        let one = u16::try_from(a).ok();
+        let metric = match key >> 56 {
+            0 => Metric::Started,
+            1 => Metric::Completed,
+            2 => Metric::Abandoned,
+            3 => Metric::Wip(one?),
+            4 => Metric::Entered(one?),
+            5 => Metric::Duration(one?),
+            6 => Metric::Transition(one?, b as u16),
+            7 => Metric::Return(one?, b as u16),
+            8 => Metric::Outcome(one?),
+            9 => Metric::SlaBreach(one?),
+            10 => Metric::SkippedSteps,
+            11 => Metric::Variant(a as u32),
+            12 => Metric::Step(one?),
+            _ => return None,
+        };
+        (metric.sort_key() == key).then_some(metric)
+    }
 }
 
 /// A partial aggregate.
@@ -614,7 +638,8 @@ impl ProcessState {
         out
     }
 
-    /// Adds one contribution `weight` times, to its window and to the totals.
+    /// Adds one contribution (`weight` 1) or takes it back (-1), in its window and in the
+    /// totals.
     fn apply(
         &mut self,
         kg: u16,
@@ -622,34 +647,31 @@ impl ProcessState {
         lateness: i64,
         combo: u32,
         contribution: instance::Contribution,
-        weight: i64,
+        weight: i8,
     ) {
         let (metric, _, exit, tally) = contribution;
+        let w = i64::from(weight);
         let Metric::Step(step) = metric else {
-            add_to_total(
-                &mut self.counts.metrics,
-                metric,
-                weight * i64::from(tally[0]),
-            );
+            add_to_total(&mut self.counts.metrics, metric, w * i64::from(tally[0]));
             self.add_to_window(kg, wm, lateness, combo, contribution, weight, true);
             return;
         };
         if let Some(totals) = self.step_totals.get_mut(usize::from(step)) {
-            totals[0] += weight * i64::from(tally[ENTERED]);
-            totals[1] += weight * i64::from(tally[WIP]);
-            totals[2] += weight * i64::from(tally[LEFT]);
+            totals[0] += w * i64::from(tally[ENTERED]);
+            totals[1] += w * i64::from(tally[WIP]);
+            totals[2] += w * i64::from(tally[LEFT]);
         }
-        self.started_total += weight * i64::from(tally[STARTED]);
+        self.started_total += w * i64::from(tally[STARTED]);
         if tally[LEFT] != 0
             && let Some((ms, _)) = exit
             && let Some(sketch) = self.counts.durations.get_mut(usize::from(step))
         {
-            sketch.add_weighted(ms, weight * i64::from(tally[LEFT]));
+            sketch.add_weighted(ms, w * i64::from(tally[LEFT]));
         }
         self.add_to_window(kg, wm, lateness, combo, contribution, weight, true);
     }
 
-    /// Adds one contribution `weight` times to its window, unless the window was dropped
+    /// Adds one contribution (`weight` 1) or takes it back (-1) in its window, unless the window was dropped
     /// (then, when `count_late`, it is counted as a late update).
     #[allow(clippy::too_many_arguments)]
     fn add_to_window(
@@ -659,7 +681,7 @@ impl ProcessState {
         lateness: i64,
         combo: u32,
         (metric, t, exit, tally): instance::Contribution,
-        weight: i64,
+        weight: i8,
         count_late: bool,
     ) {
         let size = self.plan.window;

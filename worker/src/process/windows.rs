@@ -19,18 +19,21 @@ use super::{Aggregate, AggregateKey, LEFT, Metric, NO_STEP, Tally};
 const FOLD_AT: usize = 4096;
 
 /// One contribution to an aggregate, not yet summed.
+///
+/// 32 bytes (the metric is its order, see [`Metric::from_sort_key`]): a window's log is
+/// written once per contribution and sorted when it is summed.
 #[derive(Clone, Copy, Debug)]
 struct Delta {
     /// `metric.sort_key()`: records are emitted in this order.
     order: u64,
-    weight: i64,
     /// A step's exit: the time spent in milliseconds, else 0.
     millis: i64,
     combo: u32,
-    metric: Metric,
     tally: Tally,
     /// A step's exit: the step it went to, else [`NO_STEP`].
     to: u16,
+    /// 1 adds the contribution, -1 takes it back.
+    weight: i8,
 }
 
 /// A summed aggregate and its key. Its order is computed, not stored: millions of entries
@@ -58,13 +61,14 @@ impl Entry {
     /// Adds a contribution's value.
     fn add(&mut self, d: &Delta) {
         let agg = &mut self.agg;
+        let weight = i64::from(d.weight);
         for (count, n) in agg.counts.iter_mut().zip(d.tally) {
-            *count += d.weight * i64::from(n);
+            *count += weight * i64::from(n);
         }
         // A step's exits carry the time spent in it and where they went.
-        if matches!(d.metric, Metric::Step(_)) && d.tally[LEFT] != 0 {
+        if matches!(self.metric, Metric::Step(_)) && d.tally[LEFT] != 0 {
             let exits = agg.exits.get_or_insert_with(Box::default);
-            exits.add(d.millis, d.to, d.weight * i64::from(d.tally[LEFT]));
+            exits.add(d.millis, d.to, weight * i64::from(d.tally[LEFT]));
         }
     }
 }
@@ -109,10 +113,17 @@ impl Window {
             while let Some(e) = old.next_if(|e| e.key() < key) {
                 summed.push(e);
             }
-            let mut entry = old.next_if(|e| e.key() == key).unwrap_or_else(|| {
-                created += 1;
-                Entry::new(first.metric, first.combo)
-            });
+            let mut entry = match old.next_if(|e| e.key() == key) {
+                Some(entry) => entry,
+                None => {
+                    // Always a metric: orders come from `Metric::sort_key`.
+                    let Some(metric) = Metric::from_sort_key(first.order) else {
+                        continue;
+                    };
+                    created += 1;
+                    Entry::new(metric, first.combo)
+                }
+            };
             entry.add(first);
             while let Some(d) = deltas.next_if(|d| (d.order, d.combo) == key) {
                 entry.add(d);
@@ -219,7 +230,7 @@ impl Windows {
     pub fn add(
         &mut self,
         (kg, start, metric, combo): AggregateKey,
-        weight: i64,
+        weight: i8,
         exit: Option<(i64, u16)>,
         tally: Tally,
     ) {
@@ -230,12 +241,11 @@ impl Windows {
         let window = window_at(windows, start);
         window.log.push(Delta {
             order: metric.sort_key(),
-            weight,
             millis: exit.map_or(0, |(ms, _)| ms),
             combo,
-            metric,
             tally,
             to: exit.map_or(NO_STEP, |(_, to)| to),
+            weight,
         });
         if window.log.len() >= FOLD_AT.max(2 * window.summed.len()) {
             self.aggregates += window.fold();
@@ -429,6 +439,40 @@ mod tests {
         let mut keys = Vec::new();
         w.emit_before(kg, before, &mut |k, _| keys.push(k));
         keys
+    }
+
+    #[test]
+    fn a_contribution_in_a_log_is_32_bytes_and_its_metric_comes_back_from_its_order() {
+        assert_eq!(std::mem::size_of::<Delta>(), 32);
+        for n in [0, 1, 7, u16::MAX] {
+            let metrics = [
+                Metric::Started,
+                Metric::Completed,
+                Metric::Abandoned,
+                Metric::Wip(n),
+                Metric::Entered(n),
+                Metric::Duration(n),
+                Metric::Transition(n, 3),
+                Metric::Transition(2, n),
+                Metric::Return(n, n),
+                Metric::Outcome(n),
+                Metric::SlaBreach(n),
+                Metric::SkippedSteps,
+                Metric::Variant(u32::from(n)),
+                Metric::Variant(u32::MAX - u32::from(n)),
+                Metric::Step(n),
+            ];
+            for m in metrics {
+                assert_eq!(Metric::from_sort_key(m.sort_key()), Some(m));
+            }
+        }
+        for not_a_metric in [13 << 56, u64::MAX, (3 << 56) | (1 << 40), (1 << 56) | 5] {
+            assert_eq!(
+                Metric::from_sort_key(not_a_metric),
+                None,
+                "{not_a_metric:#x}"
+            );
+        }
     }
 
     #[test]
