@@ -68,6 +68,15 @@ impl InstanceKey {
         }
     }
 
+    /// The key's bytes, without [`InstanceKey::as_str`]'s UTF-8 check: what lookups hash
+    /// and compare.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            InstanceKey::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            InstanceKey::Shared(key) => key.as_bytes(),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match self {
             // Copied from a `&str` whole, so always UTF-8.
@@ -390,8 +399,8 @@ pub struct Instances {
 }
 
 /// 32 bits of a key's hash, as the table keeps it.
-fn key_hash(key: &str) -> u32 {
-    (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) >> 32) as u32
+fn key_hash(key: &[u8]) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(key) >> 32) as u32
 }
 
 /// The table's 64-bit hash of a kept 32-bit one (spread over the bits hashbrown uses: the
@@ -402,10 +411,10 @@ fn table_hash(hash: u32) -> u64 {
 
 impl Instances {
     pub fn find(&self, key: &str) -> Option<SlotId> {
-        let hash = key_hash(key);
+        let hash = key_hash(key.as_bytes());
         let entries = &self.entries;
         let &(slot, _) = self.slots.find(table_hash(hash), |&(slot, h)| {
-            h == hash && *entries[slot as usize].1.key == *key
+            h == hash && entries[slot as usize].1.key.as_bytes() == key.as_bytes()
         })?;
         Some((slot, self.entries[slot as usize].0))
     }
@@ -436,7 +445,7 @@ impl Instances {
                 (self.entries.len() - 1) as u32
             }
         };
-        let hash = key_hash(key);
+        let hash = key_hash(key.as_bytes());
         self.slots
             .insert_unique(table_hash(hash), (slot, hash), |&(_, h)| table_hash(h));
         let (generation, instance) = &mut self.entries[slot as usize];
@@ -447,7 +456,7 @@ impl Instances {
     /// Forgets the instance in a slot.
     pub fn remove(&mut self, at: SlotId) -> Option<Instance> {
         let instance = std::mem::take(self.get_mut(at)?);
-        let hash = key_hash(&instance.key);
+        let hash = key_hash(instance.key.as_bytes());
         if let Ok(entry) = self
             .slots
             .find_entry(table_hash(hash), |&(slot, _)| slot == at.0)
