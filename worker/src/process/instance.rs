@@ -72,7 +72,9 @@ impl InstanceKey {
     /// and compare.
     pub fn as_bytes(&self) -> &[u8] {
         match self {
-            InstanceKey::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            InstanceKey::Inline { len, bytes } => {
+                bytes.get(..usize::from(*len)).unwrap_or_default()
+            }
             InstanceKey::Shared(key) => key.as_bytes(),
         }
     }

@@ -1006,7 +1006,12 @@ impl ProcessEngine {
         // Taken out of its slot while it changes, and put back: no copy, no key allocation and
         // one lookup per action.
         let found = found
-            .filter(|at| state.instances.get(*at).is_some_and(|i| i.key.as_bytes() == key.as_bytes()))
+            .filter(|at| {
+                state
+                    .instances
+                    .get(*at)
+                    .is_some_and(|i| i.key.as_bytes() == key.as_bytes())
+            })
             .or_else(|| state.instances.find(key.as_ref()));
         let taken = found
             .and_then(|at| state.instances.get_mut(at))

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use cel_parser::ast::operators;
 use cel_parser::ast::{Expr, IdedExpr};
 
-use crate::sources::scan::{PointerSet, unescape};
+use crate::sources::scan::PointerSet;
+use crate::sources::text_of;
 
 /// A literal of the subset.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,22 +89,27 @@ enum Value<'a> {
 
 fn value_of(raw: &str) -> Value<'_> {
     match raw.as_bytes().first() {
-        Some(b'"') => {
-            let content = &raw[1..raw.len() - 1];
-            if content.contains('\\') {
-                Value::Str(Cow::Owned(
-                    String::from_utf8_lossy(&unescape(content.as_bytes())).into_owned(),
-                ))
-            } else {
-                Value::Str(Cow::Borrowed(content))
-            }
-        }
+        Some(b'"') => Value::Str(text_of(raw)),
         Some(b't') => Value::Bool(true),
         Some(b'f') => Value::Bool(false),
         Some(b'n') => Value::Null,
-        Some(b'-' | b'0'..=b'9') => raw.parse().map_or(Value::Composite, Value::Num),
+        Some(b'-' | b'0'..=b'9') => number_of(raw).map_or(Value::Composite, Value::Num),
         _ => Value::Composite,
     }
+}
+
+/// A JSON number's value. Integers of up to 15 digits (status codes, amounts, times: most
+/// numbers in logs) are read exactly without a float parse, which a predicate would otherwise
+/// run each time it reads the field.
+fn number_of(raw: &str) -> Option<f64> {
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    if (1..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+        let n = digits
+            .bytes()
+            .fold(0i64, |n, b| n * 10 + i64::from(b - b'0')) as f64;
+        return Some(if digits.len() < raw.len() { -n } else { n });
+    }
+    raw.parse().ok()
 }
 
 fn literal_value(l: &Literal) -> Value<'_> {
@@ -485,5 +491,38 @@ mod tests {
         let mut pointers = PointerSet::default();
         assert!(Predicate::compile("request.path ==", &mut pointers).is_err());
         assert!(Predicate::compile("request.path == 'x", &mut pointers).is_err());
+    }
+
+    #[test]
+    fn numbers_read_without_a_float_parse_have_the_parsed_value() {
+        for raw in [
+            "0",
+            "-0",
+            "7",
+            "200",
+            "-15",
+            "999999999999999",
+            "-999999999999999",
+            "1000000000000000",
+            "9007199254740993",
+            "1.5",
+            "-2e3",
+            "1E+2",
+            "0.1",
+        ] {
+            let (fast, parsed) = (number_of(raw), raw.parse::<f64>().ok());
+            assert_eq!(fast.map(f64::to_bits), parsed.map(f64::to_bits), "{raw}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_integer_reads_as_its_parse(n in proptest::num::i64::ANY) {
+            let raw = n.to_string();
+            proptest::prop_assert_eq!(
+                number_of(&raw).map(f64::to_bits),
+                raw.parse::<f64>().ok().map(f64::to_bits)
+            );
+        }
     }
 }
