@@ -82,14 +82,23 @@ impl PointerSet {
             s: text,
             b: text.as_bytes(),
             i: 0,
+            failure: None,
         };
         scanner.ws();
-        scanner.value(Some(&self.root), 0, slots)?;
-        scanner.ws();
-        if scanner.i != text.len() {
-            return Err(scanner.error("trailing characters"));
-        }
-        Ok(())
+        let scanned = scanner.value(Some(&self.root), 0, slots).and_then(|()| {
+            scanner.ws();
+            if scanner.i == text.len() {
+                Ok(())
+            } else {
+                Err(scanner.error("trailing characters"))
+            }
+        });
+        scanned.map_err(|Failed| {
+            scanner.failure.unwrap_or(ScanError {
+                at: scanner.i,
+                what: "invalid JSON",
+            })
+        })
     }
 }
 
@@ -126,11 +135,20 @@ struct Scanner<'a> {
     s: &'a str,
     b: &'a [u8],
     i: usize,
+    /// Why the scan failed, once it has (see [`Failed`]).
+    failure: Option<ScanError>,
 }
 
+/// A failed scan, whose [`ScanError`] the scanner keeps: the scanning functions return
+/// `Result<_, Failed>`, a result that fits a register (with the error in it, every value of
+/// every message paid for passing 24 bytes back through memory).
+struct Failed;
+
 impl<'a> Scanner<'a> {
-    fn error(&self, what: &'static str) -> ScanError {
-        ScanError { at: self.i, what }
+    #[cold]
+    fn error(&mut self, what: &'static str) -> Failed {
+        self.failure = Some(ScanError { at: self.i, what });
+        Failed
     }
 
     fn peek(&self) -> Option<u8> {
@@ -143,7 +161,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn expect(&mut self, c: u8, what: &'static str) -> Result<(), ScanError> {
+    fn expect(&mut self, c: u8, what: &'static str) -> Result<(), Failed> {
         if self.peek() == Some(c) {
             self.i += 1;
             Ok(())
@@ -158,7 +176,7 @@ impl<'a> Scanner<'a> {
         node: Option<&Node>,
         depth: usize,
         slots: &mut [Option<&'a str>],
-    ) -> Result<(), ScanError> {
+    ) -> Result<(), Failed> {
         let start = self.i;
         match self.peek() {
             Some(b'{') => self.object(node.filter(|n| !n.children.is_empty()), depth, slots)?,
@@ -189,8 +207,8 @@ impl<'a> Scanner<'a> {
         &mut self,
         close: u8,
         depth: usize,
-        mut element: impl FnMut(&mut Self, usize) -> Result<(), ScanError>,
-    ) -> Result<(), ScanError> {
+        mut element: impl FnMut(&mut Self, usize) -> Result<(), Failed>,
+    ) -> Result<(), Failed> {
         if depth >= MAX_DEPTH {
             return Err(self.error("nested too deeply"));
         }
@@ -225,7 +243,7 @@ impl<'a> Scanner<'a> {
         node: Option<&Node>,
         depth: usize,
         slots: &mut [Option<&'a str>],
-    ) -> Result<(), ScanError> {
+    ) -> Result<(), Failed> {
         self.container(b'}', depth, |sc, _| {
             if sc.peek() != Some(b'"') {
                 return Err(sc.error("expected a member name"));
@@ -248,7 +266,7 @@ impl<'a> Scanner<'a> {
         node: Option<&Node>,
         depth: usize,
         slots: &mut [Option<&'a str>],
-    ) -> Result<(), ScanError> {
+    ) -> Result<(), Failed> {
         self.container(b']', depth, |sc, index| {
             let child = node.and_then(|n| n.child(itoa::Buffer::new().format(index).as_bytes()));
             sc.value(child, depth + 1, slots)
@@ -258,7 +276,7 @@ impl<'a> Scanner<'a> {
     /// A string starting at the opening quote; returns its content (still escaped) and
     /// whether it has escapes.
     #[inline(always)]
-    fn string(&mut self) -> Result<(&'a [u8], bool), ScanError> {
+    fn string(&mut self) -> Result<(&'a [u8], bool), Failed> {
         // Inlined for the usual string, plain up to its closing quote: most of a message's
         // strings are names and short values, where a call and the escape loop's setup cost
         // more than reading them.
@@ -274,7 +292,7 @@ impl<'a> Scanner<'a> {
 
     /// [`Scanner::string`] for a string with escapes (or an error).
     #[inline(never)]
-    fn escaped_string(&mut self) -> Result<(&'a [u8], bool), ScanError> {
+    fn escaped_string(&mut self) -> Result<(&'a [u8], bool), Failed> {
         self.i += 1;
         let start = self.i;
         let mut escaped = false;
@@ -310,7 +328,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn literal(&mut self, word: &'static [u8]) -> Result<(), ScanError> {
+    fn literal(&mut self, word: &'static [u8]) -> Result<(), Failed> {
         if self.b[self.i..].starts_with(word) {
             self.i += word.len();
             Ok(())
@@ -331,7 +349,7 @@ impl<'a> Scanner<'a> {
         n
     }
 
-    fn number(&mut self) -> Result<(), ScanError> {
+    fn number(&mut self) -> Result<(), Failed> {
         if self.peek() == Some(b'-') {
             self.i += 1;
         }
