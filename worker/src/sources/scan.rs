@@ -170,7 +170,10 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// One value; `node` is the pointer subtree wanted inside it (if any).
+    /// One value; `node` is the pointer subtree wanted inside it (if any). Inlined where a
+    /// member's value is read: most values are scalars, read without a call; only an object
+    /// or an array goes through [`Scanner::container_value`].
+    #[inline(always)]
     fn value(
         &mut self,
         node: Option<&Node>,
@@ -179,8 +182,7 @@ impl<'a> Scanner<'a> {
     ) -> Result<(), Failed> {
         let start = self.i;
         match self.peek() {
-            Some(b'{') => self.object(node.filter(|n| !n.children.is_empty()), depth, slots)?,
-            Some(b'[') => self.array(node.filter(|n| !n.children.is_empty()), depth, slots)?,
+            Some(b'{' | b'[') => self.container_value(node, depth, slots)?,
             Some(b'"') => {
                 self.string()?;
             }
@@ -199,6 +201,21 @@ impl<'a> Scanner<'a> {
             *s = self.s.get(start..self.i);
         }
         Ok(())
+    }
+
+    /// An object or array value (the slot of its pointer, if any, is set by the caller).
+    #[inline(never)]
+    fn container_value(
+        &mut self,
+        node: Option<&Node>,
+        depth: usize,
+        slots: &mut [Option<&'a str>],
+    ) -> Result<(), Failed> {
+        let wanted = node.filter(|n| !n.children.is_empty());
+        match self.peek() {
+            Some(b'{') => self.object(wanted, depth, slots),
+            _ => self.array(wanted, depth, slots),
+        }
     }
 
     /// An object or array: `element` reads each member or element (given its index), this
