@@ -131,6 +131,32 @@ fn plain_prefix(b: &[u8]) -> usize {
         .unwrap_or(b.len() - i)
 }
 
+/// How many bytes at the start of `b` are ASCII digits, eight at a time: times are 13
+/// digits, several per message.
+fn digit_prefix(b: &[u8]) -> usize {
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        // Per byte c: (c | 0x80) - 0x30 has its high bit set when c >= 0x30, c + 0x46 has it
+        // set when c > 0x39 (ASCII only: a byte with its own high bit set is flagged by `w`;
+        // its carry only disturbs the bytes after it).
+        let at_least_0 = (w | HIGH).wrapping_sub(u64::from_le_bytes([0x30; 8]));
+        let above_9 = w.wrapping_add(u64::from_le_bytes([0x46; 8]));
+        let other = (!at_least_0 | above_9 | w) & HIGH;
+        if other != 0 {
+            return i + (other.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + b[i..]
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(b.len() - i)
+}
+
 struct Scanner<'a> {
     s: &'a str,
     b: &'a [u8],
@@ -355,13 +381,7 @@ impl<'a> Scanner<'a> {
     }
 
     fn digits(&mut self) -> usize {
-        // Counted on a slice, not by stepping `self.i`: the loop keeps its index in a
-        // register instead of storing it per byte (times are 13 digits, several per message).
-        let rest = self.b.get(self.i..).unwrap_or_default();
-        let n = rest
-            .iter()
-            .position(|c| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let n = digit_prefix(self.b.get(self.i..).unwrap_or_default());
         self.i += n;
         n
     }
@@ -566,6 +586,36 @@ mod tests {
             let ours = s.scan(std::str::from_utf8(&text).unwrap(), &mut slots).is_ok();
             let serde = serde_json::from_slice::<serde::de::IgnoredAny>(&text).is_ok();
             proptest::prop_assert_eq!(ours, serde, "{}", String::from_utf8_lossy(&text));
+        }
+    }
+
+    #[test]
+    fn digit_prefix_counts_the_leading_ascii_digits_of_any_bytes() {
+        for text in [
+            &b""[..],
+            b"7",
+            b"1763798400000,",
+            b"0123456789",
+            b"12345678",
+            b"123456789x",
+            b"12/45",
+            b"12:45",
+            b"1\xff2",
+            b"9\x80",
+            b"\xba1",
+            b"12345678\xc0\xff",
+        ] {
+            let want = text.iter().take_while(|c| c.is_ascii_digit()).count();
+            assert_eq!(digit_prefix(text), want, "{text:?}");
+        }
+        // Every byte value, at every position of a word and after it.
+        for c in 0..=255u8 {
+            for at in 0..12 {
+                let mut text = vec![b'5'; 12];
+                text[at] = c;
+                let want = if c.is_ascii_digit() { 12 } else { at };
+                assert_eq!(digit_prefix(&text), want, "byte {c:#x} at {at}");
+            }
         }
     }
 }
