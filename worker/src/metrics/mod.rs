@@ -80,11 +80,16 @@ impl StageCounts {
     }
 
     pub fn count_event(&mut self, stage: &str, source: &str) {
-        bump(&mut self.events_in, stage, source);
+        self.add_events(stage, source, 1);
+    }
+
+    /// `n` messages read by `stage` from `source`.
+    pub fn add_events(&mut self, stage: &str, source: &str, n: u64) {
+        bump(&mut self.events_in, stage, source, n);
     }
 
     pub fn count_dead_letter(&mut self, stage: &str, reason: &str) {
-        bump(&mut self.dead_letters, stage, reason);
+        bump(&mut self.dead_letters, stage, reason, 1);
     }
 
     pub fn count_out(&mut self, topic: &str) {
@@ -128,16 +133,16 @@ impl StageCounts {
     }
 }
 
-fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, outer: &str, inner: &str) {
+fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, outer: &str, inner: &str, n: u64) {
     // Lookups by &str: a String is allocated only the first time a pair is seen.
-    if let Some(n) = map.get_mut(outer).and_then(|m| m.get_mut(inner)) {
-        *n += 1;
+    if let Some(count) = map.get_mut(outer).and_then(|m| m.get_mut(inner)) {
+        *count += n;
         return;
     }
     *map.entry(outer.to_string())
         .or_default()
         .entry(inner.to_string())
-        .or_default() += 1;
+        .or_default() += n;
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;

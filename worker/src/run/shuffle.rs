@@ -74,6 +74,9 @@ struct Work {
     /// Raw topic → (its source, its position in the source's topics).
     source_of_topic: HashMap<String, (usize, u16)>,
     counts: StageCounts,
+    /// Messages read per source since they were last added to `counts`: a counter per
+    /// message instead of two map lookups by name (5% of the shuffle's thread).
+    unpublished_events: Vec<u64>,
     buf: Vec<u8>,
     /// Per (key group, source): the batch being filled (see [`batch`]).
     batches: Vec<OpenBatch>,
@@ -106,6 +109,7 @@ impl Shuffle {
             })
             .context("creating the shuffle consumer")?;
         let sink = KafkaSink::new(&config.producer, config.health.clone())?;
+        let sources = config.plans.len();
         let mut raw: Vec<&String> = config.source_of_topic.keys().collect();
         raw.sort();
         let mut share = Vec::new();
@@ -138,6 +142,7 @@ impl Shuffle {
                     })
                     .collect(),
                 counts: config.counts,
+                unpublished_events: vec![0; sources],
                 buf: Vec::with_capacity(4096),
                 batches: (0..usize::from(config.key_groups) * config.source_topics.len())
                     .map(|_| OpenBatch::default())
@@ -263,12 +268,24 @@ fn assign_share(
 }
 
 impl Work {
+    /// Adds the messages counted per source since the last time to `counts`.
+    fn add_unpublished_events(&mut self) {
+        for (source, n) in self.unpublished_events.iter_mut().enumerate() {
+            if *n > 0 {
+                self.counts
+                    .add_events("shuffle", &self.plans[source].name, std::mem::take(n));
+            }
+        }
+    }
+
     /// Counts a message and sorts it out: a message to route (with its key group, key and
     /// event time), or one already handled (filtered, or dead-lettered with its reason).
     fn examine(&mut self, message: &BorrowedMessage<'_>) -> Option<Routed> {
         let &(source, topic) = self.source_of_topic.get(message.topic())?;
         let plan = &self.plans[source];
-        self.counts.count_event("shuffle", &plan.name);
+        if let Some(n) = self.unpublished_events.get_mut(source) {
+            *n += 1;
+        }
         self.counts.source_events += 1;
         let payload = message.payload().unwrap_or_default();
         match plan.examine(payload) {
@@ -732,8 +749,9 @@ impl ShuffleStage {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         if let Ok(mut published) = self.published.lock() {
+            self.work.add_unpublished_events();
             published.clone_from(&self.work.counts);
         }
     }
