@@ -671,8 +671,8 @@ impl ProcessState {
         self.add_to_window(kg, wm, lateness, combo, contribution, weight, true);
     }
 
-    /// Adds one contribution (`weight` 1) or takes it back (-1) in its window, unless the window was dropped
-    /// (then, when `count_late`, it is counted as a late update).
+    /// Adds one contribution (`weight` 1) or takes it back (-1) in its window, unless the
+    /// window was dropped (then, when `count_late`, it is counted as a late update).
     #[allow(clippy::too_many_arguments)]
     fn add_to_window(
         &mut self,
