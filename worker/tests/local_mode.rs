@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{example, holds_nothing, worker};
+use common::{example, holds_nothing, metric_values, worker};
 
 fn resources() -> Vec<String> {
     ["processdefinition.yaml", "joinpipeline.yaml"]
@@ -138,18 +138,24 @@ fn generated_traffic_matches_its_truth() {
         let v: Value = serde_json::from_str(&line).unwrap();
         latest.insert(v["id"].as_str().unwrap().to_string(), v);
     }
-    let sum = |metric: &str, field: &str| -> i64 {
-        latest
-            .values()
-            .filter(|v| v["metric"] == metric)
-            .map(|v| v[field].as_i64().unwrap())
-            .sum()
-    };
-    assert_eq!(sum("step", "started"), started);
-    assert_eq!(
-        sum("completed", "count"),
-        p["instances"]["completed"].as_i64().unwrap()
-    );
+    let of_kind = |metric: &'static str| latest.values().filter(move |v| v["metric"] == metric);
+    let started_in_records: i64 = of_kind("step")
+        .flat_map(|v| metric_values(v).unwrap().values())
+        .map(|step| step["started"].as_i64().unwrap())
+        .sum();
+    assert_eq!(started_in_records, started);
+    let completed: i64 = of_kind("completed")
+        .map(|v| v["count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(completed, p["instances"]["completed"].as_i64().unwrap());
+    let returns: i64 = of_kind("return")
+        .flat_map(|v| metric_values(v).unwrap().values())
+        .map(|n| n.as_i64().unwrap())
+        .sum();
+    let summary_returns: i64 = (p["returns"].as_object().unwrap().values())
+        .map(|n| n.as_i64().unwrap())
+        .sum();
+    assert_eq!(returns, summary_returns);
     let prom = std::fs::read_to_string(out.join("metrics.prom")).unwrap();
     assert!(
         prom.contains(&format!(

@@ -1,10 +1,12 @@
 //! The JSON records of the process stage.
 //!
-//! A metric record is one partial aggregate: `id` is its idempotent key (definition, metric,
-//! its step/transition/outcome/variant, window start, key group, dimension values), so a
-//! re-emitted window overwrites itself in a compacted topic or an upsert table, and the sum
-//! of `count` (or the merge of `sketch`) over key groups is the total for the window. A step
-//! record has `entered`, `wip`, `left` and `started` instead of `count`.
+//! A metric record holds the partial aggregates of one metric kind (`step`, `outcome` …) in
+//! one window, key group and dimension combination: `id` is its idempotent key (definition,
+//! kind, window start, key group, dimension values), so a re-emitted record overwrites itself
+//! in a compacted topic or an upsert table, and the sum of each value (or the merge of each
+//! `sketch`) over key groups is the total for the window. A kind with qualifiers holds its
+//! values by qualifier: `"steps":{"<step>":{"entered":..,"wip":..,"left":..,"started":..}}`,
+//! `"outcomes":{"<outcome>":<count>}`; one without, `"count"`.
 
 use crate::join::record::{push_json_escaped, push_json_string};
 
@@ -12,7 +14,8 @@ use rustc_hash::FxHashMap;
 
 use super::instance::Visit;
 use super::sketch::{Sketch, bucket_value};
-use super::{Aggregate, AggregateKey, Instance, Metric, Names, ProcessPlan, ProcessState};
+use super::windows::Cell;
+use super::{Aggregate, Instance, Metric, Names, ProcessPlan, ProcessState};
 
 fn push_i64(buf: &mut Vec<u8>, n: i64) {
     buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -60,39 +63,50 @@ fn step_name(plan: &ProcessPlan, step: u16) -> &str {
         .map_or("?", |s| s.name.as_str())
 }
 
-/// The metric's name and its qualifier fields (`"step":..`, `"from":..,"to":..`).
-fn describe<'s>(
-    plan: &'s ProcessPlan,
-    variant: &'s str,
-    metric: &Metric,
-) -> (&'static str, [(&'static str, &'s str); 2]) {
-    const NONE: (&str, &str) = ("", "");
-    let step = |s: &u16| step_name(plan, *s);
+/// A metric's kind as records name it, and the field holding its values by qualifier (none:
+/// the kind has no qualifier and its record holds one `count`).
+fn kind_names(metric: &Metric) -> (&'static str, Option<&'static str>) {
     match metric {
-        Metric::Step(s) => ("step", [("step", step(s)), NONE]),
-        Metric::Started => ("started", [NONE, NONE]),
-        Metric::Completed => ("completed", [NONE, NONE]),
-        Metric::Abandoned => ("abandoned", [NONE, NONE]),
-        Metric::SkippedSteps => ("skippedSteps", [NONE, NONE]),
-        Metric::Wip(s) => ("wip", [("step", step(s)), NONE]),
-        Metric::Entered(s) => ("entered", [("step", step(s)), NONE]),
-        Metric::Duration(s) => ("stepDuration", [("step", step(s)), NONE]),
-        Metric::SlaBreach(s) => ("slaBreach", [("step", step(s)), NONE]),
-        Metric::Transition(a, b) => ("transition", [("from", step(a)), ("to", step(b))]),
-        Metric::Return(a, b) => ("return", [("from", step(a)), ("to", step(b))]),
-        Metric::Outcome(o) => (
-            "outcome",
-            [
-                (
-                    "outcome",
-                    plan.outcomes
-                        .get(usize::from(*o))
-                        .map_or("?", |(n, _)| n.as_str()),
-                ),
-                NONE,
-            ],
-        ),
-        Metric::Variant(_) => ("variant", [("variant", variant), NONE]),
+        Metric::Step(_) => ("step", Some("steps")),
+        Metric::Started => ("started", None),
+        Metric::Completed => ("completed", None),
+        Metric::Abandoned => ("abandoned", None),
+        Metric::SkippedSteps => ("skippedSteps", None),
+        Metric::Wip(_) => ("wip", Some("steps")),
+        Metric::Entered(_) => ("entered", Some("steps")),
+        Metric::Duration(_) => ("stepDuration", Some("steps")),
+        Metric::SlaBreach(_) => ("slaBreach", Some("steps")),
+        Metric::Transition(..) => ("transition", Some("transitions")),
+        Metric::Return(..) => ("return", Some("returns")),
+        Metric::Outcome(_) => ("outcome", Some("outcomes")),
+        Metric::Variant(_) => ("variant", Some("variants")),
+    }
+}
+
+/// What tells a metric from the others of its kind, as the key of its value in the record:
+/// its step, `<from>-><to>`, its outcome or its variant (`apply>review>...`).
+fn qualifier(plan: &ProcessPlan, variants: &[String], metric: &Metric) -> String {
+    match metric {
+        Metric::Step(s)
+        | Metric::Wip(s)
+        | Metric::Entered(s)
+        | Metric::Duration(s)
+        | Metric::SlaBreach(s) => step_name(plan, *s).to_string(),
+        Metric::Transition(a, b) | Metric::Return(a, b) => {
+            format!("{}->{}", step_name(plan, *a), step_name(plan, *b))
+        }
+        Metric::Outcome(o) => plan
+            .outcomes
+            .get(usize::from(*o))
+            .map_or("?", |(n, _)| n.as_str())
+            .to_string(),
+        Metric::Variant(v) => variants
+            .get(*v as usize)
+            .map_or("?", String::as_str)
+            .to_string(),
+        Metric::Started | Metric::Completed | Metric::Abandoned | Metric::SkippedSteps => {
+            String::new()
+        }
     }
 }
 
@@ -114,10 +128,14 @@ fn push_dimensions(buf: &mut Vec<u8>, plan: &ProcessPlan, values: &[&str]) {
 /// The parts of a metric record that depend on the metric alone.
 #[derive(Clone, Debug)]
 struct MetricText {
-    /// `{"id":"<definition>/<metric>[/<qualifier>...]/`
+    /// `{"id":"<definition>/<kind>/` (the kind's: a record carries all metrics of a kind)
     id: Box<[u8]>,
-    /// `,"process":..,"metric":..[,<qualifier fields>],"windowStart":`
+    /// `,"process":..,"metric":"<kind>","windowStart":`
     fields: Box<[u8]>,
+    /// `,"<values field>":{` for a kind with qualifiers, else empty.
+    open_values: Box<[u8]>,
+    /// `"<qualifier>":`, the key of its value (empty without a qualifier).
+    member: Box<[u8]>,
     values: Values,
 }
 
@@ -169,36 +187,30 @@ fn metric_text<'t>(
     metric: &Metric,
 ) -> &'t MetricText {
     metrics.entry(*metric).or_insert_with(|| {
-        let variant = match metric {
-            Metric::Variant(v) => variants.get(*v as usize).map_or("?", String::as_str),
-            _ => "",
-        };
-        let (name, qualifiers) = describe(plan, variant, metric);
-        let qualifiers = qualifiers.iter().filter(|(k, _)| !k.is_empty());
+        let (kind, values_field) = kind_names(metric);
         let mut id = b"{\"id\":\"".to_vec();
         push_json_escaped(&mut id, &plan.name);
         id.push(b'/');
-        id.extend_from_slice(name.as_bytes());
-        for (_, v) in qualifiers.clone() {
-            id.push(b'/');
-            push_json_escaped(&mut id, v);
-        }
+        id.extend_from_slice(kind.as_bytes());
         id.push(b'/');
         let mut fields = b",\"process\":".to_vec();
         push_json_string(&mut fields, &plan.name);
         fields.extend_from_slice(b",\"metric\":\"");
-        fields.extend_from_slice(name.as_bytes());
-        fields.push(b'"');
-        for (k, v) in qualifiers {
-            fields.extend_from_slice(b",\"");
-            fields.extend_from_slice(k.as_bytes());
-            fields.extend_from_slice(b"\":");
-            push_json_string(&mut fields, v);
+        fields.extend_from_slice(kind.as_bytes());
+        fields.extend_from_slice(b"\",\"windowStart\":");
+        let (mut open_values, mut member) = (Vec::new(), Vec::new());
+        if let Some(field) = values_field {
+            open_values.extend_from_slice(b",\"");
+            open_values.extend_from_slice(field.as_bytes());
+            open_values.extend_from_slice(b"\":{");
+            push_json_string(&mut member, &qualifier(plan, variants, metric));
+            member.push(b':');
         }
-        fields.extend_from_slice(b",\"windowStart\":");
         MetricText {
             id: id.into(),
             fields: fields.into(),
+            open_values: open_values.into(),
+            member: member.into(),
             values: match metric {
                 Metric::Step(_) => Values::Step,
                 _ => Values::Count,
@@ -233,17 +245,22 @@ impl RecordTexts {
     }
 }
 
-/// One partial aggregate, and a newline. The id is
-/// `<definition>/<metric>[/<qualifier>...]/<window start>/<key group>[/<dimension values>]`.
+/// One metric record, and a newline: the aggregates of a [`Cell`] (one kind's). The id is
+/// `<definition>/<kind>/<window start>/<key group>[/<dimension values>]`; a kind with
+/// qualifiers holds its aggregates by qualifier (`"steps":{"apply":{..},"review":{..}}`,
+/// `"outcomes":{"approved":1}`), none of them all zero; one without holds `"count"`.
 pub fn write_metric(
     buf: &mut Vec<u8>,
     texts: &mut RecordTexts,
     plan: &ProcessPlan,
     names: &Names,
-    (kg, window_start, metric, combo): AggregateKey,
-    agg: &Aggregate,
+    cell: &Cell<'_>,
 ) {
+    let Some(first) = cell.aggregates.first() else {
+        return;
+    };
     texts.add_combos(plan, names);
+    let (kg, window_start) = (cell.key_group, cell.start);
     let window = &mut texts.window;
     if window.of != Some((kg, window_start, plan.window)) {
         window.of = Some((kg, window_start, plan.window));
@@ -258,36 +275,76 @@ pub fn write_metric(
         window.fields.extend_from_slice(b",\"keyGroup\":");
         push_i64(&mut window.fields, i64::from(kg));
     }
-    let metric_text = metric_text(&mut texts.metrics, plan, &names.variants.values, &metric);
-    buf.extend_from_slice(&metric_text.id);
+    let variants = &names.variants.values;
+    // The first metric's text has its kind's too.
+    let kind = metric_text(&mut texts.metrics, plan, variants, &first.metric);
+    buf.extend_from_slice(&kind.id);
     buf.extend_from_slice(&texts.window.id);
-    let combo_text = texts.combos.get(combo as usize);
+    let combo_text = texts.combos.get(first.combo as usize);
     buf.extend_from_slice(combo_text.map_or(&b"\""[..], |c| &c.id));
-    buf.extend_from_slice(&metric_text.fields);
+    buf.extend_from_slice(&kind.fields);
     buf.extend_from_slice(&texts.window.fields);
     buf.extend_from_slice(combo_text.map_or(&b",\"dimensions\":{}"[..], |c| &c.dimensions));
-    match metric_text.values {
-        Values::Count => {
-            buf.extend_from_slice(b",\"count\":");
-            push_i64(buf, agg.count());
-        }
-        Values::Step => {
-            for (field, n) in [
-                &b",\"entered\":"[..],
-                b",\"wip\":",
-                b",\"left\":",
-                b",\"started\":",
-            ]
-            .into_iter()
-            .zip(agg.counts)
-            {
-                buf.extend_from_slice(field);
-                push_i64(buf, n);
-            }
-            buf.extend_from_slice(b",\"sumSeconds\":");
-            push_seconds(buf, agg.sum_ms());
-        }
+    if kind.open_values.is_empty() {
+        buf.extend_from_slice(b",\"count\":");
+        push_i64(buf, first.agg.count());
+        buf.extend_from_slice(b"}\n");
+        return;
     }
+    buf.extend_from_slice(&kind.open_values);
+    let mut members = 0;
+    if !first.agg.is_zero() {
+        push_member(buf, &mut texts.bucket_values, plan, kind, &first.agg);
+        members += 1;
+    }
+    for entry in cell.aggregates[1..].iter().filter(|e| !e.agg.is_zero()) {
+        if members > 0 {
+            buf.push(b',');
+        }
+        members += 1;
+        let text = metric_text(&mut texts.metrics, plan, variants, &entry.metric);
+        push_member(buf, &mut texts.bucket_values, plan, text, &entry.agg);
+    }
+    buf.extend_from_slice(b"}}\n");
+}
+
+/// `"<qualifier>":<values>`
+fn push_member(
+    buf: &mut Vec<u8>,
+    bucket_values: &mut FxHashMap<i32, Box<[u8]>>,
+    plan: &ProcessPlan,
+    text: &MetricText,
+    agg: &Aggregate,
+) {
+    buf.extend_from_slice(&text.member);
+    match text.values {
+        Values::Count => push_i64(buf, agg.count()),
+        Values::Step => push_step(buf, bucket_values, plan, agg),
+    }
+}
+
+/// A step's values: `{"entered":..,"wip":..,"left":..,"started":..,"sumSeconds":..}`, with
+/// its exits' quantiles, sketch and next steps (`"to"`) when it has any.
+fn push_step(
+    buf: &mut Vec<u8>,
+    bucket_values: &mut FxHashMap<i32, Box<[u8]>>,
+    plan: &ProcessPlan,
+    agg: &Aggregate,
+) {
+    for (field, n) in [
+        &b"{\"entered\":"[..],
+        b",\"wip\":",
+        b",\"left\":",
+        b",\"started\":",
+    ]
+    .into_iter()
+    .zip(agg.counts)
+    {
+        buf.extend_from_slice(field);
+        push_i64(buf, n);
+    }
+    buf.extend_from_slice(b",\"sumSeconds\":");
+    push_seconds(buf, agg.sum_ms());
     if let Some(exits) = &agg.exits {
         let sketch = &exits.sketch;
         for (field, q) in [
@@ -299,13 +356,11 @@ pub fn write_metric(
                 buf.extend_from_slice(field);
                 match bucket {
                     None => push_f64(buf, 0.0),
-                    Some(i) => {
-                        buf.extend_from_slice(texts.bucket_values.entry(i).or_insert_with(|| {
-                            let mut text = Vec::new();
-                            push_f64(&mut text, bucket_value(i));
-                            text.into()
-                        }))
-                    }
+                    Some(i) => buf.extend_from_slice(bucket_values.entry(i).or_insert_with(|| {
+                        let mut text = Vec::new();
+                        push_f64(&mut text, bucket_value(i));
+                        text.into()
+                    })),
                 }
             }
         }
@@ -326,7 +381,7 @@ pub fn write_metric(
         }
         buf.push(b'}');
     }
-    buf.extend_from_slice(b"}\n");
+    buf.push(b'}');
 }
 
 /// A sketch as its serde form (`{"count":..,"sum_ms":..[,"zero":..],"buckets":{..}}`),

@@ -62,17 +62,24 @@ impl ProcessOutput for Recorded {
     }
 }
 
-/// A metric record's counters by name: a step record's four and its exits per next step
-/// (`to:<step>`), or `count`.
-fn counters(m: &Value) -> Vec<(String, i64)> {
-    if m["metric"] != "step" {
-        return vec![("count".to_string(), m["count"].as_i64().unwrap())];
+/// What a metric record holds, by qualifier: a step record's steps, an outcome record's
+/// outcomes …; `("", count)` for a kind without qualifiers.
+fn members(m: &Value) -> Vec<(String, Value)> {
+    for field in ["steps", "outcomes", "returns", "variants", "slaBreaches"] {
+        if let Some(values) = m[field].as_object() {
+            return values.iter().map(|(q, v)| (q.clone(), v.clone())).collect();
+        }
     }
+    vec![(String::new(), m["count"].clone())]
+}
+
+/// A step's counters by name: its four and its exits per next step (`to:<step>`).
+fn step_counters(step: &Value) -> Vec<(String, i64)> {
     let mut out: Vec<(String, i64)> = ["entered", "wip", "left", "started"]
         .iter()
-        .map(|f| (f.to_string(), m[*f].as_i64().unwrap()))
+        .map(|f| (f.to_string(), step[*f].as_i64().unwrap()))
         .collect();
-    if let Some(to) = m["to"].as_object() {
+    if let Some(to) = step["to"].as_object() {
         for (next, edge) in to {
             out.push((format!("to:{next}"), edge["count"].as_i64().unwrap()));
         }
@@ -81,7 +88,7 @@ fn counters(m: &Value) -> Vec<(String, i64)> {
 }
 
 impl Recorded {
-    /// The last value of every metric id (a re-emitted aggregate replaces the earlier one).
+    /// The last value of every metric id (a re-emitted record replaces the earlier one).
     fn latest(&self) -> BTreeMap<String, Value> {
         self.metrics
             .iter()
@@ -90,34 +97,34 @@ impl Recorded {
     }
 
     /// Sums of the latest counts by metric and qualifier, over windows, key groups and
-    /// dimension values; a step record's counters as `entered:<step>`, `wip:<step>`,
-    /// `left:<step>` and `started`.
+    /// dimension values (`outcome:approved`, `return:review->apply`); a step's counters as
+    /// `entered:<step>`, `wip:<step>`, `left:<step>`, `transition:<step>:<next>` and
+    /// `started`.
     fn sums(&self) -> BTreeMap<String, i64> {
         let mut sums = BTreeMap::new();
         for m in self.latest().values() {
-            if m["metric"] == "step" {
-                let step = m["step"].as_str().unwrap();
-                for (field, n) in counters(m) {
+            let kind = m["metric"].as_str().unwrap();
+            for (qualifier, values) in members(m) {
+                if kind != "step" {
+                    let name = match qualifier.as_str() {
+                        "" => kind.to_string(),
+                        q => format!("{kind}:{q}"),
+                    };
+                    *sums.entry(name).or_default() += values.as_i64().unwrap();
+                    continue;
+                }
+                for (field, n) in step_counters(&values) {
                     let name = match field.as_str() {
                         "started" => field,
                         // An exit to the next step is a transition.
                         _ => match field.strip_prefix("to:") {
-                            Some(next) => format!("transition:{step}:{next}"),
-                            None => format!("{field}:{step}"),
+                            Some(next) => format!("transition:{qualifier}:{next}"),
+                            None => format!("{field}:{qualifier}"),
                         },
                     };
                     *sums.entry(name).or_default() += n;
                 }
-                continue;
             }
-            let mut name = m["metric"].as_str().unwrap().to_string();
-            for q in ["step", "from", "to", "outcome", "variant"] {
-                if let Some(v) = m[q].as_str() {
-                    name.push(':');
-                    name.push_str(v);
-                }
-            }
-            *sums.entry(name).or_default() += m["count"].as_i64().unwrap();
         }
         sums.retain(|_, v| *v != 0);
         sums
@@ -217,7 +224,7 @@ fn every_metric_of_a_hand_built_log() {
         ("left:apply", 4),
         ("left:review", 2),
         ("transition:review:apply", 1),
-        ("return:review:apply", 1),
+        ("return:review->apply", 1),
         ("outcome:approved", 1),
         ("slaBreach:review", 1),
         ("skippedSteps", 1),
@@ -229,33 +236,47 @@ fn every_metric_of_a_hand_built_log() {
         assert_eq!(sums.get(name), Some(&n), "{name} in {sums:?}");
     }
     // Two step records whole: A's start, and A leaving review for issue after 55 minutes
-    // (B's second review at 40 is in another window).
+    // (B's second review at 40 is in another window): one record, both steps.
     let latest = out.latest();
     assert_eq!(
-        latest[&format!("cards/step/apply/{T0}/0/web")],
+        latest[&format!("cards/step/{T0}/0/web")],
         json!({
-            "id": format!("cards/step/apply/{T0}/0/web"), "process": "cards", "metric": "step",
-            "step": "apply", "windowStart": T0, "windowEnd": T0 + MIN, "keyGroup": 0,
+            "id": format!("cards/step/{T0}/0/web"), "process": "cards", "metric": "step",
+            "windowStart": T0, "windowEnd": T0 + MIN, "keyGroup": 0,
             "dimensions": {"channel": "web"},
-            "entered": 1, "wip": 1, "left": 0, "started": 1, "sumSeconds": 0.0,
+            "steps": {
+                "apply": {"entered": 1, "wip": 1, "left": 0, "started": 1, "sumSeconds": 0.0},
+            },
         })
     );
-    let left_review = &latest[&format!("cards/step/review/{}/0/web", T0 + 65 * MIN)];
+    let at_65 = T0 + 65 * MIN;
+    let review_exit = json!({
+        "entered": 0, "wip": -1, "left": 1, "started": 0, "sumSeconds": 3300.0,
+        "p50Seconds": latest[&format!("cards/step/{at_65}/0/web")]["steps"]["review"]["p50Seconds"],
+        "p90Seconds": latest[&format!("cards/step/{at_65}/0/web")]["steps"]["review"]["p90Seconds"],
+        "p99Seconds": latest[&format!("cards/step/{at_65}/0/web")]["steps"]["review"]["p99Seconds"],
+        "sketch": latest[&format!("cards/step/{at_65}/0/web")]["steps"]["review"]["sketch"],
+        // The edge out of review.
+        "to": {"issue": {"count": 1, "sumSeconds": 3300.0}},
+    });
     assert_eq!(
-        [
-            &left_review["entered"],
-            &left_review["wip"],
-            &left_review["left"],
-            &left_review["started"]
-        ],
-        [0, -1, 1, 0]
+        latest[&format!("cards/step/{at_65}/0/web")],
+        json!({
+            "id": format!("cards/step/{at_65}/0/web"), "process": "cards", "metric": "step",
+            "windowStart": at_65, "windowEnd": at_65 + MIN, "keyGroup": 0,
+            "dimensions": {"channel": "web"},
+            "steps": {
+                "issue": {"entered": 1, "wip": 1, "left": 0, "started": 0, "sumSeconds": 0.0},
+                "review": review_exit,
+            },
+        })
     );
-    assert_eq!(left_review["sumSeconds"], 55.0 * 60.0);
-    assert_eq!(left_review["sketch"]["count"], 1);
-    assert_eq!(
-        left_review["to"],
-        json!({"issue": {"count": 1, "sumSeconds": 55.0 * 60.0}}),
-        "the edge out of review"
+    let review = &latest[&format!("cards/step/{at_65}/0/web")]["steps"]["review"];
+    assert_eq!(review["sketch"]["count"], 1);
+    let p50 = review["p50Seconds"].as_f64().unwrap();
+    assert!(
+        (p50 - 3300.0).abs() / 3300.0 < 0.02,
+        "p50 {p50} within the sketch's error"
     );
 }
 
@@ -379,12 +400,18 @@ proptest::proptest! {
         let by_window = |r: &Recorded| {
             let mut sums: BTreeMap<String, i64> = BTreeMap::new();
             for m in r.latest().values() {
-                for (field, n) in counters(m) {
-                    let key = format!(
-                        "{}|{}|{}|{}|{}|{}|{field}",
-                        m["metric"], m["step"], m["from"], m["to"], m["windowStart"], m["dimensions"]
-                    );
-                    *sums.entry(key).or_default() += n;
+                for (qualifier, values) in members(m) {
+                    let counters = match m["metric"] == "step" {
+                        true => step_counters(&values),
+                        false => vec![("count".to_string(), values.as_i64().unwrap())],
+                    };
+                    for (field, n) in counters {
+                        let key = format!(
+                            "{}|{qualifier}|{}|{}|{field}",
+                            m["metric"], m["windowStart"], m["dimensions"]
+                        );
+                        *sums.entry(key).or_default() += n;
+                    }
                 }
             }
             sums.retain(|_, v| *v != 0);
@@ -417,9 +444,11 @@ fn dimensions_beyond_max_values_are_other() {
     e.finish(&mut out);
     let mut channels: BTreeMap<String, i64> = BTreeMap::new();
     for m in out.latest().values().filter(|m| m["metric"] == "step") {
-        *channels
-            .entry(m["dimensions"]["channel"].as_str().unwrap().to_string())
-            .or_default() += m["started"].as_i64().unwrap();
+        for (_, step) in members(m) {
+            *channels
+                .entry(m["dimensions"]["channel"].as_str().unwrap().to_string())
+                .or_default() += step["started"].as_i64().unwrap();
+        }
     }
     let want: BTreeMap<String, i64> = [("web", 2), ("branch", 1), ("other", 2)]
         .iter()
@@ -537,14 +566,15 @@ fn a_changed_definition_keeps_its_instances_and_maps_metrics_by_step_name() {
     // the change, is taken back: the edge to the removed step goes with it.
     let kg = key_group(b"A", 4);
     let latest = out.latest();
-    let review =
-        |minute: i64| &latest[&format!("cards/step/review/{}/{kg}/web", T0 + minute * MIN)];
+    let steps =
+        |minute: i64| &latest[&format!("cards/step/{}/{kg}/web", T0 + minute * MIN)]["steps"];
     assert_eq!(
-        (&review(65)["left"], &review(65)["to"]),
-        (&json!(0), &json!({}))
+        steps(65).get("review"),
+        None,
+        "nothing left of review at 65"
     );
     assert_eq!(
-        review(80)["to"],
+        steps(80)["review"]["to"],
         json!({"activate": {"count": 1, "sumSeconds": 70.0 * 60.0}})
     );
     assert_eq!(report.dropped_actions, 1);

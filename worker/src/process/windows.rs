@@ -36,13 +36,29 @@ struct Delta {
     weight: i8,
 }
 
+/// Where an aggregate goes in a window: by metric kind, then dimension combination, then
+/// the metric's qualifiers (its step, outcome …), so that the aggregates one record carries
+/// (one kind's, of one combination: see [`Cell`]) are next to each other.
+fn position_key(order: u64, combo: u32) -> u128 {
+    u128::from(order >> 56) << 96 | u128::from(combo) << 64 | u128::from(order)
+}
+
 /// A summed aggregate and its key. Its order is computed, not stored: millions of entries
 /// stay in memory for the retention.
 #[derive(Clone, Debug)]
-struct Entry {
-    combo: u32,
-    metric: Metric,
-    agg: Aggregate,
+pub struct Entry {
+    pub combo: u32,
+    pub metric: Metric,
+    pub agg: Aggregate,
+}
+
+/// What one metric record carries: the aggregates of one metric kind (one variant of
+/// [`Metric`]: `step`, `outcome` …) in one key group's window for one dimension combination,
+/// in key order. Re-emitted whole when any of them changed, so the record replaces the one before.
+pub struct Cell<'a> {
+    pub key_group: u16,
+    pub start: i64,
+    pub aggregates: &'a [Entry],
 }
 
 impl Entry {
@@ -54,8 +70,15 @@ impl Entry {
         }
     }
 
-    fn key(&self) -> (u64, u32) {
-        (self.metric.sort_key(), self.combo)
+    fn key(&self) -> u128 {
+        position_key(self.metric.sort_key(), self.combo)
+    }
+
+    /// Whether it belongs to the same record as `other` in its window: the same kind of
+    /// metric (the same variant of [`Metric`], qualifiers aside) and combination.
+    fn same_cell(&self, other: &Entry) -> bool {
+        self.combo == other.combo
+            && std::mem::discriminant(&self.metric) == std::mem::discriminant(&other.metric)
     }
 
     /// Adds a contribution's value.
@@ -77,7 +100,7 @@ impl Entry {
 /// since.
 #[derive(Debug, Default)]
 struct Window {
-    /// Sorted by (metric order, combination), each key once.
+    /// Sorted by [`position_key`], each key once.
     summed: Vec<Entry>,
     log: Vec<Delta>,
     /// Entries of `summed` whose `dirty` flag is set.
@@ -103,13 +126,13 @@ impl Window {
             return 0;
         }
         let mut log = std::mem::take(&mut self.log);
-        log.sort_unstable_by_key(|d| (d.order, d.combo));
+        log.sort_unstable_by_key(|d| position_key(d.order, d.combo));
         let mut old = std::mem::take(&mut self.summed).into_iter().peekable();
         let mut summed = Vec::with_capacity(old.len() + log.len());
         let mut created = 0;
         let mut deltas = log.iter().peekable();
         while let Some(first) = deltas.next() {
-            let key = (first.order, first.combo);
+            let key = position_key(first.order, first.combo);
             while let Some(e) = old.next_if(|e| e.key() < key) {
                 summed.push(e);
             }
@@ -125,7 +148,7 @@ impl Window {
                 }
             };
             entry.add(first);
-            while let Some(d) = deltas.next_if(|d| (d.order, d.combo) == key) {
+            while let Some(d) = deltas.next_if(|d| position_key(d.order, d.combo) == key) {
                 entry.add(d);
             }
             if !entry.agg.dirty {
@@ -142,7 +165,7 @@ impl Window {
     /// Where a key is in `summed`, created (empty, not dirty) when missing; and whether it
     /// was created.
     fn entry(&mut self, metric: Metric, combo: u32) -> (usize, bool) {
-        let key = (metric.sort_key(), combo);
+        let key = position_key(metric.sort_key(), combo);
         match self.summed.binary_search_by_key(&key, Entry::key) {
             Ok(i) => (i, false),
             Err(i) => {
@@ -254,12 +277,7 @@ impl Windows {
 
     /// Emits the changed aggregates of key group `kg`'s windows that start before `before`,
     /// in key order, and marks them emitted.
-    pub fn emit_before(
-        &mut self,
-        kg: u16,
-        before: i64,
-        emit: &mut impl FnMut(AggregateKey, &Aggregate),
-    ) {
+    pub fn emit_before(&mut self, kg: u16, before: i64, emit: &mut impl FnMut(Cell<'_>)) {
         let i = self.position_of(kg);
         let Some(windows) = self.by_key_group.get_mut(i) else {
             return;
@@ -271,12 +289,7 @@ impl Windows {
 
     /// Drops key group `kg`'s windows that start before `before`, emitting what changed in
     /// them first.
-    pub fn drop_before(
-        &mut self,
-        kg: u16,
-        before: i64,
-        emit: &mut impl FnMut(AggregateKey, &Aggregate),
-    ) {
+    pub fn drop_before(&mut self, kg: u16, before: i64, emit: &mut impl FnMut(Cell<'_>)) {
         let i = self.position_of(kg);
         let Some(windows) = self.by_key_group.get_mut(i) else {
             return;
@@ -291,7 +304,7 @@ impl Windows {
     }
 
     /// Every changed aggregate of every window, in key order (the end of a finite input).
-    pub fn emit_all(&mut self, emit: &mut impl FnMut(AggregateKey, &Aggregate)) {
+    pub fn emit_all(&mut self, emit: &mut impl FnMut(Cell<'_>)) {
         let first = self.first_key_group;
         for (i, windows) in self.by_key_group.iter_mut().enumerate() {
             for (start, window) in windows.iter_mut() {
@@ -362,7 +375,7 @@ impl Windows {
         let at = position(windows, *start).ok()?;
         let window = &mut windows[at].1;
         self.aggregates += window.fold();
-        let key = (metric.sort_key(), *combo);
+        let key = position_key(metric.sort_key(), *combo);
         let i = window.summed.binary_search_by_key(&key, Entry::key).ok()?;
         Some(&window.summed[i].agg)
     }
@@ -399,27 +412,43 @@ impl Windows {
     }
 }
 
-/// Emits a window's changed aggregates sorted by (metric, combination), but not one that was
-/// never emitted and holds nothing; returns how many aggregates summing the log created.
+/// Emits the records of a window's changed aggregates in key order: each record whole (see
+/// [`Cell`]), but not one that was never emitted and holds nothing; returns how many
+/// aggregates summing the log created.
 fn emit_window(
-    kg: u16,
+    key_group: u16,
     start: i64,
     window: &mut Window,
-    emit: &mut impl FnMut(AggregateKey, &Aggregate),
+    emit: &mut impl FnMut(Cell<'_>),
 ) -> usize {
     let created = window.fold();
     if window.dirty == 0 {
         return created;
     }
-    for entry in &mut window.summed {
-        let agg = &mut entry.agg;
-        if !agg.dirty {
+    let mut rest = &mut window.summed[..];
+    while let Some(first) = rest.first() {
+        let (mut len, mut dirty) = (1, first.agg.dirty);
+        while let Some(e) = rest.get(len).filter(|e| e.same_cell(first)) {
+            dirty |= e.agg.dirty;
+            len += 1;
+        }
+        let (aggregates, after) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = after;
+        if !dirty {
             continue;
         }
-        agg.dirty = false;
-        if agg.emitted || !agg.is_zero() {
-            emit((kg, start, entry.metric, entry.combo), agg);
-            agg.emitted = true;
+        // A record a consumer may hold is emitted again, even holding nothing.
+        let emitted = aggregates.iter().any(|e| e.agg.emitted || !e.agg.is_zero());
+        if emitted {
+            emit(Cell {
+                key_group,
+                start,
+                aggregates,
+            });
+        }
+        for e in aggregates.iter_mut() {
+            e.agg.dirty = false;
+            e.agg.emitted = emitted;
         }
     }
     window.dirty = 0;
@@ -435,10 +464,72 @@ mod tests {
     /// A step's exit: out of WIP, one more left.
     const EXIT: Tally = [0, -1, 1, 0];
 
+    /// Calls `f` with each aggregate an emitted record carries, and its key.
+    fn each(mut f: impl FnMut(AggregateKey, &Aggregate)) -> impl FnMut(Cell<'_>) {
+        move |cell| {
+            for e in cell.aggregates {
+                f((cell.key_group, cell.start, e.metric, e.combo), &e.agg);
+            }
+        }
+    }
+
     fn emitted(w: &mut Windows, kg: u16, before: i64) -> Vec<AggregateKey> {
         let mut keys = Vec::new();
-        w.emit_before(kg, before, &mut |k, _| keys.push(k));
+        w.emit_before(kg, before, &mut each(|k, _| keys.push(k)));
         keys
+    }
+
+    /// The records a window emits: the metrics and the combination of each.
+    fn records(w: &mut Windows, kg: u16, before: i64) -> Vec<(Vec<Metric>, u32)> {
+        let mut out = Vec::new();
+        w.emit_before(kg, before, &mut |cell: Cell<'_>| {
+            let metrics = cell.aggregates.iter().map(|e| e.metric).collect();
+            out.push((metrics, cell.aggregates[0].combo));
+        });
+        out
+    }
+
+    #[test]
+    fn a_record_carries_one_kind_of_one_combination_and_is_emitted_again_whole() {
+        let mut w = Windows::new(0, 1);
+        let entered = [1, 1, 0, 0];
+        for (metric, combo) in [
+            (Metric::Step(2), 1),
+            (Metric::Step(0), 1),
+            (Metric::Step(1), 2),
+            (Metric::Outcome(0), 1),
+            (Metric::Completed, 1),
+            (Metric::Outcome(1), 1),
+        ] {
+            w.add((0, 0, metric, combo), 1, None, entered);
+        }
+        assert_eq!(
+            records(&mut w, 0, 60),
+            vec![
+                (vec![Metric::Completed], 1),
+                (vec![Metric::Outcome(0), Metric::Outcome(1)], 1),
+                (vec![Metric::Step(0), Metric::Step(2)], 1),
+                (vec![Metric::Step(1)], 2),
+            ]
+        );
+        // A late change to one step re-emits its record with the other step, which did not
+        // change; a record that comes to nothing is still emitted (empty).
+        w.add((0, 0, Metric::Step(2), 1), -1, None, entered);
+        w.add((0, 0, Metric::Step(1), 2), -1, None, entered);
+        let mut emitted = Vec::new();
+        w.emit_before(0, 60, &mut |cell: Cell<'_>| {
+            let held: Vec<_> = (cell.aggregates.iter())
+                .filter(|e| !e.agg.is_zero())
+                .map(|e| e.metric)
+                .collect();
+            emitted.push((cell.aggregates[0].combo, held));
+        });
+        assert_eq!(
+            emitted,
+            vec![(1, vec![Metric::Step(0)]), (2, vec![])],
+            "both records again"
+        );
+        assert_eq!(records(&mut w, 0, 60), vec![], "nothing changed since");
     }
 
     #[test]
@@ -507,7 +598,7 @@ mod tests {
         // A late change is emitted again, even to nothing: a consumer holds a value.
         w.add((10, 60, Metric::Completed, 7), -1, None, ONCE);
         let mut last = Vec::new();
-        w.drop_before(10, 120, &mut |k, a| last.push((k, a.count())));
+        w.drop_before(10, 120, &mut each(|k, a| last.push((k, a.count()))));
         assert_eq!(last, vec![((10, 60, Metric::Completed, 7), 0)]);
         assert_eq!((w.len(), w.window_count()), (0, 1));
         assert!(!w.has_window(10, 60) && w.has_window(11, 0));
@@ -525,7 +616,7 @@ mod tests {
         w.add((0, 0, Metric::Step(1), 2), -1, Some((1_500, 2)), EXIT);
         w.add((0, 0, Metric::Completed, 1), 1, None, ONCE);
         let mut out = Vec::new();
-        w.emit_before(0, 60, &mut |k, a| out.push((k.2, k.3, a.clone())));
+        w.emit_before(0, 60, &mut each(|k, a| out.push((k.2, k.3, a.clone()))));
         let keys: Vec<_> = out.iter().map(|(m, c, _)| (*m, *c)).collect();
         assert_eq!(
             keys,
@@ -564,9 +655,11 @@ mod tests {
         }
         assert_eq!(w.unemitted(), 3, "summed, not emitted");
         let mut out = Vec::new();
-        w.emit_before(0, 60, &mut |k, a| {
-            out.push((k.3, a.counts[LEFT], a.sum_ms()))
-        });
+        w.emit_before(
+            0,
+            60,
+            &mut each(|k, a| out.push((k.3, a.counts[LEFT], a.sum_ms()))),
+        );
         let expected: Vec<_> = (0..3)
             .map(|c| {
                 let values = (0..n).filter(|i| i % 3 == c);

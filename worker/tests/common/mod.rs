@@ -22,12 +22,22 @@ pub fn example() -> String {
     examples().join("credit-card").display().to_string()
 }
 
-/// A metric record that holds nothing: every counter (`count`, or a step's `entered`, `wip`,
-/// `left` and `started`) and its sum are zero. Such a record reads as no record: whether a
-/// window that went back to zero was emitted depends on the arrival order.
-pub fn holds_nothing(record: &serde_json::Value) -> bool {
-    ["count", "entered", "wip", "left", "started"]
+/// What a metric record holds by qualifier (its steps, outcomes …), or `None` for a kind
+/// without qualifiers (its `count`).
+pub fn metric_values(
+    record: &serde_json::Value,
+) -> Option<&serde_json::Map<String, serde_json::Value>> {
+    ["steps", "outcomes", "returns", "variants", "slaBreaches"]
         .iter()
-        .all(|f| record[*f].as_i64().unwrap_or(0) == 0)
-        && record["sumSeconds"].as_f64().unwrap_or(0.0) == 0.0
+        .find_map(|field| record[*field].as_object())
+}
+
+/// A metric record that holds nothing: no values (a record lists only those not all zero),
+/// or a `count` of zero. Such a record reads as no record: whether a window that went back
+/// to zero was emitted depends on the arrival order.
+pub fn holds_nothing(record: &serde_json::Value) -> bool {
+    match metric_values(record) {
+        Some(values) => values.is_empty(),
+        None => record["count"].as_i64().unwrap_or(0) == 0,
+    }
 }
