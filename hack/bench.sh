@@ -32,6 +32,9 @@ release_build --bins --benches
 bin="$WEFT_RELEASE_TARGET_DIR/release/weft-worker"
 process_bench=$(ls -t "$WEFT_RELEASE_TARGET_DIR"/release/deps/process_stage-* | grep -v '\.d$' | head -1)
 kafka_bench=$(ls -t "$WEFT_RELEASE_TARGET_DIR"/release/deps/kafka_worker-* | grep -v '\.d$' | head -1)
+# The bench binaries find manifests/ as under `cargo bench` (the build cache is shared
+# between checkouts: the compiled-in path may be another one's).
+export CARGO_MANIFEST_DIR="$PWD/worker"
 work=$(mktemp -d "${TMPDIR:-/tmp}/weft-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 example=manifests/examples/credit-card
@@ -90,6 +93,8 @@ for n in "${sizes[@]}"; do
     line=$("$kafka_bench" "$n" "$runs" "${flags[@]}" 2>/dev/null)
     rate=$(echo "$line" | sed -E 's/.*median ([0-9]+) events.*/\1/')
     lines=$(echo "$line" | sed -E 's/.*actions, ([0-9]+) lines.*/\1/')
-    printf '%-10s %-14s %-10s %-16s\n' "$n" "$stages" "$lines" "$rate"
+    # CPU: the whole process's, the in-process mock cluster's threads included.
+    per_cpu=$(echo "$line" | sed -E 's/.*\(([0-9]+) per CPU second\).*/\1/')
+    printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s %-8s %-10s\n' "$n" "$stages" "$lines" "$rate" "" "" "" "" "" "$per_cpu"
   done
 done

@@ -69,7 +69,7 @@ fn main() {
     .unwrap();
     let text = std::fs::read(&input).unwrap();
     let raw_partitions = RAW_PARTITIONS.max(i32::try_from(text.len() >> 22).unwrap() + 1);
-    let mut rates = Vec::new();
+    let (mut rates, mut cpu_rates) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let kafka = EmbeddedKafka::start().unwrap();
         let topics = Topics::new("bench", &pipeline);
@@ -85,6 +85,7 @@ fn main() {
             )
             .unwrap();
         let shared = Arc::new(Shared::new(None));
+        let cpu_before = cpu_seconds();
         let started = Instant::now();
         let options = RunOptions {
             pipeline: pipeline.clone(),
@@ -112,6 +113,7 @@ fn main() {
             .unwrap()
             .unwrap();
         let seconds = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu_before;
         let Ending::Finished(summary) = ending else {
             panic!("the bounded run did not finish");
         };
@@ -121,8 +123,9 @@ fn main() {
         // what one fetch holds per partition: a part that was late already (up to 90% of the
         // lateness) can fall beyond it. See docs/benchmarks.md.
         eprintln!(
-            "run {run}: {} lines in {seconds:.2} s: {rate:.0} events/s; {} complete (truth {}), {} incomplete (truth {}), dead letters {:?}",
+            "run {run}: {} lines in {seconds:.2} s: {rate:.0} events/s, {cpu:.2} CPU s ({:.0} per CPU second); {} complete (truth {}), {} incomplete (truth {}), dead letters {:?}",
             truth.lines,
+            truth.lines as f64 / cpu,
             summary.actions.complete,
             truth.complete,
             summary.actions.incomplete,
@@ -138,10 +141,12 @@ fn main() {
             }
         }
         rates.push(rate);
+        cpu_rates.push(truth.lines as f64 / cpu);
     }
     rates.sort_by(f64::total_cmp);
+    cpu_rates.sort_by(f64::total_cmp);
     println!(
-        "kafka worker ({}): {} actions, {} lines: median {:.0} events/s over {} runs",
+        "kafka worker ({}): {} actions, {} lines: median {:.0} events/s over {} runs ({:.0} per CPU second)",
         if join_only {
             "shuffle + join"
         } else {
@@ -150,6 +155,23 @@ fn main() {
         actions,
         truth.lines,
         rates[rates.len() / 2],
-        runs
+        runs,
+        cpu_rates[cpu_rates.len() / 2]
     );
+}
+
+/// CPU time of the whole process (user + system, every thread: the mock cluster's too),
+/// from /proc/self/stat in clock ticks (`USER_HZ`, 100 on Linux).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
 }
