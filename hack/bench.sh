@@ -65,6 +65,13 @@ median() { sort -n | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] 
 printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s %-8s %-10s\n' actions stages lines "per_second(med)" seconds peakRSS_MiB sst_MiB hot_only cpu_s per_cpu_s
 for n in "${sizes[@]}"; do
   "$bin" generate --actions "$n" --seed 1 -o "$work/in-$n.jsonl" >/dev/null
+  # A file just written stays in the page cache as the write path left it, and reading it
+  # cost the kernel ~4x the system time of the same file once read back from disk (5.0 s
+  # against 1.3 s at 5M actions; docs/benchmarks.md). Dropped from the cache and read back,
+  # the input is cached as any file written earlier is.
+  sync "$work/in-$n.jsonl"
+  dd if="$work/in-$n.jsonl" iflag=nocache count=0 status=none
+  cat "$work/in-$n.jsonl" >/dev/null
   for stages in join join+process; do
     wanted "$stages" || continue
     flags=()
