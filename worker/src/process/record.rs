@@ -75,7 +75,7 @@ fn kind_names(metric: &Metric) -> (&'static str, Option<&'static str>) {
         Metric::Wip(_) => ("wip", Some("steps")),
         Metric::Entered(_) => ("entered", Some("steps")),
         Metric::Duration(_) => ("stepDuration", Some("steps")),
-        Metric::SlaBreach(_) => ("slaBreach", Some("steps")),
+        Metric::SlaBreach(_) => ("slaBreach", Some("slaBreaches")),
         Metric::Transition(..) => ("transition", Some("transitions")),
         Metric::Return(..) => ("return", Some("returns")),
         Metric::Outcome(_) => ("outcome", Some("outcomes")),

@@ -278,6 +278,17 @@ fn every_metric_of_a_hand_built_log() {
         (p50 - 3300.0).abs() / 3300.0 < 0.02,
         "p50 {p50} within the sketch's error"
     );
+    // The other kinds with qualifiers hold their values by qualifier too.
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { latest.values().filter(|m| m["metric"] == kind).collect() };
+    let breaches = of_kind("slaBreach");
+    assert_eq!(breaches.len(), 1, "{breaches:?}");
+    assert_eq!(breaches[0]["slaBreaches"], json!({"review": 1}));
+    assert_eq!(breaches[0]["dimensions"], json!({"channel": "branch"}));
+    let returns = of_kind("return");
+    assert_eq!(returns.len(), 1, "{returns:?}");
+    assert_eq!(returns[0]["returns"], json!({"review->apply": 1}));
+    assert_eq!(returns[0]["windowStart"], T0 + 30 * MIN);
 }
 
 #[test]
