@@ -48,6 +48,10 @@ local_run() {
   # The previous run's output (~1 GB at 500k actions) is still being written back to disk;
   # on two cores that writeback took up to a third of the next run's time.
   sync
+  # This VM's kernel pages out file pages idle for a minute (DAMON reclaim, up to 128 MiB/s):
+  # between runs it dropped up to a third of the 5M input, which the next run then read from
+  # disk (3.8 s of system time instead of 1.3). Read just before, the input is cached.
+  cat "$input" >/dev/null
   # GNU time reports the peak RSS of the run (KiB).
   /usr/bin/time -f '%M %U %S' -o "$work/rss" "$bin" local -f "$example/processdefinition.yaml" -f "$example/joinpipeline.yaml" \
     --input "$input" --output "$out" --quiet "$@" ${LOCAL_ARGS:-} >"$work/summary.json" 2>"$work/stderr"
