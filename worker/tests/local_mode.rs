@@ -353,6 +353,9 @@ fn killed_runs_resume_and_end_with_the_uninterrupted_outputs() {
     ] {
         assert_eq!(summary[key], expected[key], "{key}");
     }
+    // The totals' exposition, byte for byte (each family's samples in a fixed order).
+    let prom = |dir: &Path| std::fs::read_to_string(dir.join("metrics.prom")).unwrap();
+    assert_eq!(prom(&out), prom(&reference));
     assert!(
         summary["state"]["actionsPersisted"].as_u64().unwrap() > 0,
         "the 1 MiB budget forced state into RocksDB"

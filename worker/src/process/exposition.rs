@@ -137,13 +137,35 @@ pub fn register(registry: &mut Registry, processes: &[(String, Totals, Vec<Strin
     }
 }
 
-/// The totals as Prometheus text.
+/// The totals as Prometheus text, the same text for the same totals: each family's samples
+/// sorted (prometheus-client keeps a family's label sets in a hash map, so its own order
+/// changes from one process to the next, and two runs' `metrics.prom` would not compare).
 pub fn render(processes: &[(String, Totals, Vec<String>)]) -> String {
     let mut registry = Registry::default();
     register(&mut registry, processes);
-    let mut out = String::new();
+    let mut text = String::new();
     // Writing to a String cannot fail.
-    let _ = encode(&mut out, &registry);
+    let _ = encode(&mut text, &registry);
+    let mut out = String::with_capacity(text.len());
+    let mut samples: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            samples.sort_unstable();
+            samples.drain(..).for_each(|s| {
+                out.push_str(s);
+                out.push('\n');
+            });
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            samples.push(line);
+        }
+    }
+    samples.sort_unstable();
+    samples.into_iter().for_each(|s| {
+        out.push_str(s);
+        out.push('\n');
+    });
     out
 }
 
@@ -187,5 +209,30 @@ mod tests {
         let v: f64 = p50.rsplit(' ').next().unwrap().parse().unwrap();
         assert!((v - 90.0).abs() < 0.9, "{p50}");
         assert!(!text.contains(".."), "help text ends with one period");
+    }
+
+    #[test]
+    fn the_same_totals_render_the_same_text_with_each_familys_samples_sorted() {
+        let mut t = Totals::default();
+        let steps: Vec<String> = ["apply", "review", "issue", "make", "deliver", "activate"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (i, step) in steps.iter().enumerate() {
+            t.wip.insert(step.clone(), i as i64);
+            t.entered.insert(step.clone(), 10 * i as i64);
+        }
+        let processes = [("cards".to_string(), t, steps)];
+        let first = render(&processes);
+        for _ in 0..5 {
+            assert_eq!(render(&processes), first);
+        }
+        let wip: Vec<&str> = first
+            .lines()
+            .filter(|l| l.starts_with("weft_process_instances_in_progress{"))
+            .collect();
+        assert_eq!(wip.len(), 6);
+        assert!(wip.is_sorted(), "{wip:?}");
+        assert!(first.ends_with("# EOF\n"), "{first}");
     }
 }
