@@ -17,6 +17,10 @@ use weft_worker::kafka::embedded::EmbeddedKafka;
 use weft_worker::local::load_pipeline;
 use weft_worker::run::{Ending, RunOptions};
 
+/// The worker binary's allocator (see `worker/src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Raw partitions: at least this many, and enough to hold the whole input (the mock cluster
 /// keeps about 5 MiB per partition; 4 MiB each leaves room).
 const RAW_PARTITIONS: i32 = 96;

@@ -14,6 +14,10 @@ use weft_worker::local::load_pipeline;
 use weft_worker::process::thread::Classifier;
 use weft_worker::process::{ProcessEngine, ProcessOutput, ProcessPlan};
 
+/// The worker binary's allocator (see `worker/src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Sink {
     bytes: usize,
     records: usize,
