@@ -790,7 +790,12 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         // The process stage takes its part after every action sent before, while the join
         // takes its own.
         outputs.feed_process(process, true)?;
-        let stage = process.checkpoint()?;
+        // A finished run is never resumed (a rerun only writes its summary again, from the
+        // record's counts): its instances are deleted, not written.
+        let stage = match finished {
+            true => process.last_checkpoint()?,
+            false => process.checkpoint()?,
+        };
         let mut lengths = outputs.flush().context("writing outputs")?;
         // After the end of input every entry has resolved and every marker expired.
         let clear_join = finished && engine.holds_nothing();

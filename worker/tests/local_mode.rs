@@ -361,3 +361,39 @@ fn killed_runs_resume_and_end_with_the_uninterrupted_outputs() {
         "the 1 MiB budget forced state into RocksDB"
     );
 }
+
+#[test]
+fn a_finished_run_keeps_only_its_counts_and_a_rerun_writes_the_same_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = generate(dir.path(), 3_000, 5);
+    let out = dir.path().join("out");
+    let first = run_local(&input, &out, &[]);
+    let started = first["processes"]["credit-card"]["instances"]["started"]
+        .as_i64()
+        .unwrap();
+    assert!(started > 0, "{first}");
+    let read = |file: &str| std::fs::read_to_string(out.join(file)).unwrap();
+    let (metrics, prom) = (read("metrics.jsonl"), read("metrics.prom"));
+
+    // The last checkpoint of a finished run deleted the instances instead of writing them:
+    // nothing resumes a finished run.
+    let store = weft_worker::state::Store::open(&out.join("state")).unwrap();
+    assert_eq!(store.process_instances().unwrap().len(), 0);
+    drop(store);
+
+    // A rerun reads no input and writes the summary and the totals again from the
+    // checkpoint record's counts: the same numbers, nothing emitted twice.
+    let second = run_local(&input, &out, &[]);
+    assert_eq!(second["restarts"], 1);
+    for key in [
+        "events",
+        "actions",
+        "duplicates",
+        "deadLetters",
+        "processes",
+    ] {
+        assert_eq!(second[key], first[key], "{key}");
+    }
+    assert_eq!(read("metrics.prom"), prom);
+    assert_eq!(read("metrics.jsonl"), metrics);
+}

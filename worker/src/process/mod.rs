@@ -1259,6 +1259,26 @@ impl ProcessEngine {
         changes
     }
 
+    /// The changes of a last checkpoint after which the state is never resumed (local mode
+    /// at the end of its input): every stored instance is deleted instead of the changed
+    /// ones written, so the finished state holds only the record's meta, whose counts are
+    /// everything the summary and the totals read. Writing the 161k instances of the
+    /// credit-card example at 500k actions was ~12% of a local run's CPU.
+    pub fn forget_changes(&mut self) -> ProcessChanges {
+        self.rewrite = false;
+        for state in &mut self.processes {
+            for (key, _) in std::mem::take(&mut state.dirty) {
+                if let Some(i) = state.instances.get_by_key(&key) {
+                    i.unsaved = false;
+                }
+            }
+        }
+        ProcessChanges {
+            instances: Vec::new(),
+            rewrite: true,
+        }
+    }
+
     /// Everything but the instances, for the checkpoint record.
     pub fn meta(&self) -> Vec<ProcessMeta> {
         self.processes

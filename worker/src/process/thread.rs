@@ -89,7 +89,9 @@ enum Job<F> {
     /// for a checkpoint); answered when done.
     EmitUpdates(SyncSender<()>),
     Reconfigure(Vec<ProcessPlan>, SyncSender<Reconfigured>),
-    Checkpoint(SyncSender<Result<StageCheckpoint<F>, String>>),
+    /// A checkpoint; with `true`, the last of a state never resumed (see
+    /// [`ProcessEngine::forget_changes`]).
+    Checkpoint(SyncSender<Result<StageCheckpoint<F>, String>>, bool),
 }
 
 type Outcome<O> = Result<(ProcessEngine, O), String>;
@@ -152,8 +154,8 @@ impl<O: StageOutput> ProcessThread<O> {
                             let _ = reply.send(engine.reconfigure(plans));
                             shared.store(engine.unsaved(), Ordering::Relaxed);
                         }
-                        Job::Checkpoint(reply) => {
-                            let answer = checkpoint(&mut engine, &mut output);
+                        Job::Checkpoint(reply, last) => {
+                            let answer = checkpoint(&mut engine, &mut output, last);
                             shared.store(engine.unsaved(), Ordering::Relaxed);
                             let failed = answer.as_ref().err().cloned();
                             let _ = reply.send(answer);
@@ -212,8 +214,19 @@ impl<O: StageOutput> ProcessThread<O> {
     /// Asks for the stage's checkpoint, after the batches sent; the caller prepares its own
     /// part meanwhile.
     pub fn checkpoint(&mut self) -> Result<PendingCheckpoint<O::Flushed>, StageError> {
+        self.ask_checkpoint(false)
+    }
+
+    /// The last checkpoint of a state that is never resumed (local mode at the end of its
+    /// input): the stored instances are deleted, not written (see
+    /// [`ProcessEngine::forget_changes`]).
+    pub fn last_checkpoint(&mut self) -> Result<PendingCheckpoint<O::Flushed>, StageError> {
+        self.ask_checkpoint(true)
+    }
+
+    fn ask_checkpoint(&mut self, last: bool) -> Result<PendingCheckpoint<O::Flushed>, StageError> {
         let (reply, answer) = sync_channel(1);
-        self.job(Job::Checkpoint(reply))?;
+        self.job(Job::Checkpoint(reply, last))?;
         Ok(PendingCheckpoint(answer))
     }
 
@@ -280,6 +293,7 @@ fn apply_batch(
 fn checkpoint<O: StageOutput>(
     engine: &mut ProcessEngine,
     output: &mut O,
+    last: bool,
 ) -> Result<StageCheckpoint<O::Flushed>, String> {
     engine.emit_updates(output);
     output.checkpointed(engine);
@@ -288,7 +302,10 @@ fn checkpoint<O: StageOutput>(
         flushed,
         meta: engine.meta(),
         watermarks: engine.watermarks().to_vec(),
-        changes: engine.checkpoint_changes(),
+        changes: match last {
+            true => engine.forget_changes(),
+            false => engine.checkpoint_changes(),
+        },
     })
 }
 
