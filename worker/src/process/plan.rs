@@ -134,6 +134,34 @@ impl ProcessPlan {
     /// Reads an action record (JSON) and evaluates the predicates. `Err` for a record that is
     /// not JSON.
     pub fn classify<'a>(&self, action: &'a str) -> Result<Classified<'a>, String> {
+        self.scan(action, |values| {
+            self.evaluate(action, values, self.instance_of(values))
+        })
+    }
+
+    /// Reads an action record and evaluates the predicates only if `here` takes its instance
+    /// key (`None`: it has none): `Ok(Err(key))` for an action routed to the worker that owns
+    /// its instance, which classifies it there. `Err` for a record that is not JSON.
+    pub fn classify_if<'a>(
+        &self,
+        action: &'a str,
+        here: impl FnOnce(Option<&str>) -> bool,
+    ) -> Result<Result<Classified<'a>, Option<Cow<'a, str>>>, String> {
+        self.scan(action, |values| {
+            let instance = self.instance_of(values);
+            match here(instance.as_deref()) {
+                true => Ok(self.evaluate(action, values, instance)),
+                false => Err(instance),
+            }
+        })
+    }
+
+    /// Finds the fields this definition reads, in one scan, and hands them to `then`.
+    fn scan<'a, R>(
+        &self,
+        action: &'a str,
+        then: impl FnOnce(&[Option<&'a str>]) -> R,
+    ) -> Result<R, String> {
         const STACK: usize = 32;
         let mut stack: [Option<&'a str>; STACK] = [None; STACK];
         let mut heap: Vec<Option<&'a str>>;
@@ -146,9 +174,26 @@ impl ProcessPlan {
         self.pointers
             .scan(action, values)
             .map_err(|e| format!("action is not JSON: {e}"))?;
-        let values: &[Option<&'a str>] = values;
+        Ok(then(values))
+    }
+
+    /// The instance key: the first of its fields present and not empty.
+    fn instance_of<'a>(&self, values: &[Option<&'a str>]) -> Option<Cow<'a, str>> {
+        self.instance_key
+            .iter()
+            .find_map(|s| present(values, *s))
+            .map(text_of)
+            .filter(|k| !k.is_empty())
+    }
+
+    /// The predicates evaluated over the fields found (the instance key found already).
+    fn evaluate<'a>(
+        &self,
+        action: &'a str,
+        values: &[Option<&'a str>],
+        instance: Option<Cow<'a, str>>,
+    ) -> Classified<'a> {
         let fields = Fields { values, action };
-        let get = |slot: usize| values.get(slot).copied().flatten().filter(|v| *v != "null");
         let step = self.steps.iter().position(|s| s.predicate.matches(&fields));
         let outcomes = self
             .outcomes
@@ -156,24 +201,24 @@ impl ProcessPlan {
             .enumerate()
             .filter(|(_, (_, p))| p.matches(&fields))
             .fold(0u64, |m, (i, _)| m | (1 << i.min(63)));
-        Ok(Classified {
+        Classified {
             step,
-            instance: self
-                .instance_key
-                .iter()
-                .find_map(|s| get(*s))
-                .map(text_of)
-                .filter(|k| !k.is_empty()),
-            time: get(self.first_time).and_then(|v| v.parse().ok()),
-            tracking_number: get(self.tracking_number).map(text_of),
+            instance,
+            time: present(values, self.first_time).and_then(|v| v.parse().ok()),
+            tracking_number: present(values, self.tracking_number).map(text_of),
             outcomes,
             dimensions: self
                 .dimensions
                 .iter()
-                .map(|d| get(d.slot).map(text_of))
+                .map(|d| present(values, d.slot).map(text_of))
                 .collect(),
-        })
+        }
     }
+}
+
+/// A field's value, unless it is missing or `null`.
+fn present<'a>(values: &[Option<&'a str>], slot: usize) -> Option<&'a str> {
+    values.get(slot).copied().flatten().filter(|v| *v != "null")
 }
 
 /// `u32::MAX` as a length: no string.

@@ -654,6 +654,29 @@ fn a_classification_reads_back_as_it_was_written() {
 }
 
 #[test]
+fn an_action_classified_only_where_its_instance_lives_is_classified_as_always_there() {
+    let plan = ProcessPlan::compile("cards", &definition()).unwrap();
+    let records = [
+        action("T-1", "A-1", "/review", 3, "web", "approved"),
+        action("T-2", "A-\\\"2", "/other", 4, "", ""),
+        json!({"request": {"path": "/apply"}}).to_string(),
+    ];
+    for record in &records {
+        let whole = plan.classify(record).unwrap();
+        let mut asked = None;
+        let here = plan.classify_if(record, |key| {
+            asked = Some(key.map(String::from));
+            true
+        });
+        assert_eq!(here.unwrap().unwrap(), whole, "{record}");
+        assert_eq!(asked, Some(whole.instance.as_deref().map(String::from)));
+        let elsewhere = plan.classify_if(record, |_| false).unwrap();
+        assert_eq!(elsewhere.unwrap_err(), whole.instance, "{record}");
+    }
+    assert!(plan.classify_if("not json", |_| true).is_err());
+}
+
+#[test]
 fn an_action_s_instance_key_group_is_the_one_the_stage_refuses_when_not_owned() {
     let plan = ProcessPlan::compile("cards", &definition()).unwrap();
     let placed = action("T-1", "A-1", "/review", 3, "web", "approved");

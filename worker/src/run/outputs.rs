@@ -74,29 +74,40 @@ impl JoinOutputs<'_> {
         let Ok(text) = std::str::from_utf8(record) else {
             return;
         };
+        let (key_groups, owned) = (self.key_groups, self.owned);
+        // Where an action lives: the key group of its instance key, or of its tracking number
+        // when it has none.
+        let key_group_of = |instance: Option<&str>| {
+            key_group(instance.unwrap_or(tracking_number).as_bytes(), key_groups)
+        };
         for (p, plan) in self.routing.iter().enumerate() {
-            // An action the definition cannot classify still goes to it, keyed by tracking
-            // number: the process stage counts it (unmatched, no instance key) where it lives.
-            let classified = plan.classify(text);
-            let instance = classified.as_ref().ok().and_then(|c| c.instance.as_deref());
-            let key = instance.unwrap_or(tracking_number);
-            let kg = key_group(key.as_bytes(), self.key_groups);
-            if self.owned.contains(kg) {
-                match classified {
-                    Ok(c) => {
-                        counts.count_event("process", &plan.name);
-                        c.encode(p as u16, self.classified);
-                    }
-                    Err(_) => batch::push(
-                        self.local,
-                        &batch::Entry {
-                            topic: p as u16,
-                            partition: i32::from(kg),
-                            offset: -1,
-                            payload: record,
-                        },
-                    ),
+            // The predicates are evaluated only for an action applied here: the worker that
+            // owns another's instance classifies it again when it reads it.
+            let read = plan.classify_if(text, |instance| owned.contains(key_group_of(instance)));
+            let instance = match read {
+                Ok(Ok(c)) => {
+                    counts.count_event("process", &plan.name);
+                    c.encode(p as u16, self.classified);
+                    continue;
                 }
+                Ok(Err(instance)) => instance,
+                // An action the definition cannot read still goes to it, keyed by tracking
+                // number: the process stage counts it (unmatched, no instance key) where it
+                // lives.
+                Err(_) => None,
+            };
+            let key = instance.as_deref().unwrap_or(tracking_number);
+            let kg = key_group(key.as_bytes(), key_groups);
+            if owned.contains(kg) {
+                batch::push(
+                    self.local,
+                    &batch::Entry {
+                        topic: p as u16,
+                        partition: i32::from(kg),
+                        offset: -1,
+                        payload: record,
+                    },
+                );
                 continue;
             }
             sink.send(
