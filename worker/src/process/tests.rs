@@ -238,40 +238,41 @@ fn every_metric_of_a_hand_built_log() {
     // Two step records whole: A's start, and A leaving review for issue after 55 minutes
     // (B's second review at 40 is in another window): one record, both steps.
     let latest = out.latest();
+    let step_record = |start: i64, steps: Value| {
+        json!({
+            "id": format!("cards/step/{start}/0/web"), "process": "cards", "metric": "step",
+            "windowStart": start, "windowEnd": start + MIN, "keyGroup": 0,
+            "dimensions": {"channel": "web"},
+            "steps": steps,
+        })
+    };
     assert_eq!(
         latest[&format!("cards/step/{T0}/0/web")],
-        json!({
-            "id": format!("cards/step/{T0}/0/web"), "process": "cards", "metric": "step",
-            "windowStart": T0, "windowEnd": T0 + MIN, "keyGroup": 0,
-            "dimensions": {"channel": "web"},
-            "steps": {
-                "apply": {"entered": 1, "wip": 1, "left": 0, "started": 1, "sumSeconds": 0.0},
-            },
-        })
+        step_record(
+            T0,
+            json!({"apply": {"entered": 1, "wip": 1, "left": 0, "started": 1, "sumSeconds": 0.0}})
+        )
     );
     let at_65 = T0 + 65 * MIN;
+    let review = &latest[&format!("cards/step/{at_65}/0/web")]["steps"]["review"];
     let review_exit = json!({
         "entered": 0, "wip": -1, "left": 1, "started": 0, "sumSeconds": 3300.0,
-        "p50Seconds": latest[&format!("cards/step/{at_65}/0/web")]["steps"]["review"]["p50Seconds"],
-        "p90Seconds": latest[&format!("cards/step/{at_65}/0/web")]["steps"]["review"]["p90Seconds"],
-        "p99Seconds": latest[&format!("cards/step/{at_65}/0/web")]["steps"]["review"]["p99Seconds"],
-        "sketch": latest[&format!("cards/step/{at_65}/0/web")]["steps"]["review"]["sketch"],
+        // The quantiles and the sketch, checked below.
+        "p50Seconds": review["p50Seconds"], "p90Seconds": review["p90Seconds"],
+        "p99Seconds": review["p99Seconds"], "sketch": review["sketch"],
         // The edge out of review.
         "to": {"issue": {"count": 1, "sumSeconds": 3300.0}},
     });
     assert_eq!(
         latest[&format!("cards/step/{at_65}/0/web")],
-        json!({
-            "id": format!("cards/step/{at_65}/0/web"), "process": "cards", "metric": "step",
-            "windowStart": at_65, "windowEnd": at_65 + MIN, "keyGroup": 0,
-            "dimensions": {"channel": "web"},
-            "steps": {
+        step_record(
+            at_65,
+            json!({
                 "issue": {"entered": 1, "wip": 1, "left": 0, "started": 0, "sumSeconds": 0.0},
                 "review": review_exit,
-            },
-        })
+            })
+        )
     );
-    let review = &latest[&format!("cards/step/{at_65}/0/web")]["steps"]["review"];
     assert_eq!(review["sketch"]["count"], 1);
     let p50 = review["p50Seconds"].as_f64().unwrap();
     assert!(
