@@ -621,16 +621,21 @@ fn definitions_are_added_and_removed_by_name() {
     assert!(!e.checkpoint_changes().rewrite);
 }
 
-#[test]
-fn a_classification_reads_back_as_it_was_written() {
-    let plan = ProcessPlan::compile("cards", &definition()).unwrap();
-    let records = [
+/// Action records that classify in different ways.
+fn varied_records() -> [String; 3] {
+    [
         action("T-1", "A-1", "/review", 3, "web", "approved"),
         // No step matches, no dimension value, an escaped key.
         action("T-2", "A-\\\"2", "/other", 4, "", ""),
         // No instance key, no time, no tracking number.
         json!({"request": {"path": "/apply"}}).to_string(),
-    ];
+    ]
+}
+
+#[test]
+fn a_classification_reads_back_as_it_was_written() {
+    let plan = ProcessPlan::compile("cards", &definition()).unwrap();
+    let records = varied_records();
     let mut batch = Vec::new();
     let mut expected = Vec::new();
     for (p, record) in records.iter().enumerate() {
@@ -657,12 +662,7 @@ fn a_classification_reads_back_as_it_was_written() {
 #[test]
 fn an_action_classified_only_where_its_instance_lives_is_classified_as_always_there() {
     let plan = ProcessPlan::compile("cards", &definition()).unwrap();
-    let records = [
-        action("T-1", "A-1", "/review", 3, "web", "approved"),
-        action("T-2", "A-\\\"2", "/other", 4, "", ""),
-        json!({"request": {"path": "/apply"}}).to_string(),
-    ];
-    for record in &records {
+    for record in &varied_records() {
         let whole = plan.classify(record).unwrap();
         let mut asked = None;
         let here = plan.classify_if(record, |key| {
