@@ -17,7 +17,7 @@ use weft_crds::keygroup::KeyGroupRange;
 use weft_crds::manifest::{Resource, read_file};
 use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 
-use crate::join::record::{write_action, write_incomplete};
+use crate::join::record::{RecordLayout, write_action, write_incomplete};
 use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinOutput, JoinStats, Pending};
 use crate::process::thread::{Classifier, ProcessThread, StageOutput};
 use crate::process::{ProcessEngine, ProcessMeta, ProcessOutput, ProcessPlan, Totals};
@@ -439,8 +439,8 @@ impl Outputs {
         Self::write(&mut self.dead_letters, &self.buf, &mut self.error);
     }
 
-    /// Classifies the action record in `buf` for the process stage.
-    fn classify(&mut self) {
+    /// Classifies the action record in `buf`, written with `layout`, for the process stage.
+    fn classify(&mut self, layout: &RecordLayout) {
         let Some(classifier) = &self.classifier else {
             return;
         };
@@ -448,7 +448,7 @@ impl Outputs {
             .map_err(|e| e.to_string())
             .and_then(|text| {
                 classifier
-                    .add(text.trim_end(), &mut self.for_process)
+                    .add(text.trim_end(), Some(layout), &mut self.for_process)
                     .map_err(|e| e.to_string())
             });
         if let Err(e) = record
@@ -493,7 +493,7 @@ impl JoinOutput for Outputs {
         completed_at: i64,
     ) {
         self.buf.clear();
-        write_action(
+        let layout = write_action(
             &mut self.buf,
             key_group,
             tracking_number,
@@ -501,7 +501,7 @@ impl JoinOutput for Outputs {
             completed_at,
         );
         Self::write(&mut self.actions, &self.buf, &mut self.error);
-        self.classify();
+        self.classify(&layout);
     }
 
     fn incomplete(
@@ -512,9 +512,9 @@ impl JoinOutput for Outputs {
         missing: u8,
     ) {
         self.buf.clear();
-        write_incomplete(&mut self.buf, key_group, tracking_number, pending, missing);
+        let layout = write_incomplete(&mut self.buf, key_group, tracking_number, pending, missing);
         Self::write(&mut self.incomplete, &self.buf, &mut self.error);
-        self.classify();
+        self.classify(&layout);
     }
 }
 

@@ -1,9 +1,64 @@
 //! The JSON records the join emits. Written by hand into a reused buffer: the projected
 //! fields are already JSON text, so an action is a few copies, not a serialization.
 
+use std::ops::Range;
+
 use weft_crds::Part;
 
 use super::{Pending, part_bit};
+
+/// Where a written record's values lie in the buffer: what classifying the action for the
+/// process stage reads, found as the record is written instead of scanning it again (that
+/// scan was an eighth of a local run's instructions).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordLayout {
+    /// The top-level members before the parts, in the record's order: their names and the
+    /// byte ranges of their values.
+    pub head: [(&'static str, Range<usize>); 5],
+    pub head_len: usize,
+    /// For each part present (in [`Part::ALL`] order): the range of its `eventTime` value and
+    /// of its projected fields (members without braces).
+    pub parts: [Option<(Range<usize>, Range<usize>)>; 3],
+}
+
+impl RecordLayout {
+    pub fn head(&self) -> &[(&'static str, Range<usize>)] {
+        &self.head[..self.head_len]
+    }
+
+    /// The top-level member names of a record: the head's (all a record can have) and the
+    /// parts'.
+    pub const HEAD_NAMES: [&'static str; 6] = [
+        "trackingNumber",
+        "keyGroup",
+        "firstEventTime",
+        "completedEventTime",
+        "expiredAt",
+        "missing",
+    ];
+
+    fn add_head(&mut self, name: &'static str, value: Range<usize>) {
+        if let Some(entry) = self.head.get_mut(self.head_len) {
+            *entry = (name, value);
+            self.head_len += 1;
+        }
+    }
+}
+
+/// Appends `"name":` (in `name_prefix`) and the value `write` appends; records where the
+/// value lies.
+fn member(
+    buf: &mut Vec<u8>,
+    layout: &mut RecordLayout,
+    name_prefix: &[u8],
+    name: &'static str,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
+    buf.extend_from_slice(name_prefix);
+    let start = buf.len();
+    write(buf);
+    layout.add_head(name, start..buf.len());
+}
 
 /// Appends a JSON string literal.
 pub fn push_json_string(buf: &mut Vec<u8>, s: &str) {
@@ -45,26 +100,41 @@ fn push_i64(buf: &mut Vec<u8>, n: i64) {
     buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-fn push_head(buf: &mut Vec<u8>, key_group: u16, tracking_number: &str, pending: &Pending) {
-    buf.extend_from_slice(b"{\"trackingNumber\":");
-    push_json_string(buf, tracking_number);
-    buf.extend_from_slice(b",\"keyGroup\":");
-    push_i64(buf, i64::from(key_group));
-    buf.extend_from_slice(b",\"firstEventTime\":");
-    push_i64(buf, pending.first_event_time());
+fn push_head(
+    buf: &mut Vec<u8>,
+    key_group: u16,
+    tracking_number: &str,
+    pending: &Pending,
+) -> RecordLayout {
+    let mut layout = RecordLayout::default();
+    let l = &mut layout;
+    member(buf, l, b"{\"trackingNumber\":", "trackingNumber", |b| {
+        push_json_string(b, tracking_number)
+    });
+    member(buf, l, b",\"keyGroup\":", "keyGroup", |b| {
+        push_i64(b, i64::from(key_group))
+    });
+    member(buf, l, b",\"firstEventTime\":", "firstEventTime", |b| {
+        push_i64(b, pending.first_event_time())
+    });
+    layout
 }
 
-fn push_parts(buf: &mut Vec<u8>, pending: &Pending) {
+fn push_parts(buf: &mut Vec<u8>, pending: &Pending, layout: &mut RecordLayout) {
     for part in Part::ALL {
         if let Some(state) = &pending.parts[part as usize] {
             buf.extend_from_slice(b",\"");
             buf.extend_from_slice(part.as_str().as_bytes());
             buf.extend_from_slice(b"\":{\"eventTime\":");
+            let time = buf.len();
             push_i64(buf, state.event_time);
+            let time = time..buf.len();
             if !state.fields.is_empty() {
                 buf.push(b',');
-                buf.extend_from_slice(state.fields.as_bytes());
             }
+            let fields = buf.len();
+            buf.extend_from_slice(state.fields.as_bytes());
+            layout.parts[part as usize] = Some((time, fields..buf.len()));
             buf.push(b'}');
         }
     }
@@ -79,12 +149,19 @@ pub fn write_action(
     tracking_number: &str,
     pending: &Pending,
     completed_at: i64,
-) {
-    push_head(buf, key_group, tracking_number, pending);
-    buf.extend_from_slice(b",\"completedEventTime\":");
-    push_i64(buf, completed_at);
-    push_parts(buf, pending);
+) -> RecordLayout {
+    let mut layout = push_head(buf, key_group, tracking_number, pending);
+    let l = &mut layout;
+    member(
+        buf,
+        l,
+        b",\"completedEventTime\":",
+        "completedEventTime",
+        |b| push_i64(b, completed_at),
+    );
+    push_parts(buf, pending, &mut layout);
     buf.extend_from_slice(b"}\n");
+    layout
 }
 
 /// Like an action, with `"missing":[..]` naming the required parts that never came and
@@ -95,26 +172,31 @@ pub fn write_incomplete(
     tracking_number: &str,
     pending: &Pending,
     missing: u8,
-) {
-    push_head(buf, key_group, tracking_number, pending);
-    buf.extend_from_slice(b",\"expiredAt\":");
-    push_i64(buf, pending.deadline);
-    buf.extend_from_slice(b",\"missing\":[");
-    let mut first = true;
-    for part in Part::ALL {
-        if missing & part_bit(part) != 0 {
-            if !first {
-                buf.push(b',');
+) -> RecordLayout {
+    let mut layout = push_head(buf, key_group, tracking_number, pending);
+    let l = &mut layout;
+    member(buf, l, b",\"expiredAt\":", "expiredAt", |b| {
+        push_i64(b, pending.deadline)
+    });
+    member(buf, l, b",\"missing\":", "missing", |b| {
+        b.push(b'[');
+        let mut first = true;
+        for part in Part::ALL {
+            if missing & part_bit(part) != 0 {
+                if !first {
+                    b.push(b',');
+                }
+                first = false;
+                b.push(b'"');
+                b.extend_from_slice(part.as_str().as_bytes());
+                b.push(b'"');
             }
-            first = false;
-            buf.push(b'"');
-            buf.extend_from_slice(part.as_str().as_bytes());
-            buf.push(b'"');
         }
-    }
-    buf.push(b']');
-    push_parts(buf, pending);
+        b.push(b']');
+    });
+    push_parts(buf, pending, &mut layout);
     buf.extend_from_slice(b"}\n");
+    layout
 }
 
 #[cfg(test)]
@@ -139,8 +221,9 @@ mod tests {
             ],
         };
         let mut buf = Vec::new();
-        write_incomplete(&mut buf, 7, "tn\"1", &pending, part_bit(Part::Response));
+        let layout = write_incomplete(&mut buf, 7, "tn\"1", &pending, part_bit(Part::Response));
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_layout(&buf, &layout, &v);
         assert_eq!(v["trackingNumber"], "tn\"1");
         assert_eq!(v["firstEventTime"], 90);
         assert_eq!(v["missing"], serde_json::json!(["response"]));
@@ -149,9 +232,39 @@ mod tests {
         assert!(v.get("response").is_none());
 
         buf.clear();
-        write_action(&mut buf, 7, "a\u{1}b", &pending, 100);
+        let layout = write_action(&mut buf, 7, "a\u{1}b", &pending, 100);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_layout(&buf, &layout, &v);
         assert_eq!(v["trackingNumber"], "a\u{1}b");
         assert_eq!(v["completedEventTime"], 100);
+    }
+
+    /// Every range of the layout holds what the record has under that name.
+    fn assert_layout(buf: &[u8], layout: &RecordLayout, record: &serde_json::Value) {
+        let parse = |range: &std::ops::Range<usize>| -> serde_json::Value {
+            serde_json::from_slice(&buf[range.clone()]).unwrap()
+        };
+        let object = record.as_object().unwrap();
+        let head = layout.head();
+        assert_eq!(
+            head.len(),
+            object.len() - layout.parts.iter().flatten().count()
+        );
+        for (name, range) in head {
+            assert_eq!(parse(range), record[*name], "{name}");
+        }
+        for part in Part::ALL {
+            let Some((time, fields)) = &layout.parts[part as usize] else {
+                assert!(record.get(part.as_str()).is_none());
+                continue;
+            };
+            let mut expected = record[part.as_str()].clone();
+            assert_eq!(parse(time), expected["eventTime"]);
+            expected.as_object_mut().unwrap().remove("eventTime");
+            let members = std::str::from_utf8(&buf[fields.clone()]).unwrap();
+            let fields: serde_json::Value =
+                serde_json::from_str(&format!("{{{members}}}")).unwrap();
+            assert_eq!(fields, expected, "{}", part.as_str());
+        }
     }
 }

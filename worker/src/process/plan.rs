@@ -8,6 +8,7 @@ use weft_crds::ProcessDefinitionSpec;
 use weft_crds::keygroup::key_group;
 
 use super::predicate::{Fields, Predicate};
+use crate::join::record::RecordLayout;
 use crate::sources::scan::PointerSet;
 use crate::sources::text_of;
 
@@ -31,6 +32,17 @@ pub struct ProcessPlan {
     pub dimensions: Vec<DimensionPlan>,
     pub instance_timeout: i64,
     pub window: i64,
+    /// How a record the join has just written is read through its [`RecordLayout`]; `None`
+    /// when a pointer needs the record scanned (one naming a whole part, say).
+    layout: Option<LayoutSlots>,
+}
+
+/// The slots of the pointers a [`RecordLayout`] finds directly.
+struct LayoutSlots {
+    /// Top-level members named by a pointer.
+    head: Vec<(&'static str, usize)>,
+    /// Each part's `eventTime`, in [`Part::ALL`](weft_crds::Part::ALL) order.
+    part_times: [Option<usize>; 3],
 }
 
 pub struct DimensionPlan {
@@ -91,8 +103,19 @@ impl ProcessPlan {
                 max_values: d.max_values as usize,
             })
             .collect();
+        let parts = weft_crds::Part::ALL.map(|p| p.as_str());
+        let layout = pointers
+            .served_by(&RecordLayout::HEAD_NAMES, &parts)
+            .then(|| LayoutSlots {
+                head: RecordLayout::HEAD_NAMES
+                    .into_iter()
+                    .filter_map(|n| Some((n, pointers.slot_of(&[n])?)))
+                    .collect(),
+                part_times: parts.map(|p| pointers.slot_of(&[p, "eventTime"])),
+            });
         Ok(ProcessPlan {
             name: name.to_string(),
+            layout,
             pointers,
             first_time,
             tracking_number,
@@ -134,7 +157,24 @@ impl ProcessPlan {
     /// Reads an action record (JSON) and evaluates the predicates. `Err` for a record that is
     /// not JSON.
     pub fn classify<'a>(&self, action: &'a str) -> Result<Classified<'a>, String> {
-        self.scan(action, |values| {
+        self.scan(action, None, |values| {
+            self.evaluate(action, values, self.instance_of(values))
+        })
+    }
+
+    /// Whether [`ProcessPlan::classify_written`] reads through the layout (not by a scan).
+    pub fn reads_layouts(&self) -> bool {
+        self.layout.is_some()
+    }
+
+    /// [`ProcessPlan::classify`] of a record the join has just written, read through its
+    /// layout.
+    pub fn classify_written<'a>(
+        &self,
+        action: &'a str,
+        layout: &RecordLayout,
+    ) -> Result<Classified<'a>, String> {
+        self.scan(action, Some(layout), |values| {
             self.evaluate(action, values, self.instance_of(values))
         })
     }
@@ -145,9 +185,10 @@ impl ProcessPlan {
     pub fn classify_if<'a>(
         &self,
         action: &'a str,
+        layout: Option<&RecordLayout>,
         here: impl FnOnce(Option<&str>) -> bool,
     ) -> Result<Result<Classified<'a>, Option<Cow<'a, str>>>, String> {
-        self.scan(action, |values| {
+        self.scan(action, layout, |values| {
             let instance = self.instance_of(values);
             match here(instance.as_deref()) {
                 true => Ok(self.evaluate(action, values, instance)),
@@ -156,10 +197,12 @@ impl ProcessPlan {
         })
     }
 
-    /// Finds the fields this definition reads, in one scan, and hands them to `then`.
+    /// Finds the fields this definition reads, in one scan (of the parts' fields only, with
+    /// the `layout` of a record just written), and hands them to `then`.
     fn scan<'a, R>(
         &self,
         action: &'a str,
+        layout: Option<&RecordLayout>,
         then: impl FnOnce(&[Option<&'a str>]) -> R,
     ) -> Result<R, String> {
         const STACK: usize = 32;
@@ -171,10 +214,47 @@ impl ProcessPlan {
             heap = vec![None; self.pointers.len()];
             &mut heap
         };
-        self.pointers
-            .scan(action, values)
-            .map_err(|e| format!("action is not JSON: {e}"))?;
+        let read = match (&self.layout, layout) {
+            (Some(slots), Some(layout)) => self.read_written(slots, action, layout, values),
+            _ => None,
+        };
+        if read.is_none() {
+            self.pointers
+                .scan(action, values)
+                .map_err(|e| format!("action is not JSON: {e}"))?;
+        }
         Ok(then(values))
+    }
+
+    /// Sets the slots from a written record's layout as a scan of the record would: members
+    /// in the record's order, the first occurrence of a name winning. `None` if the layout
+    /// does not fit the record (then it is scanned).
+    fn read_written<'a>(
+        &self,
+        slots: &LayoutSlots,
+        action: &'a str,
+        layout: &RecordLayout,
+        values: &mut [Option<&'a str>],
+    ) -> Option<()> {
+        values.iter_mut().for_each(|v| *v = None);
+        for (name, range) in layout.head() {
+            if let Some((_, slot)) = slots.head.iter().find(|(n, _)| n == name) {
+                *values.get_mut(*slot)? = Some(action.get(range.clone())?);
+            }
+        }
+        for (part, read) in weft_crds::Part::ALL.iter().zip(&layout.parts) {
+            let Some((time, fields)) = read else {
+                continue;
+            };
+            if let Some(slot) = slots.part_times[*part as usize] {
+                *values.get_mut(slot)? = Some(action.get(time.clone())?);
+            }
+            let fields = action.get(fields.clone())?;
+            self.pointers
+                .scan_members(part.as_str(), fields, values)
+                .ok()?;
+        }
+        Some(())
     }
 
     /// The instance key: the first of its fields present and not empty.

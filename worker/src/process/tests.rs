@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 
+use proptest::prelude::{Just, Strategy, prop_assert_eq, prop_oneof};
 use serde_json::{Value, json};
 use weft_crds::ProcessDefinitionSpec;
 use weft_crds::keygroup::{KeyGroupRange, even_assignment, key_group};
@@ -665,16 +666,16 @@ fn an_action_classified_only_where_its_instance_lives_is_classified_as_always_th
     for record in &varied_records() {
         let whole = plan.classify(record).unwrap();
         let mut asked = None;
-        let here = plan.classify_if(record, |key| {
+        let here = plan.classify_if(record, None, |key| {
             asked = Some(key.map(String::from));
             true
         });
         assert_eq!(here.unwrap().unwrap(), whole, "{record}");
         assert_eq!(asked, Some(whole.instance.as_deref().map(String::from)));
-        let elsewhere = plan.classify_if(record, |_| false).unwrap();
+        let elsewhere = plan.classify_if(record, None, |_| false).unwrap();
         assert_eq!(elsewhere.unwrap_err(), whole.instance, "{record}");
     }
-    assert!(plan.classify_if("not json", |_| true).is_err());
+    assert!(plan.classify_if("not json", None, |_| true).is_err());
 }
 
 #[test]
@@ -797,4 +798,99 @@ fn applying_many_stops_at_the_first_error_after_the_actions_before_it() {
     );
     // The actions before it, and it (counted, then refused); none after it.
     assert_eq!(e.processes[0].counts.actions, first_refused as u64 + 1);
+}
+
+/// Definitions that read an action every way a pointer can: the credit-card-like one, one
+/// reading the record's head, part times and a field inside a projected object, and one
+/// naming a whole part (read by scanning the record).
+fn reading_definitions() -> Vec<ProcessPlan> {
+    let head = serde_json::from_value(json!({
+        "steps": [
+            {"name": "early", "match": "firstEventTime < 1763798400000 && keyGroup == 7"},
+            {"name": "late", "match": "request.eventTime > response.eventTime"},
+            {"name": "nested", "match": "request.body.kind == 'x' || trackingNumber == 'T\"1'"},
+        ],
+        "instanceKey": {"fields": ["/trackingNumber"]},
+        "dimensions": [
+            {"name": "completed", "field": "/completedEventTime"},
+            {"name": "expired", "field": "/expiredAt"},
+            {"name": "tracked", "field": "/tracking/eventTime"},
+        ],
+        "outcomes": [{"name": "empty", "match": "request.app == ''"}],
+        "metricsWindow": "1m",
+    }))
+    .unwrap();
+    let whole = serde_json::from_value(json!({
+        "steps": [{"name": "any", "match": "has(request.app)"}],
+        "instanceKey": {"fields": ["/request/app"]},
+        "dimensions": [{"name": "missing", "field": "/missing"}, {"name": "part", "field": "/response"}],
+        "metricsWindow": "1m",
+    }))
+    .unwrap();
+    [definition(), head, whole]
+        .iter()
+        .map(|spec| ProcessPlan::compile("cards", spec).unwrap())
+        .collect()
+}
+
+fn arbitrary_part() -> impl Strategy<Value = Option<crate::join::PartState>> {
+    let value = prop_oneof![
+        Just(json!("/review")),
+        Just(json!("")),
+        Just(json!("a\"b\\c")),
+        (0i64..3).prop_map(|n| json!(n)),
+        Just(json!({"kind": "x", "n": [1, {"kind": "y"}]})),
+        Just(json!(null)),
+    ];
+    let name = prop_oneof![
+        Just("path"),
+        Just("app"),
+        Just("decision"),
+        Just("channel"),
+        Just("body"),
+        Just("eventTime")
+    ];
+    proptest::option::of((
+        T0 - 5_000..T0 + 5_000,
+        proptest::collection::vec((name, value), 0..5),
+    ))
+    .prop_map(|part| {
+        part.map(|(event_time, members)| crate::join::PartState {
+            event_time,
+            fields: members
+                .iter()
+                .map(|(n, v)| format!("{}:{v}", json!(n)))
+                .collect::<Vec<_>>()
+                .join(",")
+                .into(),
+        })
+    })
+}
+
+proptest::proptest! {
+    /// Reading a record through the layout it was written with finds what scanning it does,
+    /// whatever parts and fields it has (repeated names, `eventTime` among the fields,
+    /// objects, escapes).
+    #[test]
+    fn a_written_record_classifies_through_its_layout_as_by_a_scan(
+        parts in [arbitrary_part(), arbitrary_part(), arbitrary_part()],
+        complete in proptest::bool::ANY,
+        tracking_number in prop_oneof![Just("T\"1"), Just("T-2")],
+    ) {
+        let pending = crate::join::Pending { deadline: T0 + 3_600_000, parts };
+        let mut buf = Vec::new();
+        let layout = match complete {
+            true => crate::join::record::write_action(&mut buf, 7, tracking_number, &pending, T0),
+            false => crate::join::record::write_incomplete(&mut buf, 7, tracking_number, &pending, 0b110),
+        };
+        let record = std::str::from_utf8(&buf).unwrap().trim_end();
+        let plans = reading_definitions();
+        prop_assert_eq!(plans.iter().map(|p| p.reads_layouts()).collect::<Vec<_>>(), vec![true, true, false]);
+        for plan in plans {
+            let scanned = plan.classify(record).unwrap();
+            prop_assert_eq!(&plan.classify_written(record, &layout).unwrap(), &scanned, "{}", record);
+            let routed = plan.classify_if(record, Some(&layout), |_| true).unwrap().unwrap();
+            prop_assert_eq!(&routed, &scanned);
+        }
+    }
 }

@@ -21,6 +21,7 @@ use super::{
     Classified, ProcessChanges, ProcessEngine, ProcessError, ProcessMeta, ProcessOutput,
     ProcessPlan,
 };
+use crate::join::record::RecordLayout;
 
 /// Batches on their way to the stage: enough to keep it busy, few enough that a checkpoint
 /// barrier waits for little.
@@ -61,10 +62,22 @@ impl Classifier {
         Classifier { plans }
     }
 
-    /// Appends the action's classification for each definition to `batch`.
-    pub fn add(&self, action: &str, batch: &mut Vec<u8>) -> Result<(), ProcessError> {
-        for p in 0..self.plans.len() {
-            self.classify(p, action)?.encode(p as u16, batch);
+    /// Appends the action's classification for each definition to `batch`; with the
+    /// `layout` the join wrote the record with, the record is not scanned again.
+    pub fn add(
+        &self,
+        action: &str,
+        layout: Option<&RecordLayout>,
+        batch: &mut Vec<u8>,
+    ) -> Result<(), ProcessError> {
+        for (p, plan) in self.plans.iter().enumerate() {
+            let classified = match layout {
+                Some(layout) => plan.classify_written(action, layout),
+                None => plan.classify(action),
+            };
+            classified
+                .map_err(ProcessError::BadAction)?
+                .encode(p as u16, batch);
         }
         Ok(())
     }
@@ -362,7 +375,7 @@ mod tests {
     /// An action record classified into a batch of its own.
     fn classified(classifier: &Classifier, n: u32, path: &str) -> Vec<u8> {
         let mut batch = Vec::new();
-        classifier.add(&action(n, path), &mut batch).unwrap();
+        classifier.add(&action(n, path), None, &mut batch).unwrap();
         batch
     }
 
@@ -385,7 +398,7 @@ mod tests {
         for n in 0..400 {
             let path = if n % 2 == 0 { "apply" } else { "review" };
             inline.apply(&action(n, path), &mut inline_out).unwrap();
-            classifier.add(&action(n, path), &mut batch).unwrap();
+            classifier.add(&action(n, path), None, &mut batch).unwrap();
             // Batches of several actions, and one of one.
             if n % 7 == 0 || n == 399 {
                 stage.send(&mut batch).unwrap();

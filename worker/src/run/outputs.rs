@@ -2,7 +2,7 @@
 
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
-use crate::join::record::{write_action, write_incomplete};
+use crate::join::record::{RecordLayout, write_action, write_incomplete};
 use crate::join::{JoinOutput, Pending};
 use crate::kafka::{PROCESS_HEADER, Topics, batch};
 use crate::metrics::StageCounts;
@@ -63,7 +63,8 @@ pub struct JoinOutputs<'a> {
 }
 
 impl JoinOutputs<'_> {
-    fn route(&mut self, tracking_number: &str) {
+    /// Classifies or routes the action record in the buffer, written with `layout`.
+    fn route(&mut self, tracking_number: &str, layout: &RecordLayout) {
         let Outputs {
             sink,
             topics,
@@ -83,7 +84,9 @@ impl JoinOutputs<'_> {
         for (p, plan) in self.routing.iter().enumerate() {
             // The predicates are evaluated only for an action applied here: the worker that
             // owns another's instance classifies it again when it reads it.
-            let read = plan.classify_if(text, |instance| owned.contains(key_group_of(instance)));
+            let read = plan.classify_if(text, Some(layout), |instance| {
+                owned.contains(key_group_of(instance))
+            });
             let instance = match read {
                 Ok(Ok(c)) => {
                     counts.count_event("process", &plan.name);
@@ -131,7 +134,7 @@ impl JoinOutput for JoinOutputs<'_> {
         completed_at: i64,
     ) {
         self.out.buf.clear();
-        write_action(
+        let layout = write_action(
             self.out.buf,
             key_group,
             tracking_number,
@@ -144,7 +147,7 @@ impl JoinOutput for JoinOutputs<'_> {
             .send_buf(topic, None, Some(tracking_number.as_bytes()), None);
         self.latencies
             .push((completed_at - pending.first_event_time()).max(0) as f64 / 1000.0);
-        self.route(tracking_number);
+        self.route(tracking_number, &layout);
     }
 
     fn incomplete(
@@ -155,12 +158,12 @@ impl JoinOutput for JoinOutputs<'_> {
         missing: u8,
     ) {
         self.out.buf.clear();
-        write_incomplete(self.out.buf, key_group, tracking_number, pending, missing);
+        let layout = write_incomplete(self.out.buf, key_group, tracking_number, pending, missing);
         let topics = self.out.topics;
         let topic = &topics.incomplete;
         self.out
             .send_buf(topic, None, Some(tracking_number.as_bytes()), None);
-        self.route(tracking_number);
+        self.route(tracking_number, &layout);
     }
 }
 

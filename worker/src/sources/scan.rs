@@ -102,6 +102,76 @@ impl PointerSet {
     }
 }
 
+impl PointerSet {
+    /// The slot of the pointer to `path`'s value itself, if one was added.
+    pub fn slot_of(&self, path: &[&str]) -> Option<usize> {
+        path.iter()
+            .try_fold(&self.root, |node, name| node.child(name.as_bytes()))?
+            .slot
+    }
+
+    /// Whether [`PointerSet::slot_of`] a top-level member among `scalars`, and
+    /// [`PointerSet::scan_members`] of the objects among `objects`, find every pointer: none
+    /// is the whole text, a whole object among `objects`, or inside one of `scalars`.
+    pub fn served_by(&self, scalars: &[&str], objects: &[&str]) -> bool {
+        self.root.slot.is_none()
+            && self.root.children.iter().all(|(name, node)| {
+                let is = |names: &[&str]| names.iter().any(|n| n.as_bytes() == &**name);
+                match (is(scalars), is(objects)) {
+                    (true, _) => node.children.is_empty(),
+                    (false, true) => node.slot.is_none(),
+                    // Nothing in the text has this name: its pointers stay unset.
+                    (false, false) => true,
+                }
+            })
+    }
+
+    /// Scans `members`, the members of the top-level object `object` without its braces
+    /// (`"a":1,"b":{..}`), and sets the slots of the pointers inside that object which are
+    /// still unset, as [`PointerSet::scan`] of the whole text would. Validates `members`.
+    pub fn scan_members<'a>(
+        &self,
+        object: &str,
+        members: &'a str,
+        slots: &mut [Option<&'a str>],
+    ) -> Result<(), ScanError> {
+        let Some(node) = self.root.child(object.as_bytes()) else {
+            return Ok(());
+        };
+        let mut scanner = Scanner {
+            s: members,
+            b: members.as_bytes(),
+            i: 0,
+            failure: None,
+        };
+        scanner.ws();
+        let mut scanned = Ok(());
+        while scanned.is_ok() && scanner.i < members.len() {
+            scanned = scanner.member(Some(node), 1, slots).and_then(|()| {
+                scanner.ws();
+                match scanner.peek() {
+                    Some(b',') => {
+                        scanner.i += 1;
+                        scanner.ws();
+                        match scanner.i < members.len() {
+                            true => Ok(()),
+                            false => Err(scanner.error("expected a member name")),
+                        }
+                    }
+                    None => Ok(()),
+                    Some(_) => Err(scanner.error("expected ','")),
+                }
+            });
+        }
+        scanned.map_err(|Failed| {
+            scanner.failure.unwrap_or(ScanError {
+                at: scanner.i,
+                what: "invalid JSON",
+            })
+        })
+    }
+}
+
 /// How many bytes at the start of `b` are plain string content: not a quote, a backslash or
 /// a control character. Eight bytes at a time (the strings of log messages are short, but a
 /// byte-at-a-time loop was a tenth of local mode's time).
@@ -287,21 +357,30 @@ impl<'a> Scanner<'a> {
         depth: usize,
         slots: &mut [Option<&'a str>],
     ) -> Result<(), Failed> {
-        self.container(b'}', depth, |sc, _| {
-            if sc.peek() != Some(b'"') {
-                return Err(sc.error("expected a member name"));
-            }
-            let (name, escaped) = sc.string()?;
-            let child = match node {
-                Some(n) if escaped => n.child(&unescape(name)),
-                Some(n) => n.child(name),
-                None => None,
-            };
-            sc.ws();
-            sc.expect(b':', "expected ':'")?;
-            sc.ws();
-            sc.value(child, depth + 1, slots)
-        })
+        self.container(b'}', depth, |sc, _| sc.member(node, depth, slots))
+    }
+
+    /// One `"name": value` of an object whose pointer subtree is `node`.
+    #[inline(always)]
+    fn member(
+        &mut self,
+        node: Option<&Node>,
+        depth: usize,
+        slots: &mut [Option<&'a str>],
+    ) -> Result<(), Failed> {
+        if self.peek() != Some(b'"') {
+            return Err(self.error("expected a member name"));
+        }
+        let (name, escaped) = self.string()?;
+        let child = match node {
+            Some(n) if escaped => n.child(&unescape(name)),
+            Some(n) => n.child(name),
+            None => None,
+        };
+        self.ws();
+        self.expect(b':', "expected ':'")?;
+        self.ws();
+        self.value(child, depth + 1, slots)
     }
 
     fn array(
