@@ -624,6 +624,42 @@ mod tests {
     }
 
     #[test]
+    fn members_scanned_alone_give_what_a_scan_of_their_object_gives() {
+        let s = set(&[
+            &["p", "a"],
+            &["p", "b", "c"],
+            &["p", "d"],
+            &["p", "e", "1"],
+            &["p", "eventTime"],
+            &["q", "a"],
+        ]);
+        for members in [
+            "",
+            r#""a":"x","d":-1.5e3,"z":true"#,
+            r#""a":"x\"y","b":{"c":[1,{"c":2}]},"b":{"c":3},"a":"second""#,
+            r#""e":[null,{"k":"v"}],"d":false,"a":null"#,
+            r#""eventTime":7,"a":"\u00e9""#,
+            r#" "a" : "x" , "d" : 1 "#,
+            r#""a\u0062":1,"a":2"#,
+        ] {
+            let mut alone = vec![None; s.len()];
+            s.scan_members("p", members, &mut alone).unwrap();
+            let whole = format!(r#"{{"p":{{{members}}}}}"#);
+            assert_eq!(alone, scan(&s, &whole).unwrap(), "{members}");
+        }
+        let mut slots = vec![None; s.len()];
+        for bad in [
+            r#""a":1,"#,
+            r#""a":"x"#,
+            r#""a" 1"#,
+            r#""a":{"#,
+            r#""a":1 "b":2"#,
+        ] {
+            assert!(s.scan_members("p", bad, &mut slots).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn refuses_deep_nesting_without_overflowing() {
         let s = set(&[&["a"]]);
         let deep = "[".repeat(100_000);
