@@ -12,22 +12,21 @@ use super::{Pending, part_bit};
 /// scan was an eighth of a local run's instructions).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordLayout {
-    /// The top-level members before the parts, in the record's order: their names and the
-    /// byte ranges of their values.
-    pub head: [(&'static str, Range<usize>); 5],
-    pub head_len: usize,
+    /// The top-level members before the parts (see [`RecordLayout::head`]).
+    head: [(&'static str, Range<usize>); 5],
+    head_len: usize,
     /// For each part present (in [`Part::ALL`] order): the range of its `eventTime` value and
     /// of its projected fields (members without braces).
     pub parts: [Option<(Range<usize>, Range<usize>)>; 3],
 }
 
 impl RecordLayout {
+    /// The top-level members before the parts: names and value ranges, in the record's order.
     pub fn head(&self) -> &[(&'static str, Range<usize>)] {
         &self.head[..self.head_len]
     }
 
-    /// The top-level member names of a record: the head's (all a record can have) and the
-    /// parts'.
+    /// Every name the head of a record can have (an action's or an incomplete one's).
     pub const HEAD_NAMES: [&'static str; 6] = [
         "trackingNumber",
         "keyGroup",

@@ -163,7 +163,8 @@ impl ProcessPlan {
     }
 
     /// Whether [`ProcessPlan::classify_written`] reads through the layout (not by a scan).
-    pub fn reads_layouts(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn reads_layouts(&self) -> bool {
         self.layout.is_some()
     }
 
