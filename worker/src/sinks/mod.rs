@@ -26,8 +26,8 @@ const WINDOWS_IN_FLIGHT: usize = 2;
 /// own, which writes it with `O_DIRECT`, past the page cache, while the caller fills the
 /// next. An output is written once and read by someone else later: copying it into the page
 /// cache was the largest system time of a local run (on this project's VM, buffered writes
-/// take 2 s of system time per GB, direct ones 0.07 s), and the caller no longer waits for
-/// the device either. A flush writes the whole blocks gathered directly and the last, partial
+/// take 0.2–2 s of system time per GB, depending on the host, direct ones 0.1 s), and the
+/// caller does not wait for the device either. A flush writes the whole blocks gathered directly and the last, partial
 /// block through the cache; the next direct write of that block replaces it. A filesystem
 /// that refuses `O_DIRECT` (tmpfs) gets every write through the cache.
 pub struct JsonLinesFile {
