@@ -93,12 +93,7 @@ impl PointerSet {
                 Err(scanner.error("trailing characters"))
             }
         });
-        scanned.map_err(|Failed| {
-            scanner.failure.unwrap_or(ScanError {
-                at: scanner.i,
-                what: "invalid JSON",
-            })
-        })
+        scanner.outcome(scanned)
     }
 }
 
@@ -163,12 +158,7 @@ impl PointerSet {
                 }
             });
         }
-        scanned.map_err(|Failed| {
-            scanner.failure.unwrap_or(ScanError {
-                at: scanner.i,
-                what: "invalid JSON",
-            })
-        })
+        scanner.outcome(scanned)
     }
 }
 
@@ -241,6 +231,16 @@ struct Scanner<'a> {
 struct Failed;
 
 impl<'a> Scanner<'a> {
+    /// A scan's result as the caller sees it: the error kept when it failed.
+    fn outcome(self, scanned: Result<(), Failed>) -> Result<(), ScanError> {
+        scanned.map_err(|Failed| {
+            self.failure.unwrap_or(ScanError {
+                at: self.i,
+                what: "invalid JSON",
+            })
+        })
+    }
+
     #[cold]
     fn error(&mut self, what: &'static str) -> Failed {
         self.failure = Some(ScanError { at: self.i, what });
