@@ -61,6 +61,15 @@ enum Node {
     Or(Vec<Node>),
     Not(Box<Node>),
     Compare(Compare, Operand, Operand),
+    /// `field == literal` (`equal`) or `!=`, for a string or a small integer literal: most
+    /// comparisons are decided on the raw JSON text (see [`text_decides`]).
+    Equals {
+        slot: usize,
+        equal: bool,
+        literal: Literal,
+        /// The string's content, or the integer's decimal text.
+        text: Box<str>,
+    },
     In(Operand, Vec<Literal>),
     Has(usize),
     Str(StrTest, Operand, Operand),
@@ -230,11 +239,8 @@ fn subset(expr: &IdedExpr, pointers: &mut PointerSet) -> Option<Node> {
     };
     if let Some(op) = compare {
         let [a, b] = args.as_slice() else { return None };
-        return Some(Node::Compare(
-            op,
-            operand(a, pointers)?,
-            operand(b, pointers)?,
-        ));
+        let (a, b) = (operand(a, pointers)?, operand(b, pointers)?);
+        return Some(equals(op, &a, &b).unwrap_or(Node::Compare(op, a, b)));
     }
     match call.func_name.as_str() {
         operators::LOGICAL_AND | operators::LOGICAL_OR => {
@@ -279,6 +285,65 @@ fn subset(expr: &IdedExpr, pointers: &mut PointerSet) -> Option<Node> {
             ))
         }
         _ => None,
+    }
+}
+
+/// [`Node::Equals`] for `==`/`!=` between a field and a string or an integer literal
+/// (exact in a double: at most 15 digits).
+fn equals(op: Compare, a: &Operand, b: &Operand) -> Option<Node> {
+    let equal = match op {
+        Compare::Eq => true,
+        Compare::Ne => false,
+        _ => return None,
+    };
+    let (slot, literal) = match (a, b) {
+        (Operand::Field(slot), Operand::Literal(l))
+        | (Operand::Literal(l), Operand::Field(slot)) => (*slot, l),
+        _ => return None,
+    };
+    let text = match literal {
+        Literal::Str(s) => s.clone(),
+        Literal::Num(n) if n.fract() == 0.0 && n.abs() < 1e15 => format!("{}", *n as i64),
+        _ => return None,
+    };
+    Some(Node::Equals {
+        slot,
+        equal,
+        literal: literal.clone(),
+        text: text.into(),
+    })
+}
+
+/// Whether the raw JSON value `raw` equals the literal whose text is `text`, when its text
+/// decides it; `None` when only its value can (escapes, other number forms, other types).
+///
+/// A string: an escape takes more bytes than what it stands for, so a string holding one is
+/// longer than its value. Content shorter than the literal, or as long and different, is
+/// another string; as long and the same is the same string, unless the literal has a
+/// backslash. An integer of at most 15 digits, without a sign or with `-` before a non-zero
+/// digit, is another value when its text differs.
+fn text_decides(raw: &str, literal: &Literal, text: &str) -> Option<bool> {
+    match literal {
+        Literal::Str(_) => {
+            let content = raw.strip_prefix('"')?.strip_suffix('"')?;
+            match content.len().cmp(&text.len()) {
+                std::cmp::Ordering::Less => Some(false),
+                std::cmp::Ordering::Equal if content != text => Some(false),
+                std::cmp::Ordering::Equal => (!text.contains('\\')).then_some(true),
+                std::cmp::Ordering::Greater => (!content.contains('\\')).then_some(false),
+            }
+        }
+        _ => {
+            if raw == text {
+                return Some(true);
+            }
+            let digits = raw.strip_prefix('-').unwrap_or(raw);
+            let plain = !digits.is_empty()
+                && digits.len() <= 15
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && !raw.starts_with("-0");
+            plain.then_some(false)
+        }
     }
 }
 
@@ -337,6 +402,19 @@ fn eval(node: &Node, fields: &Fields<'_>) -> Option<bool> {
         }
         Node::Not(n) => eval(n, fields).map(|b| !b),
         Node::Compare(op, a, b) => compare(*op, &resolve(a, fields)?, &resolve(b, fields)?),
+        Node::Equals {
+            slot,
+            equal,
+            literal,
+            text,
+        } => {
+            let raw = fields.values.get(*slot).copied().flatten()?;
+            let same = match text_decides(raw, literal, text) {
+                Some(same) => same,
+                None => compare(Compare::Eq, &value_of(raw), &literal_value(literal))?,
+            };
+            Some(same == *equal)
+        }
         Node::In(a, items) => {
             let v = resolve(a, fields)?;
             Some(
@@ -418,6 +496,92 @@ mod tests {
             }),
             p.is_compiled(),
         )
+    }
+
+    /// `field == literal` decided on the raw text gives what comparing values gives, for
+    /// strings with and without escapes and numbers in every form.
+    #[test]
+    fn equality_decided_on_the_text_agrees_with_the_values() {
+        let raws = [
+            r#""/cc/apply""#,
+            r#""/cc/review""#,
+            r#""\/cc\/apply""#,
+            r#""\u002fcc/apply""#,
+            r#""a\"b""#,
+            r#""a\\b""#,
+            r#""""#,
+            r#""é""#,
+            r#""\u00e9""#,
+            "200",
+            "201",
+            "-200",
+            "200.0",
+            "2e2",
+            "0",
+            "-0",
+            "1234567890123456789",
+            "true",
+            "null",
+            r#"{"a":1}"#,
+            "[200]",
+        ];
+        let literals = [
+            Literal::Str("/cc/apply".into()),
+            Literal::Str("/cc/review".into()),
+            Literal::Str("a\"b".into()),
+            Literal::Str("a\\b".into()),
+            Literal::Str(String::new()),
+            Literal::Str("é".into()),
+            Literal::Str("200".into()),
+            Literal::Num(200.0),
+            Literal::Num(-200.0),
+            Literal::Num(0.0),
+            Literal::Num(-0.0),
+            Literal::Num(200.5),
+            Literal::Num(1234567890123456789.0),
+        ];
+        let mut decided = 0;
+        for raw in raws {
+            let values = [Some(raw)];
+            let fields = Fields {
+                values: &values,
+                action: "",
+            };
+            for literal in &literals {
+                for op in [Compare::Eq, Compare::Ne] {
+                    let (field, lit) = (Operand::Field(0), Operand::Literal(literal.clone()));
+                    let general = eval(&Node::Compare(op, field.clone(), lit.clone()), &fields);
+                    if let Some(node) = equals(op, &field, &lit) {
+                        assert_eq!(eval(&node, &fields), general, "{raw} {op:?} {literal:?}");
+                        if let Node::Equals { literal, text, .. } = &node {
+                            decided += usize::from(text_decides(raw, literal, text).is_some());
+                        }
+                    }
+                }
+            }
+        }
+        assert!(decided > 0);
+        // The usual cases are decided on the text alone.
+        let path = Literal::Str("/cc/apply".into());
+        assert_eq!(
+            text_decides(r#""/cc/apply""#, &path, "/cc/apply"),
+            Some(true)
+        );
+        assert_eq!(
+            text_decides(r#""/cc/issue""#, &path, "/cc/apply"),
+            Some(false)
+        );
+        assert_eq!(
+            text_decides(r#""/cc/review""#, &path, "/cc/apply"),
+            Some(false)
+        );
+        assert_eq!(
+            text_decides(r#""/cc/make""#, &path, "/cc/apply"),
+            Some(false)
+        );
+        let status = Literal::Num(200.0);
+        assert_eq!(text_decides("200", &status, "200"), Some(true));
+        assert_eq!(text_decides("500", &status, "200"), Some(false));
     }
 
     #[test]
