@@ -362,6 +362,8 @@ struct Outputs {
     incomplete: JsonLinesFile,
     dead_letters: JsonLinesFile,
     buf: Vec<u8>,
+    /// Where the values of the record in `buf` lie, for its classification.
+    layout: RecordLayout,
     error: Option<std::io::Error>,
     /// Actions (complete and incomplete), classified, not yet given to the process stage.
     for_process: Vec<u8>,
@@ -440,7 +442,7 @@ impl Outputs {
     }
 
     /// Classifies the action record in `buf`, written with `layout`, for the process stage.
-    fn classify(&mut self, layout: &RecordLayout) {
+    fn classify(&mut self) {
         let Some(classifier) = &self.classifier else {
             return;
         };
@@ -448,7 +450,7 @@ impl Outputs {
             .map_err(|e| e.to_string())
             .and_then(|text| {
                 classifier
-                    .add(text.trim_end(), Some(layout), &mut self.for_process)
+                    .add(text.trim_end(), Some(&self.layout), &mut self.for_process)
                     .map_err(|e| e.to_string())
             });
         if let Err(e) = record
@@ -493,15 +495,16 @@ impl JoinOutput for Outputs {
         completed_at: i64,
     ) {
         self.buf.clear();
-        let layout = write_action(
+        write_action(
             &mut self.buf,
+            &mut self.layout,
             key_group,
             tracking_number,
             pending,
             completed_at,
         );
         Self::write(&mut self.actions, &self.buf, &mut self.error);
-        self.classify(&layout);
+        self.classify();
     }
 
     fn incomplete(
@@ -512,9 +515,17 @@ impl JoinOutput for Outputs {
         missing: u8,
     ) {
         self.buf.clear();
-        let layout = write_incomplete(&mut self.buf, key_group, tracking_number, pending, missing);
+        let layout = &mut self.layout;
+        write_incomplete(
+            &mut self.buf,
+            layout,
+            key_group,
+            tracking_number,
+            pending,
+            missing,
+        );
         Self::write(&mut self.incomplete, &self.buf, &mut self.error);
-        self.classify(&layout);
+        self.classify();
     }
 }
 
@@ -712,6 +723,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         incomplete: open("incomplete.jsonl", "incomplete")?,
         dead_letters: open("dead-letters.jsonl", "deadLetters")?,
         buf: Vec::with_capacity(4096),
+        layout: RecordLayout::default(),
         error: None,
         for_process: Vec::with_capacity(PROCESS_BATCH + 4096),
         classifier: if options.join_only {

@@ -99,14 +99,17 @@ fn push_i64(buf: &mut Vec<u8>, n: i64) {
     buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// Writes the head and starts `layout` afresh.
 fn push_head(
     buf: &mut Vec<u8>,
+    layout: &mut RecordLayout,
     key_group: u16,
     tracking_number: &str,
     pending: &Pending,
-) -> RecordLayout {
-    let mut layout = RecordLayout::default();
-    let l = &mut layout;
+) {
+    layout.head_len = 0;
+    layout.parts = Default::default();
+    let l = layout;
     member(buf, l, b"{\"trackingNumber\":", "trackingNumber", |b| {
         push_json_string(b, tracking_number)
     });
@@ -116,7 +119,6 @@ fn push_head(
     member(buf, l, b",\"firstEventTime\":", "firstEventTime", |b| {
         push_i64(b, pending.first_event_time())
     });
-    layout
 }
 
 fn push_parts(buf: &mut Vec<u8>, pending: &Pending, layout: &mut RecordLayout) {
@@ -144,40 +146,39 @@ fn push_parts(buf: &mut Vec<u8>, pending: &Pending, layout: &mut RecordLayout) {
 /// The tracking number is the record's idempotent key: the same input always gives the same bytes.
 pub fn write_action(
     buf: &mut Vec<u8>,
+    layout: &mut RecordLayout,
     key_group: u16,
     tracking_number: &str,
     pending: &Pending,
     completed_at: i64,
-) -> RecordLayout {
-    let mut layout = push_head(buf, key_group, tracking_number, pending);
-    let l = &mut layout;
+) {
+    push_head(buf, layout, key_group, tracking_number, pending);
     member(
         buf,
-        l,
+        layout,
         b",\"completedEventTime\":",
         "completedEventTime",
         |b| push_i64(b, completed_at),
     );
-    push_parts(buf, pending, &mut layout);
+    push_parts(buf, pending, layout);
     buf.extend_from_slice(b"}\n");
-    layout
 }
 
 /// Like an action, with `"missing":[..]` naming the required parts that never came and
 /// `"expiredAt"` (the event time the lateness bound passed) instead of the completion time.
 pub fn write_incomplete(
     buf: &mut Vec<u8>,
+    layout: &mut RecordLayout,
     key_group: u16,
     tracking_number: &str,
     pending: &Pending,
     missing: u8,
-) -> RecordLayout {
-    let mut layout = push_head(buf, key_group, tracking_number, pending);
-    let l = &mut layout;
-    member(buf, l, b",\"expiredAt\":", "expiredAt", |b| {
+) {
+    push_head(buf, layout, key_group, tracking_number, pending);
+    member(buf, layout, b",\"expiredAt\":", "expiredAt", |b| {
         push_i64(b, pending.deadline)
     });
-    member(buf, l, b",\"missing\":", "missing", |b| {
+    member(buf, layout, b",\"missing\":", "missing", |b| {
         b.push(b'[');
         let mut first = true;
         for part in Part::ALL {
@@ -193,9 +194,8 @@ pub fn write_incomplete(
         }
         b.push(b']');
     });
-    push_parts(buf, pending, &mut layout);
+    push_parts(buf, pending, layout);
     buf.extend_from_slice(b"}\n");
-    layout
 }
 
 #[cfg(test)]
@@ -220,7 +220,15 @@ mod tests {
             ],
         };
         let mut buf = Vec::new();
-        let layout = write_incomplete(&mut buf, 7, "tn\"1", &pending, part_bit(Part::Response));
+        let mut layout = RecordLayout::default();
+        write_incomplete(
+            &mut buf,
+            &mut layout,
+            7,
+            "tn\"1",
+            &pending,
+            part_bit(Part::Response),
+        );
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_layout(&buf, &layout, &v);
         assert_eq!(v["trackingNumber"], "tn\"1");
@@ -231,7 +239,7 @@ mod tests {
         assert!(v.get("response").is_none());
 
         buf.clear();
-        let layout = write_action(&mut buf, 7, "a\u{1}b", &pending, 100);
+        write_action(&mut buf, &mut layout, 7, "a\u{1}b", &pending, 100);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_layout(&buf, &layout, &v);
         assert_eq!(v["trackingNumber"], "a\u{1}b");

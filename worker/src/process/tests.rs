@@ -878,11 +878,11 @@ proptest::proptest! {
         tracking_number in prop_oneof![Just("T\"1"), Just("T-2")],
     ) {
         let pending = crate::join::Pending { deadline: T0 + 3_600_000, parts };
-        let mut buf = Vec::new();
-        let layout = match complete {
-            true => crate::join::record::write_action(&mut buf, 7, tracking_number, &pending, T0),
-            false => crate::join::record::write_incomplete(&mut buf, 7, tracking_number, &pending, 0b110),
-        };
+        let (mut buf, mut layout) = (Vec::new(), Default::default());
+        match complete {
+            true => crate::join::record::write_action(&mut buf, &mut layout, 7, tracking_number, &pending, T0),
+            false => crate::join::record::write_incomplete(&mut buf, &mut layout, 7, tracking_number, &pending, 0b110),
+        }
         let record = std::str::from_utf8(&buf).unwrap().trim_end();
         let plans = reading_definitions();
         prop_assert_eq!(plans.iter().map(|p| p.reads_layouts()).collect::<Vec<_>>(), vec![true, true, false]);

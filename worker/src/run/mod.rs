@@ -37,6 +37,7 @@ use weft_crds::keygroup::{KeyGroupRange, even_range};
 use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 
 use crate::admin::{CheckpointStatus, PartitionStatus, Shared};
+use crate::join::record::RecordLayout;
 use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinStats};
 use crate::kafka::batch::{self, BATCH_HEADER};
 use crate::kafka::{
@@ -233,6 +234,8 @@ struct Stages {
     /// Actions of the join for the process stage of this worker (see [`JoinOutputs`]).
     local_actions: Vec<u8>,
     latencies: Vec<f64>,
+    /// Where the values of the action record in `buf` lie (see [`JoinOutputs::layout`]).
+    layout: RecordLayout,
     parked: Vec<Parked>,
     parked_since: Option<Instant>,
     /// The shuffle thread's counts, as it last published them.
@@ -310,6 +313,7 @@ impl Stages {
             classified: &mut self.process_batch,
             local: &mut self.local_actions,
             latencies: &mut self.latencies,
+            layout: &mut self.layout,
         };
         let result = f(&mut self.join, &self.store, &mut out);
         if !self.local_actions.is_empty() {
@@ -1127,6 +1131,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         buf: Vec::with_capacity(4096),
         local_actions: Vec::new(),
         latencies: Vec::new(),
+        layout: RecordLayout::default(),
         parked: Vec::new(),
         parked_since: None,
         shuffle_counts: None,

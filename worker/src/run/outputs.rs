@@ -60,11 +60,13 @@ pub struct JoinOutputs<'a> {
     pub local: &'a mut Vec<u8>,
     /// Event-time seconds from the first part to the completing one, per completed action.
     pub latencies: &'a mut Vec<f64>,
+    /// Where the values of the record in the buffer lie, for its classification.
+    pub layout: &'a mut RecordLayout,
 }
 
 impl JoinOutputs<'_> {
-    /// Classifies or routes the action record in the buffer, written with `layout`.
-    fn route(&mut self, tracking_number: &str, layout: &RecordLayout) {
+    /// Classifies or routes the action record in the buffer, written with `self.layout`.
+    fn route(&mut self, tracking_number: &str) {
         let Outputs {
             sink,
             topics,
@@ -84,7 +86,7 @@ impl JoinOutputs<'_> {
         for (p, plan) in self.routing.iter().enumerate() {
             // The predicates are evaluated only for an action applied here: the worker that
             // owns another's instance classifies it again when it reads it.
-            let read = plan.classify_if(text, Some(layout), |instance| {
+            let read = plan.classify_if(text, Some(self.layout), |instance| {
                 owned.contains(key_group_of(instance))
             });
             let instance = match read {
@@ -134,8 +136,9 @@ impl JoinOutput for JoinOutputs<'_> {
         completed_at: i64,
     ) {
         self.out.buf.clear();
-        let layout = write_action(
+        write_action(
             self.out.buf,
+            self.layout,
             key_group,
             tracking_number,
             pending,
@@ -147,7 +150,7 @@ impl JoinOutput for JoinOutputs<'_> {
             .send_buf(topic, None, Some(tracking_number.as_bytes()), None);
         self.latencies
             .push((completed_at - pending.first_event_time()).max(0) as f64 / 1000.0);
-        self.route(tracking_number, &layout);
+        self.route(tracking_number);
     }
 
     fn incomplete(
@@ -158,12 +161,20 @@ impl JoinOutput for JoinOutputs<'_> {
         missing: u8,
     ) {
         self.out.buf.clear();
-        let layout = write_incomplete(self.out.buf, key_group, tracking_number, pending, missing);
+        let layout = &mut self.layout;
+        write_incomplete(
+            self.out.buf,
+            layout,
+            key_group,
+            tracking_number,
+            pending,
+            missing,
+        );
         let topics = self.out.topics;
         let topic = &topics.incomplete;
         self.out
             .send_buf(topic, None, Some(tracking_number.as_bytes()), None);
-        self.route(tracking_number, &layout);
+        self.route(tracking_number);
     }
 }
 
