@@ -108,6 +108,31 @@ struct FilterPlan {
     value: usize,
     operator: FilterOperator,
     values: Vec<String>,
+    /// `values` as JSON strings (quoted, escaped as serde_json writes them).
+    quoted: Vec<String>,
+}
+
+/// The field that tells a source's parts apart, and the part each of its values means.
+struct DiscriminatorPlan {
+    value: usize,
+    values: Vec<String>,
+    quoted: Vec<String>,
+    parts: Vec<Part>,
+}
+
+/// A string as JSON text: a raw value with these bytes is that string (see [`among`]).
+fn quoted(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// Which of `texts` the raw JSON value `raw` is (compared as [`text_of`] reads it). A raw
+/// string with the bytes of one's JSON text is that one, without unescaping; other raw
+/// values (escaped differently, or another value) are unescaped and compared.
+fn among(raw: &str, texts: &[String], quoted: &[String]) -> Option<usize> {
+    quoted.iter().position(|q| q == raw).or_else(|| {
+        let value = text_of(raw);
+        texts.iter().position(|t| *t == value)
+    })
 }
 
 /// A source compiled for reading: every pointer it needs, in one set for a single pass.
@@ -117,7 +142,7 @@ pub struct SourcePlan {
     tracking_number: usize,
     event_time: usize,
     event_time_format: EventTimeFormat,
-    discriminator: Option<(usize, Vec<(String, Part)>)>,
+    discriminator: Option<DiscriminatorPlan>,
     single_part: Option<Part>,
     filters: Vec<FilterPlan>,
     fields: Vec<FieldPlan>,
@@ -137,11 +162,11 @@ impl SourcePlan {
         let mut pointers = PointerSet::default();
         let tracking_number = pointers.add(spec.tracking_number.segments());
         let event_time = pointers.add(spec.event_time.pointer.segments());
-        let discriminator = spec.discriminator.as_ref().map(|d| {
-            (
-                pointers.add(d.pointer.segments()),
-                d.values.iter().map(|(v, p)| (v.clone(), *p)).collect(),
-            )
+        let discriminator = spec.discriminator.as_ref().map(|d| DiscriminatorPlan {
+            value: pointers.add(d.pointer.segments()),
+            values: d.values.keys().cloned().collect(),
+            quoted: d.values.keys().map(|v| quoted(v)).collect(),
+            parts: d.values.values().copied().collect(),
         });
         let filters = spec
             .filter
@@ -150,6 +175,7 @@ impl SourcePlan {
                 value: pointers.add(f.pointer.segments()),
                 operator: f.operator,
                 values: f.values.clone(),
+                quoted: f.values.iter().map(|v| quoted(v)).collect(),
             })
             .collect();
         let fields = spec
@@ -231,10 +257,10 @@ impl SourcePlan {
                 FilterOperator::Exists => found.is_some(),
                 FilterOperator::DoesNotExist => found.is_none(),
                 FilterOperator::In => {
-                    found.is_some_and(|v| filter.values.iter().any(|x| *x == text_of(v)))
+                    found.is_some_and(|v| among(v, &filter.values, &filter.quoted).is_some())
                 }
                 FilterOperator::NotIn => {
-                    found.is_none_or(|v| !filter.values.iter().any(|x| *x == text_of(v)))
+                    found.is_none_or(|v| among(v, &filter.values, &filter.quoted).is_none())
                 }
             };
             if !pass {
@@ -244,23 +270,22 @@ impl SourcePlan {
 
         let part = match (&self.single_part, &self.discriminator) {
             (Some(part), _) => *part,
-            (None, Some((at, map))) => {
-                let v = value(*at).ok_or_else(|| {
+            (None, Some(d)) => {
+                let v = value(d.value).ok_or_else(|| {
                     Rejection::new(
                         DeadLetterReason::NoDiscriminator,
                         "discriminator field missing",
                     )
                 })?;
-                let key = text_of(v);
-                map.iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, p)| *p)
-                    .ok_or_else(|| {
-                        Rejection::new(
+                match among(v, &d.values, &d.quoted) {
+                    Some(i) => d.parts[i],
+                    None => {
+                        return Err(Rejection::new(
                             DeadLetterReason::UnknownDiscriminator,
-                            format!("discriminator value {key:?} maps to no part"),
-                        )
-                    })?
+                            format!("discriminator value {:?} maps to no part", text_of(v)),
+                        ));
+                    }
+                }
             }
             (None, None) => {
                 return Err(Rejection::new(
@@ -381,6 +406,30 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+
+    /// A filter's or discriminator's value is found whatever its escapes, as its unescaped
+    /// text would find it.
+    #[test]
+    fn values_are_found_among_a_list_as_their_text_finds_them() {
+        let texts: Vec<String> = ["REQ", "a\"b", "é", "12"].map(String::from).into();
+        let quoted: Vec<String> = texts.iter().map(|t| quoted(t)).collect();
+        for (raw, expected) in [
+            (r#""REQ""#, Some(0)),
+            (r#""R\u0045Q""#, Some(0)),
+            (r#""a\"b""#, Some(1)),
+            (r#""a\u0022b""#, Some(1)),
+            (r#""é""#, Some(2)),
+            (r#""\u00e9""#, Some(2)),
+            (r#""12""#, Some(3)),
+            ("12", Some(3)),
+            (r#""RESP""#, None),
+            ("null", None),
+        ] {
+            assert_eq!(among(raw, &texts, &quoted), expected, "{raw}");
+            let by_text = texts.iter().position(|t| *t == text_of(raw));
+            assert_eq!(expected, by_text, "{raw}");
+        }
+    }
 
     #[test]
     fn examining_a_message_gives_what_extracting_it_gives_but_the_projection() {
