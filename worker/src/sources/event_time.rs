@@ -13,8 +13,13 @@ pub fn parse(raw: &str, format: EventTimeFormat) -> Option<i64> {
     let text = raw
         .strip_prefix('"')
         .and_then(|r| r.strip_suffix('"'))
-        .unwrap_or(raw)
-        .trim();
+        .unwrap_or(raw);
+    // Trimmed only when it starts or ends with a space or a non-ASCII byte (rarely).
+    let plain = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_graphic());
+    let text = match plain(text.as_bytes().first()) && plain(text.as_bytes().last()) {
+        true => text,
+        false => text.trim(),
+    };
     if text.is_empty() {
         return None;
     }
@@ -190,6 +195,14 @@ mod tests {
             parse("1763800000", EventTimeFormat::EpochSeconds),
             Some(1_763_800_000_000)
         );
+        // Spaces around the time, ASCII or not, are trimmed.
+        for padded in ["\" 1763800000123\t\"", "\"\u{a0}1763800000123\u{2003}\""] {
+            assert_eq!(
+                parse(padded, EventTimeFormat::EpochMillis),
+                Some(1_763_800_000_123),
+                "{padded}"
+            );
+        }
         assert_eq!(parse("\"soon\"", EventTimeFormat::EpochMillis), None);
         assert_eq!(parse("null", EventTimeFormat::EpochSeconds), None);
         assert_eq!(parse("1e400", EventTimeFormat::EpochSeconds), None);

@@ -146,6 +146,8 @@ pub struct SourcePlan {
     single_part: Option<Part>,
     filters: Vec<FilterPlan>,
     fields: Vec<FieldPlan>,
+    /// For each part (in [`Part::ALL`] order), the fields projected into it.
+    fields_of: [Vec<usize>; 3],
     keep_payload: bool,
     max_message_bytes: usize,
 }
@@ -178,7 +180,7 @@ impl SourcePlan {
                 quoted: f.values.iter().map(|v| quoted(v)).collect(),
             })
             .collect();
-        let fields = spec
+        let fields: Vec<FieldPlan> = spec
             .fields
             .iter()
             .map(|f| FieldPlan {
@@ -200,6 +202,11 @@ impl SourcePlan {
             discriminator,
             single_part: spec.part,
             filters,
+            fields_of: Part::ALL.map(|p| {
+                (0..fields.len())
+                    .filter(|&f| fields[f].parts & part_bit(p) != 0)
+                    .collect()
+            }),
             fields,
             keep_payload: spec.keep_payload,
             max_message_bytes: spec.max_message_bytes as usize,
@@ -345,11 +352,10 @@ impl SourcePlan {
             }));
         }
         // Sized first, so the projection is one exact allocation that the join keeps as is.
-        let bit = part_bit(part);
         let projected = || {
-            self.fields
+            self.fields_of[part as usize]
                 .iter()
-                .filter(move |f| f.parts & bit != 0)
+                .map(|&f| &self.fields[f])
                 .filter_map(|f| value(f.value).map(|v| (f.name_prefix.as_str(), v)))
         };
         let payload = if self.keep_payload {
