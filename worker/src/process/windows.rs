@@ -18,6 +18,11 @@ use super::{Aggregate, AggregateKey, LEFT, Metric, NO_STEP, Tally};
 /// merged a bounded number of times.
 const FOLD_AT: usize = 4096;
 
+/// A log this many times smaller than the window's aggregates is added to them in place
+/// (a binary search, and an insertion for a new aggregate) instead of merged into a
+/// rebuilt window.
+const IN_PLACE_RATIO: usize = 4;
+
 /// One contribution to an aggregate, not yet summed.
 ///
 /// 32 bytes (the metric is its order, see [`Metric::from_sort_key`]): a window's log is
@@ -124,6 +129,26 @@ impl Window {
     fn fold(&mut self) -> usize {
         if self.log.is_empty() {
             return 0;
+        }
+        // A few late contributions to a window summed before go in place: rebuilding the
+        // whole window for them (a window is emitted again for each batch of late ones) was
+        // most of the summing.
+        if self.log.len() * IN_PLACE_RATIO <= self.summed.len() {
+            let mut log = std::mem::take(&mut self.log);
+            let mut created = 0;
+            for d in &log {
+                // Always a metric: orders come from `Metric::sort_key`.
+                let Some(metric) = Metric::from_sort_key(d.order) else {
+                    continue;
+                };
+                let (i, new) = self.entry(metric, d.combo);
+                created += usize::from(new);
+                self.summed[i].add(d);
+                self.mark_dirty(i);
+            }
+            log.clear();
+            self.log = log;
+            return created;
         }
         let mut log = std::mem::take(&mut self.log);
         log.sort_unstable_by_key(|d| position_key(d.order, d.combo));
@@ -487,6 +512,47 @@ mod tests {
             out.push((metrics, cell.aggregates[0].combo));
         });
         out
+    }
+
+    /// Late contributions added in place to a window summed before give what summing them
+    /// all at once gives: counts, exits (sketch and next steps), contributions taken back.
+    #[test]
+    fn late_contributions_added_in_place_sum_as_all_at_once() {
+        let contributions: Vec<(AggregateKey, i8, Option<(i64, u16)>, Tally)> = (0..200u32)
+            .map(|n| {
+                let metric = match n % 3 {
+                    0 => Metric::Step((n % 5) as u16),
+                    1 => Metric::Outcome((n % 2) as u16),
+                    _ => Metric::Started,
+                };
+                let exit = (n % 3 == 0 && n % 2 == 0).then_some((i64::from(n) * 1_000, 1));
+                let tally = match exit {
+                    Some(_) => EXIT,
+                    None => ONCE,
+                };
+                let weight = if n % 7 == 6 { -1 } else { 1 };
+                ((0, 0, metric, n % 13), weight, exit, tally)
+            })
+            .collect();
+        let mut all_at_once = Windows::new(0, 1);
+        let mut late = Windows::new(0, 1);
+        for (i, (key, weight, exit, tally)) in contributions.iter().enumerate() {
+            all_at_once.add(*key, *weight, *exit, *tally);
+            late.add(*key, *weight, *exit, *tally);
+            // The window is summed (emitted) after most of them, then after each late one:
+            // from then on each fold adds one contribution to many aggregates, in place.
+            if i >= 150 {
+                late.emit_before(0, 60_000, &mut |_: Cell<'_>| {});
+            }
+        }
+        let mut with_exits = 0;
+        for (key, _, _, _) in &contributions {
+            let whole = all_at_once.get(key).map(|a| (a.counts, a.exits.clone()));
+            with_exits += usize::from(whole.as_ref().is_some_and(|(_, e)| e.is_some()));
+            let in_place = late.get(key).map(|a| (a.counts, a.exits.clone()));
+            assert_eq!(format!("{whole:?}"), format!("{in_place:?}"), "{key:?}");
+        }
+        assert!(with_exits > 0);
     }
 
     #[test]
