@@ -518,7 +518,8 @@ mod tests {
     /// all at once gives: counts, exits (sketch and next steps), contributions taken back.
     #[test]
     fn late_contributions_added_in_place_sum_as_all_at_once() {
-        let contributions: Vec<(AggregateKey, i8, Option<(i64, u16)>, Tally)> = (0..200u32)
+        type Contribution = (AggregateKey, i8, Option<(i64, u16)>, Tally);
+        let contributions: Vec<Contribution> = (0..200u32)
             .map(|n| {
                 let metric = match n % 3 {
                     0 => Metric::Step((n % 5) as u16),
