@@ -212,21 +212,21 @@ impl Window {
 /// A key group's windows by start, oldest first.
 type Timeline = VecDeque<(i64, Window)>;
 
-/// Where window `start` is in a timeline, or where it would go. Searched from the newest: an
+/// Where window `start` is in a timeline, or where it would go. The two newest first: an
 /// action almost always lands in the latest window or the one before.
 fn position(windows: &Timeline, start: i64) -> Result<usize, usize> {
-    let mut i = windows.len();
-    while i > 0 {
-        let s = windows[i - 1].0;
+    let n = windows.len();
+    for i in (n.saturating_sub(2)..n).rev() {
+        let s = windows[i].0;
         if s == start {
-            return Ok(i - 1);
+            return Ok(i);
         }
         if s < start {
-            return Err(i);
+            return Err(i + 1);
         }
-        i -= 1;
     }
-    Err(0)
+    // Older than the two latest (a late action's, or one's history): a binary search.
+    windows.binary_search_by_key(&start, |(s, _)| *s)
 }
 
 /// The window `start` of a timeline, created when missing.
@@ -512,6 +512,29 @@ mod tests {
             out.push((metrics, cell.aggregates[0].combo));
         });
         out
+    }
+
+    #[test]
+    fn a_window_is_found_where_a_search_from_the_newest_finds_it() {
+        for starts in [
+            vec![],
+            vec![5],
+            vec![0, 10],
+            vec![0, 10, 20, 40, 50, 70, 80, 90],
+        ] {
+            let timeline: Timeline = starts
+                .iter()
+                .map(|s| (*s, Window::sized_like(None)))
+                .collect();
+            for start in -5..100 {
+                let linear = match starts.iter().rposition(|s| *s <= start) {
+                    Some(i) if starts[i] == start => Ok(i),
+                    Some(i) => Err(i + 1),
+                    None => Err(0),
+                };
+                assert_eq!(position(&timeline, start), linear, "{start} in {starts:?}");
+            }
+        }
     }
 
     /// Late contributions added in place to a window summed before give what summing them
