@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::local::{InputSpec, LocalOptions, ProcessSummary, Summary, load_pipeline};
-use crate::process::instance::{Applied, Instance, tracking_fingerprint};
+use crate::process::instance::{Applied, Instance};
 use crate::process::plan::ProcessPlan;
 
 /// Examples shown per finding.
@@ -151,10 +151,7 @@ fn analyse(dir: &Path, plans: &[ProcessPlan], summary: Summary) -> anyhow::Resul
                                 });
                             let applied = Applied {
                                 time,
-                                tracking: c
-                                    .tracking_number
-                                    .as_deref()
-                                    .map_or(0, tracking_fingerprint),
+                                tracking: c.tracking,
                                 step: step as u16,
                                 outcomes: 0,
                             };

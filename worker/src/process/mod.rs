@@ -990,7 +990,7 @@ impl ProcessEngine {
         let wm = self.watermarks[idx];
         let lateness = self.lateness;
         let state = &mut self.processes[p];
-        let tracking = c.tracking_number.as_deref().map_or(0, tracking_fingerprint);
+        let tracking = c.tracking;
         let mut dims = std::mem::take(&mut state.dims);
         dims.clear();
         for (d, v) in c.dimensions.iter().enumerate() {

@@ -7,6 +7,7 @@ use smallvec::SmallVec;
 use weft_crds::ProcessDefinitionSpec;
 use weft_crds::keygroup::key_group;
 
+use super::instance::tracking_fingerprint;
 use super::predicate::{Fields, Predicate};
 use crate::join::record::RecordLayout;
 use crate::sources::scan::PointerSet;
@@ -136,7 +137,9 @@ pub struct Classified<'a> {
     pub step: Option<usize>,
     pub instance: Option<Cow<'a, str>>,
     pub time: Option<i64>,
-    pub tracking_number: Option<Cow<'a, str>>,
+    /// The tracking number's fingerprint ([`tracking_fingerprint`]; 0 without one): all the
+    /// stage needs of it, to know an action applied before.
+    pub tracking: u64,
     pub outcomes: u64,
     /// In place for up to four dimensions: no allocation per action.
     pub dimensions: SmallVec<[Option<Cow<'a, str>>; 4]>,
@@ -286,7 +289,8 @@ impl ProcessPlan {
             step,
             instance,
             time: present(values, self.first_time).and_then(|v| v.parse().ok()),
-            tracking_number: present(values, self.tracking_number).map(text_of),
+            tracking: present(values, self.tracking_number)
+                .map_or(0, |v| tracking_fingerprint(&text_of(v))),
             outcomes,
             dimensions: self
                 .dimensions
@@ -346,7 +350,7 @@ impl Classified<'_> {
         out.extend_from_slice(&self.time.unwrap_or(0).to_le_bytes());
         out.extend_from_slice(&self.outcomes.to_le_bytes());
         put_text(out, self.instance.as_deref());
-        put_text(out, self.tracking_number.as_deref());
+        out.extend_from_slice(&self.tracking.to_le_bytes());
         out.extend_from_slice(&(self.dimensions.len() as u32).to_le_bytes());
         for d in &self.dimensions {
             put_text(out, d.as_deref());
@@ -364,7 +368,7 @@ pub fn decode_classified(mut bytes: &[u8]) -> Option<(u16, Classified<'_>, &[u8]
     let time = i64::from_le_bytes(take(b, 8)?.try_into().ok()?);
     let outcomes = u64::from_le_bytes(take(b, 8)?.try_into().ok()?);
     let instance = take_text(b)?;
-    let tracking_number = take_text(b)?;
+    let tracking = u64::from_le_bytes(take(b, 8)?.try_into().ok()?);
     let n = take_u32(b)? as usize;
     let mut dimensions = SmallVec::new();
     for _ in 0..n {
@@ -374,7 +378,7 @@ pub fn decode_classified(mut bytes: &[u8]) -> Option<(u16, Classified<'_>, &[u8]
         step: (step != u16::MAX).then_some(usize::from(step)),
         instance,
         time: has_time.then_some(time),
-        tracking_number,
+        tracking,
         outcomes,
         dimensions,
     };
