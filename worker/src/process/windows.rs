@@ -447,21 +447,25 @@ fn emit_window(
     emit: &mut impl FnMut(Cell<'_>),
 ) -> usize {
     let created = window.fold();
-    if window.dirty == 0 {
-        return created;
-    }
-    let mut rest = &mut window.summed[..];
-    while let Some(first) = rest.first() {
-        let (mut len, mut dirty) = (1, first.agg.dirty);
-        while let Some(e) = rest.get(len).filter(|e| e.same_cell(first)) {
-            dirty |= e.agg.dirty;
-            len += 1;
+    // From one changed aggregate to the next, each taken with its cell (its neighbours of
+    // the same kind and combination), until all changed ones are out: a window emitted
+    // again for a few late changes is not walked cell by cell.
+    let summed = &mut window.summed[..];
+    let (mut at, mut left) = (0, window.dirty);
+    while left > 0
+        && let Some(offset) = summed
+            .get(at..)
+            .and_then(|s| s.iter().position(|e| e.agg.dirty))
+    {
+        let changed = at + offset;
+        let (mut from, mut to) = (changed, changed + 1);
+        while from > at && summed[from - 1].same_cell(&summed[changed]) {
+            from -= 1;
         }
-        let (aggregates, after) = std::mem::take(&mut rest).split_at_mut(len);
-        rest = after;
-        if !dirty {
-            continue;
+        while to < summed.len() && summed[to].same_cell(&summed[changed]) {
+            to += 1;
         }
+        let aggregates = &mut summed[from..to];
         // A record a consumer may hold is emitted again, even holding nothing.
         let emitted = aggregates.iter().any(|e| e.agg.emitted || !e.agg.is_zero());
         if emitted {
@@ -472,9 +476,11 @@ fn emit_window(
             });
         }
         for e in aggregates.iter_mut() {
+            left = left.saturating_sub(usize::from(e.agg.dirty));
             e.agg.dirty = false;
             e.agg.emitted = emitted;
         }
+        at = to;
     }
     window.dirty = 0;
     created
