@@ -1196,13 +1196,15 @@ impl ProcessEngine {
         for state in &mut self.processes {
             let size = state.plan.window;
             let closed = closed_before(wm, size);
-            if closed <= state.closed_before[idx] {
+            let before = state.closed_before[idx];
+            if closed <= before {
                 continue;
             }
             state.closed_before[idx] = closed;
             let expired_before = state.dropped_before(wm, self.lateness);
             let (windows, mut emit) = state.emitting(&mut self.buf, out);
-            windows.emit_before(kg, closed, &mut emit);
+            // The windows that close now; changes to those closed before wait.
+            windows.emit_between(kg, before, closed, &mut emit);
             windows.drop_before(kg, expired_before, &mut emit);
         }
     }

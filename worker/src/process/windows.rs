@@ -303,11 +303,23 @@ impl Windows {
     /// Emits the changed aggregates of key group `kg`'s windows that start before `before`,
     /// in key order, and marks them emitted.
     pub fn emit_before(&mut self, kg: u16, before: i64, emit: &mut impl FnMut(Cell<'_>)) {
+        self.emit_between(kg, i64::MIN, before, emit);
+    }
+
+    /// [`Windows::emit_before`] for the windows that start in `from..before` only.
+    pub fn emit_between(
+        &mut self,
+        kg: u16,
+        from: i64,
+        before: i64,
+        emit: &mut impl FnMut(Cell<'_>),
+    ) {
         let i = self.position_of(kg);
         let Some(windows) = self.by_key_group.get_mut(i) else {
             return;
         };
-        for (start, window) in windows.iter_mut().take_while(|(s, _)| *s < before) {
+        let first = position(windows, from).unwrap_or_else(|at| at);
+        for (start, window) in windows.range_mut(first..).take_while(|(s, _)| *s < before) {
             self.aggregates += emit_window(kg, *start, window, emit);
         }
     }
