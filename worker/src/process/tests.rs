@@ -293,6 +293,41 @@ fn every_metric_of_a_hand_built_log() {
     assert_eq!(returns[0]["windowStart"], T0 + 30 * MIN);
 }
 
+/// A late change to a window closed before waits for the next checkpoint, where all such
+/// changes to one record go out as one; the close of a later window does not emit it.
+#[test]
+fn late_changes_to_closed_windows_wait_for_the_checkpoint() {
+    let mut e = engine(1, KeyGroupRange { start: 0, end: 1 });
+    let mut out = Recorded::default();
+    // Window 0 closes when time reaches minute 2, window 1 at minute 3.
+    e.apply(&action("a1", "A", "/apply", 0, "web", ""), &mut out)
+        .unwrap();
+    e.apply(&action("b1", "B", "/apply", 1, "web", ""), &mut out)
+        .unwrap();
+    e.apply(&action("f1", "F", "/apply", 2, "web", ""), &mut out)
+        .unwrap();
+    let window_0 = |m: &Value| m["windowStart"] == json!(T0) && m["metric"] == "step";
+    assert_eq!(out.metrics.iter().filter(|m| window_0(m)).count(), 1);
+    // Two late actions change window 0's step record; then window 1 closes.
+    e.apply(&action("c1", "C", "/apply", 0, "web", ""), &mut out)
+        .unwrap();
+    e.apply(&action("d1", "D", "/apply", 0, "web", ""), &mut out)
+        .unwrap();
+    e.apply(&action("e1", "E", "/apply", 3, "web", ""), &mut out)
+        .unwrap();
+    assert!(
+        out.metrics
+            .iter()
+            .any(|m| m["windowStart"] == json!(T0 + MIN))
+    );
+    assert_eq!(out.metrics.iter().filter(|m| window_0(m)).count(), 1);
+    // The checkpoint emits it once, with both.
+    e.emit_updates(&mut out);
+    let emitted: Vec<&Value> = out.metrics.iter().filter(|m| window_0(m)).collect();
+    assert_eq!(emitted.len(), 2);
+    assert_eq!(emitted[1]["steps"]["apply"]["entered"], 3);
+}
+
 #[test]
 fn actions_out_of_event_time_order_give_the_same_results() {
     let log = hand_log();
