@@ -515,10 +515,9 @@ impl JoinOutput for Outputs {
         missing: u8,
     ) {
         self.buf.clear();
-        let layout = &mut self.layout;
         write_incomplete(
             &mut self.buf,
-            layout,
+            &mut self.layout,
             key_group,
             tracking_number,
             pending,

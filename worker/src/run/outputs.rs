@@ -161,10 +161,9 @@ impl JoinOutput for JoinOutputs<'_> {
         missing: u8,
     ) {
         self.out.buf.clear();
-        let layout = &mut self.layout;
         write_incomplete(
             self.out.buf,
-            layout,
+            self.layout,
             key_group,
             tracking_number,
             pending,

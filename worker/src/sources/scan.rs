@@ -78,12 +78,7 @@ impl PointerSet {
     /// When a member name repeats, the first occurrence wins.
     pub fn scan<'a>(&self, text: &'a str, slots: &mut [Option<&'a str>]) -> Result<(), ScanError> {
         slots.iter_mut().for_each(|s| *s = None);
-        let mut scanner = Scanner {
-            s: text,
-            b: text.as_bytes(),
-            i: 0,
-            failure: None,
-        };
+        let mut scanner = Scanner::new(text);
         scanner.ws();
         let scanned = scanner.value(Some(&self.root), 0, slots).and_then(|()| {
             scanner.ws();
@@ -95,9 +90,7 @@ impl PointerSet {
         });
         scanner.outcome(scanned)
     }
-}
 
-impl PointerSet {
     /// The slot of the pointer to `path`'s value itself, if one was added.
     pub fn slot_of(&self, path: &[&str]) -> Option<usize> {
         path.iter()
@@ -133,12 +126,7 @@ impl PointerSet {
         let Some(node) = self.root.child(object.as_bytes()) else {
             return Ok(());
         };
-        let mut scanner = Scanner {
-            s: members,
-            b: members.as_bytes(),
-            i: 0,
-            failure: None,
-        };
+        let mut scanner = Scanner::new(members);
         scanner.ws();
         let mut scanned = Ok(());
         while scanned.is_ok() && scanner.i < members.len() {
@@ -231,6 +219,15 @@ struct Scanner<'a> {
 struct Failed;
 
 impl<'a> Scanner<'a> {
+    fn new(text: &'a str) -> Scanner<'a> {
+        Scanner {
+            s: text,
+            b: text.as_bytes(),
+            i: 0,
+            failure: None,
+        }
+    }
+
     /// A scan's result as the caller sees it: the error kept when it failed.
     fn outcome(self, scanned: Result<(), Failed>) -> Result<(), ScanError> {
         scanned.map_err(|Failed| {
