@@ -260,6 +260,16 @@ pub fn compile_plans(
         .collect()
 }
 
+/// [`compile_plans`] for classifying the actions the join writes from `sources`' messages.
+pub fn classifying_plans(
+    processes: &[(String, ProcessDefinitionSpec)],
+    sources: &[SourcePlan],
+) -> anyhow::Result<Vec<ProcessPlan>> {
+    let mut plans = compile_plans(processes)?;
+    plans.iter_mut().for_each(|p| p.expect_members(sources));
+    Ok(plans)
+}
+
 /// Each definition's name and its step names, in order.
 pub fn step_names(plans: &[ProcessPlan]) -> Vec<(String, Vec<String>)> {
     plans
@@ -728,7 +738,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         classifier: if options.join_only {
             None
         } else {
-            Some(Classifier::new(compile_plans(&processes)?))
+            Some(Classifier::new(classifying_plans(&processes, &plans)?))
         },
     };
     let process_sinks = ProcessSinks {

@@ -4,13 +4,14 @@
 use std::borrow::Cow;
 
 use smallvec::SmallVec;
-use weft_crds::ProcessDefinitionSpec;
 use weft_crds::keygroup::key_group;
+use weft_crds::{Part, ProcessDefinitionSpec};
 
 use super::instance::tracking_fingerprint;
 use super::predicate::{Fields, Predicate};
 use crate::join::record::RecordLayout;
-use crate::sources::scan::PointerSet;
+use crate::sources::SourcePlan;
+use crate::sources::scan::{MemberOrder, PointerSet};
 use crate::sources::text_of;
 
 /// One step of a compiled definition.
@@ -36,6 +37,8 @@ pub struct ProcessPlan {
     /// How a record the join has just written is read through its [`RecordLayout`]; `None`
     /// when a pointer needs the record scanned (one naming a whole part, say).
     layout: Option<LayoutSlots>,
+    /// How each part's fields are written (see [`ProcessPlan::expect_members`]).
+    orders: [Option<MemberOrder>; 3],
 }
 
 /// The slots of the pointers a [`RecordLayout`] finds directly.
@@ -117,6 +120,7 @@ impl ProcessPlan {
         Ok(ProcessPlan {
             name: name.to_string(),
             layout,
+            orders: Default::default(),
             pointers,
             first_time,
             tracking_number,
@@ -163,6 +167,27 @@ impl ProcessPlan {
         self.scan(action, None, |values| {
             self.evaluate(action, values, self.instance_of(values))
         })
+    }
+
+    /// Reads the fields of the parts of a record just written (see
+    /// [`ProcessPlan::classify_written`]) expecting the members in the order the first of
+    /// `sources` that provides the part writes them: a member where expected is read without
+    /// looking its name up (that lookup was half of reading the fields).
+    pub fn expect_members(&mut self, sources: &[SourcePlan]) {
+        for part in Part::ALL {
+            self.orders[part as usize] = sources
+                .iter()
+                .find_map(|s| s.written_members(part))
+                .and_then(|written| self.pointers.member_order(part.as_str(), &written));
+        }
+    }
+
+    /// [`ProcessPlan::expect_members`] with every part written as `written`.
+    #[cfg(test)]
+    pub(crate) fn expect_written(&mut self, written: &[(&str, &str)]) {
+        for part in Part::ALL {
+            self.orders[part as usize] = self.pointers.member_order(part.as_str(), written);
+        }
     }
 
     /// Whether [`ProcessPlan::classify_written`] reads through the layout (not by a scan).
@@ -254,9 +279,13 @@ impl ProcessPlan {
                 *values.get_mut(slot)? = Some(action.get(time.clone())?);
             }
             let fields = action.get(fields.clone())?;
-            self.pointers
-                .scan_members(part.as_str(), fields, values)
-                .ok()?;
+            match &self.orders[*part as usize] {
+                Some(order) => self
+                    .pointers
+                    .scan_in_order(part.as_str(), order, fields, values),
+                None => self.pointers.scan_members(part.as_str(), fields, values),
+            }
+            .ok()?;
         }
         Some(())
     }

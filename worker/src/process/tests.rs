@@ -921,7 +921,16 @@ proptest::proptest! {
         let record = std::str::from_utf8(&buf).unwrap().trim_end();
         let plans = reading_definitions();
         prop_assert_eq!(plans.iter().map(|p| p.reads_layouts()).collect::<Vec<_>>(), vec![true, true, false]);
-        for plan in plans {
+        // The same plans expecting the members in the order `arbitrary_part` draws names
+        // from: read in order where they are, scanned where they are not.
+        let written = ["path", "app", "decision", "channel", "body", "eventTime"]
+            .map(|n| (n, format!("{}:", json!(n))));
+        let written: Vec<(&str, &str)> = written.iter().map(|(n, p)| (*n, p.as_str())).collect();
+        let ordered = reading_definitions().into_iter().map(|mut plan| {
+            plan.expect_written(&written);
+            plan
+        });
+        for plan in plans.into_iter().chain(ordered) {
             let scanned = plan.classify(record).unwrap();
             prop_assert_eq!(&plan.classify_written(record, &layout).unwrap(), &scanned, "{}", record);
             let routed = plan.classify_if(record, Some(&layout), |_| true).unwrap().unwrap();

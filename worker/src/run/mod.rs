@@ -44,7 +44,9 @@ use crate::kafka::{
     END_HEADER, Health, PROCESS_HEADER, SOURCE_HEADER, Topics, WeftContext, client_config,
     consumer_config, ensure_topic, producer_config,
 };
-use crate::local::{PROCESS_BATCH, Summary, SummaryCounts, compile_plans, step_names};
+use crate::local::{
+    PROCESS_BATCH, Summary, SummaryCounts, classifying_plans, compile_plans, step_names,
+};
 use crate::metrics::StageCounts;
 use crate::process::thread::{Classifier, ProcessThread, StageCheckpoint};
 use crate::process::{ProcessEngine, ProcessError, ProcessMeta, ProcessPlan};
@@ -776,8 +778,8 @@ impl Stages {
         let plans = compile_plans(&definitions)?;
         // Actions classified under the old definitions are applied under them.
         self.feed_process(true)?;
-        self.routing = compile_plans(&definitions)?;
-        self.classifier = Classifier::new(compile_plans(&definitions)?);
+        self.routing = classifying_plans(&definitions, &self.plans)?;
+        self.classifier = Classifier::new(classifying_plans(&definitions, &self.plans)?);
         self.step_names = step_names(&self.routing);
         let report = self.process.reconfigure(plans)?;
         tracing::info!(?report, "applied changed ProcessDefinitions");
@@ -935,9 +937,9 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         s.phase = "restoring".into();
     });
 
-    let routing = compile_plans(&options.processes)?;
-    let step_names = step_names(&routing);
     let plans: Vec<SourcePlan> = spec.sources.iter().map(SourcePlan::new).collect();
+    let routing = classifying_plans(&options.processes, &plans)?;
+    let step_names = step_names(&routing);
     let mut source_of_topic = HashMap::new();
     let mut prepartitioned = HashMap::new();
     for (i, source) in spec.sources.iter().enumerate() {
@@ -1050,7 +1052,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         ProcessSink::new(sink.share(), topics.clone(), Arc::clone(shared)),
     )
     .context("starting the process stage")?;
-    let classifier = Classifier::new(compile_plans(&options.processes)?);
+    let classifier = Classifier::new(classifying_plans(&options.processes, &plans)?);
 
     // The stateful inputs: owned partitions, from the checkpointed offsets.
     let mut offsets = BTreeMap::new();

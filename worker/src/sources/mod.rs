@@ -98,6 +98,7 @@ pub enum Extracted<'a> {
 }
 
 struct FieldPlan {
+    name: String,
     /// Pre-escaped `"name":`.
     name_prefix: String,
     value: usize,
@@ -184,6 +185,7 @@ impl SourcePlan {
             .fields
             .iter()
             .map(|f| FieldPlan {
+                name: f.name.clone(),
                 name_prefix: format!("{}:", serde_json::Value::String(f.name.clone())),
                 value: pointers.add(f.pointer.segments()),
                 parts: if f.parts.is_empty() {
@@ -211,6 +213,28 @@ impl SourcePlan {
             keep_payload: spec.keep_payload,
             max_message_bytes: spec.max_message_bytes as usize,
         }
+    }
+
+    /// The members a part's projected fields are written as, in order (each one's name and
+    /// `"name":` text; a message leaves out those it lacks). `None` for a part this source
+    /// does not provide, or whose fields carry the whole payload too.
+    pub fn written_members(&self, part: Part) -> Option<Vec<(&str, &str)>> {
+        let provides = self.single_part == Some(part)
+            || self
+                .discriminator
+                .as_ref()
+                .is_some_and(|d| d.parts.contains(&part));
+        (provides && !self.keep_payload).then(|| {
+            self.fields_of[part as usize]
+                .iter()
+                .map(|&f| {
+                    (
+                        self.fields[f].name.as_str(),
+                        self.fields[f].name_prefix.as_str(),
+                    )
+                })
+                .collect()
+        })
     }
 
     /// Reads one message. Never panics on input: whatever is wrong becomes a [`Rejection`].

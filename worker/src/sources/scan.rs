@@ -148,6 +148,80 @@ impl PointerSet {
         }
         scanner.outcome(scanned)
     }
+
+    /// How [`PointerSet::scan_in_order`] reads object `object` when its members are written
+    /// as `written` (each member's name and its `"name":` text, in order, any of them left
+    /// out). `None` when a pointer goes inside one of those members' values: only a scan
+    /// finds it.
+    pub fn member_order(&self, object: &str, written: &[(&str, &str)]) -> Option<MemberOrder> {
+        let Some(node) = self.root.child(object.as_bytes()) else {
+            return Some(MemberOrder {
+                wanted: false,
+                members: Vec::new(),
+            });
+        };
+        let members = written
+            .iter()
+            .map(|(name, prefix)| match node.child(name.as_bytes()) {
+                Some(child) if !child.children.is_empty() => None,
+                child => Some((prefix.as_bytes().into(), child.and_then(|c| c.slot))),
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(MemberOrder {
+            wanted: true,
+            members,
+        })
+    }
+
+    /// [`PointerSet::scan_members`] of members probably written in `order`: a member where
+    /// the order has it next is recognized by its `"name":` text and its value read without
+    /// looking the name up; at anything else the members are scanned as by `scan_members`
+    /// (the same slots, the same errors).
+    pub fn scan_in_order<'a>(
+        &self,
+        object: &str,
+        order: &MemberOrder,
+        members: &'a str,
+        slots: &mut [Option<&'a str>],
+    ) -> Result<(), ScanError> {
+        if !order.wanted {
+            return Ok(());
+        }
+        let mut scanner = Scanner::new(members);
+        let mut expected = order.members.iter();
+        while scanner.i < members.len() {
+            let rest = &scanner.b[scanner.i..];
+            let Some((prefix, slot)) = expected.find(|(p, _)| rest.starts_with(p)) else {
+                return self.scan_members(object, members, slots);
+            };
+            scanner.i += prefix.len();
+            let start = scanner.i;
+            // Depth as `scan_members` gives a member's value.
+            if scanner.value(None, 2, slots).is_err() {
+                return self.scan_members(object, members, slots);
+            }
+            if let Some(s) = slot.and_then(|slot| slots.get_mut(slot))
+                && s.is_none()
+            {
+                *s = members.get(start..scanner.i);
+            }
+            match scanner.peek() {
+                None => return Ok(()),
+                Some(b',') if scanner.i + 1 < members.len() => scanner.i += 1,
+                Some(_) => return self.scan_members(object, members, slots),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The members of one object as a writer puts them (see [`PointerSet::scan_in_order`]).
+#[derive(Clone, Debug)]
+pub struct MemberOrder {
+    /// Whether any pointer goes into the object (if none, nothing in it is read).
+    wanted: bool,
+    /// Each member's `"name":` as written, and the slot of the pointer to its value.
+    members: Vec<(Box<[u8]>, Option<usize>)>,
 }
 
 /// How many bytes at the start of `b` are plain string content: not a quote, a backslash or
@@ -654,6 +728,52 @@ mod tests {
         ] {
             assert!(s.scan_members("p", bad, &mut slots).is_err(), "{bad}");
         }
+    }
+
+    /// Members read in a writer's order give what scanning them gives, whether they follow
+    /// the order, leave members out, repeat one, add others, or are not valid JSON.
+    #[test]
+    fn members_read_in_order_give_what_a_scan_of_them_gives() {
+        let s = set(&[&["p", "a"], &["p", "d"], &["p", "eventTime"], &["q", "a"]]);
+        let written = [("a", r#""a":"#), ("z", r#""z":"#), ("d", r#""d":"#)];
+        let order = s.member_order("p", &written).unwrap();
+        for members in [
+            "",
+            r#""a":"x","z":true,"d":-1.5e3"#,
+            r#""a":"x","d":{"k":[1,2]}"#,
+            r#""d":1"#,
+            r#""d":1,"a":"after""#,
+            r#""a":"x","a":"again","d":2"#,
+            r#""a":"x\"y","z":null,"d":3,"extra":{"a":4},"eventTime":5"#,
+            r#""a" : "x","d":1"#,
+            r#""a\u0061":1,"a":2"#,
+        ] {
+            let (mut in_order, mut scanned) = (vec![None; s.len()], vec![None; s.len()]);
+            s.scan_in_order("p", &order, members, &mut in_order)
+                .unwrap();
+            s.scan_members("p", members, &mut scanned).unwrap();
+            assert_eq!(in_order, scanned, "{members}");
+        }
+        for bad in [
+            r#""a":1,"#,
+            r#""a":"x"#,
+            r#""a":{"#,
+            r#""a":1 "d":2"#,
+            r#""a":01"#,
+        ] {
+            let (mut in_order, mut scanned) = (vec![None; s.len()], vec![None; s.len()]);
+            assert_eq!(
+                s.scan_in_order("p", &order, bad, &mut in_order),
+                s.scan_members("p", bad, &mut scanned),
+                "{bad}"
+            );
+        }
+        // Nothing of `r` is wanted; a pointer inside a member's value needs a scan.
+        let none = s.member_order("r", &written).unwrap();
+        let mut slots = vec![None; s.len()];
+        assert_eq!(s.scan_in_order("r", &none, r#""a":1"#, &mut slots), Ok(()));
+        let nested = set(&[&["p", "d", "k"]]);
+        assert!(nested.member_order("p", &written).is_none());
     }
 
     #[test]
