@@ -17,8 +17,18 @@ use super::sketch::{Sketch, bucket_value};
 use super::windows::Cell;
 use super::{Aggregate, Instance, Metric, Names, ProcessPlan, ProcessState};
 
+/// Most numbers of a metric record are counts of -1, 0 or 1: one digit is written as is,
+/// without formatting it and copying it out of a buffer.
 fn push_i64(buf: &mut Vec<u8>, n: i64) {
-    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    match u8::try_from(n.unsigned_abs()) {
+        Ok(digit @ 0..=9) => {
+            if n < 0 {
+                buf.push(b'-');
+            }
+            buf.push(b'0' + digit);
+        }
+        _ => buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+    }
 }
 
 fn push_f64(buf: &mut Vec<u8>, x: f64) {
@@ -41,7 +51,8 @@ fn push_seconds(buf: &mut Vec<u8>, ms: i64) {
     if ms < 0 {
         buf.push(b'-');
     }
-    buf.extend_from_slice(itoa::Buffer::new().format(abs / 1000).as_bytes());
+    // Below 10⁹ s: an i64.
+    push_i64(buf, (abs / 1000) as i64);
     buf.push(b'.');
     let fraction = abs % 1000;
     let digits = [
@@ -458,6 +469,15 @@ mod tests {
             String::from_utf8(fast).unwrap(),
             String::from_utf8(float).unwrap(),
         )
+    }
+
+    #[test]
+    fn integers_are_written_as_itoa_writes_them() {
+        for n in (-12..=12).chain([99, -100, i64::MAX, i64::MIN]) {
+            let mut buf = Vec::new();
+            push_i64(&mut buf, n);
+            assert_eq!(String::from_utf8(buf).unwrap(), n.to_string());
+        }
     }
 
     #[test]
