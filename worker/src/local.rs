@@ -20,7 +20,9 @@ use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 use crate::join::record::{RecordLayout, write_action, write_incomplete};
 use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinOutput, JoinStats, Pending};
 use crate::process::thread::{Classifier, ProcessThread, StageOutput};
-use crate::process::{ProcessEngine, ProcessMeta, ProcessOutput, ProcessPlan, Totals};
+use crate::process::{
+    ClassifiedBatch, ProcessEngine, ProcessMeta, ProcessOutput, ProcessPlan, Totals,
+};
 use crate::sinks::{JsonLinesFile, Origin, write_dead_letter};
 use crate::sources::files::{LineReader, Position};
 use crate::sources::{Extracted, Rejection, SourcePlan};
@@ -376,7 +378,7 @@ struct Outputs {
     layout: RecordLayout,
     error: Option<std::io::Error>,
     /// Actions (complete and incomplete), classified, not yet given to the process stage.
-    for_process: Vec<u8>,
+    for_process: ClassifiedBatch,
     /// Classifies actions for the process stage; `None` with `--join-only`.
     classifier: Option<Classifier>,
 }
@@ -734,7 +736,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
         buf: Vec::with_capacity(4096),
         layout: RecordLayout::default(),
         error: None,
-        for_process: Vec::with_capacity(PROCESS_BATCH + 4096),
+        for_process: ClassifiedBatch::with_capacity(PROCESS_BATCH + 4096),
         classifier: if options.join_only {
             None
         } else {

@@ -41,7 +41,7 @@ use weft_crds::keygroup::{KeyGroupRange, key_group};
 pub use instance::{
     Applied, DimensionIds, Instance, InstanceKey, Instances, SlotId, tracking_fingerprint,
 };
-pub use plan::{Classified, ProcessPlan};
+pub use plan::{Classified, ClassifiedBatch, ProcessPlan};
 use record::RecordTexts;
 use sketch::Sketch;
 use windows::Windows;

@@ -672,27 +672,28 @@ fn varied_records() -> [String; 3] {
 fn a_classification_reads_back_as_it_was_written() {
     let plan = ProcessPlan::compile("cards", &definition()).unwrap();
     let records = varied_records();
-    let mut batch = Vec::new();
+    let (mut batch, mut short) = (ClassifiedBatch::default(), ClassifiedBatch::default());
     let mut expected = Vec::new();
     for (p, record) in records.iter().enumerate() {
         let classified = plan.classify(record).unwrap();
         classified.encode(p as u16, &mut batch);
+        classified.encode(p as u16, &mut short);
         expected.push((p as u16, classified));
     }
-    let mut rest = batch.as_slice();
-    for (p, classified) in &expected {
-        let (q, read, after) = plan::decode_classified(rest).unwrap();
-        assert_eq!((q, &read), (*p, classified));
-        rest = after;
+    let read: Vec<_> = batch.decode().collect();
+    assert_eq!(read.len(), expected.len());
+    for (read, (p, c)) in read.iter().zip(&expected) {
+        assert_eq!(read.as_ref().map(|(q, r)| (*q, r)), Some((*p, c)));
     }
-    assert!(rest.is_empty());
     assert!(expected[1].1.step.is_none() && expected[2].1.time.is_none());
-    let (_, _, after_first) = plan::decode_classified(&batch).unwrap();
-    let first_len = batch.len() - after_first.len();
-    assert!(
-        plan::decode_classified(&batch[..first_len - 1]).is_none(),
-        "cut short"
-    );
+    // Cut short: what comes before reads back, then one `None` and nothing after it.
+    short.cut_short();
+    let read: Vec<_> = short.decode().collect();
+    assert_eq!(read.len(), expected.len());
+    for (read, (p, c)) in read.iter().zip(&expected[..expected.len() - 1]) {
+        assert_eq!(read.as_ref().map(|(q, r)| (*q, r)), Some((*p, c)));
+    }
+    assert!(read.last().is_some_and(Option::is_none), "cut short");
 }
 
 #[test]

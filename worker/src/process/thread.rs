@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use super::plan::decode_classified;
+use super::plan::ClassifiedBatch;
 use super::reconfigure::Reconfigured;
 use super::{
     Classified, ProcessChanges, ProcessEngine, ProcessError, ProcessMeta, ProcessOutput,
@@ -68,7 +68,7 @@ impl Classifier {
         &self,
         action: &str,
         layout: Option<&RecordLayout>,
-        batch: &mut Vec<u8>,
+        batch: &mut ClassifiedBatch,
     ) -> Result<(), ProcessError> {
         for (p, plan) in self.plans.iter().enumerate() {
             let classified = match layout {
@@ -95,7 +95,7 @@ impl Classifier {
 
 enum Job<F> {
     /// Classified actions (see [`Classifier`]).
-    Actions(Vec<u8>),
+    Actions(ClassifiedBatch),
     /// The end of a finite input: every changed aggregate is emitted.
     Finish,
     /// Late changes to closed windows emitted now (before the caller flushes the outputs
@@ -114,7 +114,7 @@ type Outcome<O> = Result<(ProcessEngine, O), String>;
 pub struct ProcessThread<O: StageOutput> {
     jobs: Option<SyncSender<Job<O::Flushed>>>,
     /// Batches the stage is done with, to be filled again.
-    spares: Receiver<Vec<u8>>,
+    spares: Receiver<ClassifiedBatch>,
     unsaved: Arc<AtomicUsize>,
     thread: Option<JoinHandle<Outcome<O>>>,
     /// Why the stage stopped, once known.
@@ -190,7 +190,7 @@ impl<O: StageOutput> ProcessThread<O> {
     }
 
     /// Sends the classified actions in `batch` to the stage, leaving `batch` empty.
-    pub fn send(&mut self, batch: &mut Vec<u8>) -> Result<(), StageError> {
+    pub fn send(&mut self, batch: &mut ClassifiedBatch) -> Result<(), StageError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -278,25 +278,14 @@ impl<O: StageOutput> ProcessThread<O> {
 
 fn apply_batch(
     engine: &mut ProcessEngine,
-    mut batch: &[u8],
+    batch: &ClassifiedBatch,
     output: &mut impl ProcessOutput,
 ) -> Result<(), String> {
-    let actions = std::iter::from_fn(|| {
-        if batch.is_empty() {
-            return None;
-        }
-        Some(match decode_classified(batch) {
-            Some((p, classified, rest)) => {
-                batch = rest;
-                Ok((usize::from(p), classified))
-            }
-            None => {
-                batch = &[];
-                Err(ProcessError::BadAction(
-                    "a classified action cut short".into(),
-                ))
-            }
-        })
+    let actions = batch.decode().map(|read| match read {
+        Some((p, classified)) => Ok((usize::from(p), classified)),
+        None => Err(ProcessError::BadAction(
+            "a classified action cut short".into(),
+        )),
     });
     engine
         .apply_many(actions, output)
@@ -373,8 +362,8 @@ mod tests {
     }
 
     /// An action record classified into a batch of its own.
-    fn classified(classifier: &Classifier, n: u32, path: &str) -> Vec<u8> {
-        let mut batch = Vec::new();
+    fn classified(classifier: &Classifier, n: u32, path: &str) -> ClassifiedBatch {
+        let mut batch = ClassifiedBatch::default();
         classifier.add(&action(n, path), None, &mut batch).unwrap();
         batch
     }
@@ -394,7 +383,7 @@ mod tests {
         let classifier = Classifier::new(plans());
         let mut inline = engine();
         let mut inline_out = Collected::default();
-        let mut batch = Vec::new();
+        let mut batch = ClassifiedBatch::default();
         for n in 0..400 {
             let path = if n % 2 == 0 { "apply" } else { "review" };
             inline.apply(&action(n, path), &mut inline_out).unwrap();

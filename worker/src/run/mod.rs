@@ -49,7 +49,7 @@ use crate::local::{
 };
 use crate::metrics::StageCounts;
 use crate::process::thread::{Classifier, ProcessThread, StageCheckpoint};
-use crate::process::{ProcessEngine, ProcessError, ProcessMeta, ProcessPlan};
+use crate::process::{ClassifiedBatch, ProcessEngine, ProcessError, ProcessMeta, ProcessPlan};
 use crate::sinks::kafka::{KafkaSink, SinkError};
 use crate::sources::{DeadLetterReason, Extracted, Rejection, SourcePlan};
 use crate::state::Store;
@@ -221,7 +221,7 @@ struct Stages {
     /// The process stage on a thread of its own, fed classified actions in batches.
     process: ProcessThread<ProcessSink>,
     classifier: Classifier,
-    process_batch: Vec<u8>,
+    process_batch: ClassifiedBatch,
     /// The process stage's part of a checkpoint whose outputs were not acknowledged in time:
     /// the next checkpoint writes it, with what changed since.
     held_stage: Option<StageCheckpoint<StageCounts>>,
@@ -1122,7 +1122,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         join,
         process,
         classifier,
-        process_batch: Vec::with_capacity(PROCESS_BATCH + 4096),
+        process_batch: ClassifiedBatch::with_capacity(PROCESS_BATCH + 4096),
         held_stage: None,
         sink,
         health: health.clone(),

@@ -6,7 +6,7 @@ use crate::join::record::{RecordLayout, write_action, write_incomplete};
 use crate::join::{JoinOutput, Pending};
 use crate::kafka::{PROCESS_HEADER, Topics, batch};
 use crate::metrics::StageCounts;
-use crate::process::{ProcessOutput, ProcessPlan};
+use crate::process::{ClassifiedBatch, ProcessOutput, ProcessPlan};
 use crate::sinks::kafka::{HeaderPair, KafkaSink};
 use crate::sinks::{Origin, write_dead_letter};
 use crate::sources::Rejection;
@@ -54,7 +54,7 @@ pub struct JoinOutputs<'a> {
     /// checkpoint as the join state that made them, so they need no trip through Kafka (as
     /// Flink chains operators whose partitioning agrees), and read once, for routing and
     /// classification together.
-    pub classified: &'a mut Vec<u8>,
+    pub classified: &'a mut ClassifiedBatch,
     /// Those that could not be classified, framed as a batch (entry topic = the definition's
     /// position in `routing`, partition = key group), for the caller to dead-letter.
     pub local: &'a mut Vec<u8>,
