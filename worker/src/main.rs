@@ -13,9 +13,10 @@ use weft_worker::local::{InputSpec, LocalOptions};
 /// several threads, and with glibc's per-thread arenas that cost up to a seventh of a run's
 /// CPU (local join at 500k actions: 15% less CPU; over Kafka, all three stages: 15% less;
 /// docs/benchmarks.md), for 20-70 MB more peak RSS. Built with `no_thp`: mimalloc otherwise
-/// asks for transparent huge pages on its arena, and zeroing a fresh 2 MiB page on first touch
-/// cost three times the system time of 4 KiB pages on the VMs we measure on (join + process
-/// at 500k actions: 0.8-1.1 vs 0.2-0.3 s, docs/benchmarks.md).
+/// asks for transparent huge pages on its arena, and on the VM we measure on (which hands free
+/// 2 MiB blocks back to its host) a fresh huge page costs several times the system time of
+/// the same memory in 4 KiB pages (join + process at 500k actions: 0.8-1.1 vs 0.2-0.3 s of
+/// system time, for ~3% more user time; docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

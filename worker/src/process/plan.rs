@@ -174,19 +174,20 @@ impl ProcessPlan {
     /// `sources` that provides the part writes them: a member where expected is read without
     /// looking its name up (that lookup was half of reading the fields).
     pub fn expect_members(&mut self, sources: &[SourcePlan]) {
-        for part in Part::ALL {
-            self.orders[part as usize] = sources
-                .iter()
-                .find_map(|s| s.written_members(part))
-                .and_then(|written| self.pointers.member_order(part.as_str(), &written));
-        }
+        self.expect_orders(|part| sources.iter().find_map(|s| s.written_members(part)));
     }
 
     /// [`ProcessPlan::expect_members`] with every part written as `written`.
     #[cfg(test)]
     pub(crate) fn expect_written(&mut self, written: &[(&str, &str)]) {
+        self.expect_orders(|_| Some(written.to_vec()));
+    }
+
+    /// Each part's order from the members `written` says it is written with.
+    fn expect_orders<'w>(&mut self, written: impl Fn(Part) -> Option<Vec<(&'w str, &'w str)>>) {
         for part in Part::ALL {
-            self.orders[part as usize] = self.pointers.member_order(part.as_str(), written);
+            self.orders[part as usize] = written(part)
+                .and_then(|members| self.pointers.member_order(part.as_str(), &members));
         }
     }
 
@@ -425,21 +426,20 @@ fn take_text<'a>(bytes: &mut &[u8], texts: &mut &'a str) -> Option<Option<Cow<'a
 
 impl Classified<'_> {
     /// Appends the classification for definition `p` in a compact binary form, which
-    /// [`decode_classified`] reads back borrowing its text: how the join's thread hands a
-    /// classified action to the process stage's.
+    /// [`ClassifiedBatch::decode`] reads back borrowing its text: how the join's thread hands
+    /// a classified action to the process stage's.
     pub fn encode(&self, p: u16, batch: &mut ClassifiedBatch) {
+        let step = self.step.map_or(u16::MAX, |s| s as u16);
         let out = &mut batch.bytes;
         out.extend_from_slice(&p.to_le_bytes());
-        let step = self.step.map_or(u16::MAX, |s| s as u16);
         out.extend_from_slice(&step.to_le_bytes());
         out.push(u8::from(self.time.is_some()));
         out.extend_from_slice(&self.time.unwrap_or(0).to_le_bytes());
         out.extend_from_slice(&self.outcomes.to_le_bytes());
         batch.put_text(self.instance.as_deref());
-        batch.bytes.extend_from_slice(&self.tracking.to_le_bytes());
-        batch
-            .bytes
-            .extend_from_slice(&(self.dimensions.len() as u32).to_le_bytes());
+        let out = &mut batch.bytes;
+        out.extend_from_slice(&self.tracking.to_le_bytes());
+        out.extend_from_slice(&(self.dimensions.len() as u32).to_le_bytes());
         for d in &self.dimensions {
             batch.put_text(d.as_deref());
         }
