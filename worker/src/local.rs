@@ -197,6 +197,7 @@ pub struct SummaryCounts {
     pub peak_hot_bytes: u64,
     pub peak_hot_entries: u64,
     pub sst_bytes: u64,
+    pub hot_budget_bytes: u64,
 }
 
 impl Summary {
@@ -226,6 +227,7 @@ impl Summary {
                 0.0
             },
             state: StateSummary {
+                hot_budget_bytes: counts.hot_budget_bytes,
                 peak_hot_bytes: counts.peak_hot_bytes,
                 peak_hot_entries: counts.peak_hot_entries,
                 sst_bytes: counts.sst_bytes,
@@ -361,6 +363,9 @@ pub struct ActionCounts {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct StateSummary {
+    /// The hot tier's budget the run had (`--max-hot-mib`, or a share of the memory limit).
+    #[serde(default)]
+    pub hot_budget_bytes: u64,
     pub peak_hot_bytes: u64,
     pub peak_hot_entries: u64,
     pub sst_bytes: u64,
@@ -976,6 +981,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
             peak_hot_bytes: counters.peak_hot_bytes,
             peak_hot_entries: counters.peak_hot_entries,
             sst_bytes: store.sst_bytes(),
+            hot_budget_bytes: options.max_hot_bytes as u64,
         },
         &engine.stats,
         &step_names,

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use weft_crds::manifest::{read_file, validate_set};
 use weft_worker::generate::{GenerateOptions, generate_file};
 use weft_worker::local::{InputSpec, LocalOptions};
+use weft_worker::state::budget;
 
 /// mimalloc instead of glibc's malloc: the stages allocate and free many small buffers on
 /// several threads, and with glibc's per-thread arenas that cost up to a seventh of a run's
@@ -62,8 +63,13 @@ enum Command {
         #[arg(long)]
         checkpoint_interval: Option<weft_crds::Duration>,
         /// Memory budget of the join's in-memory state, MiB; beyond it state moves to RocksDB.
-        #[arg(long, default_value_t = 256)]
-        max_hot_mib: usize,
+        /// Default: a quarter of --memory-limit-mib, else of the cgroup's memory limit, else of
+        /// the machine's memory, within 64 MiB..4 GiB.
+        #[arg(long)]
+        max_hot_mib: Option<usize>,
+        /// The memory this run may use, MiB, for the default --max-hot-mib.
+        #[arg(long, env = "WEFT_MEMORY_LIMIT_MIB")]
+        memory_limit_mib: Option<u64>,
         /// Discard the state and outputs of an earlier run in --output.
         #[arg(long)]
         fresh: bool,
@@ -159,9 +165,15 @@ struct RunArgs {
     /// Overrides the pipeline's checkpointInterval.
     #[arg(long)]
     checkpoint_interval: Option<weft_crds::Duration>,
-    /// Memory budget of the join's in-memory state, MiB.
-    #[arg(long, env = "WEFT_MAX_HOT_MIB", default_value_t = 256)]
-    max_hot_mib: usize,
+    /// Memory budget of the join's in-memory state, MiB. Default: a quarter of
+    /// --memory-limit-mib, else of the cgroup's memory limit, else of the machine's memory,
+    /// within 64 MiB..4 GiB.
+    #[arg(long, env = "WEFT_MAX_HOT_MIB")]
+    max_hot_mib: Option<usize>,
+    /// The container's memory limit, MiB (the operator sets it from `limits.memory`), for the
+    /// default --max-hot-mib.
+    #[arg(long, env = "WEFT_MEMORY_LIMIT_MIB")]
+    memory_limit_mib: Option<u64>,
     /// Read the inputs up to their current ends, let time run out, and exit (a backfill).
     #[arg(long)]
     bounded: bool,
@@ -188,6 +200,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// The join's hot-tier budget in bytes: `--max-hot-mib` when given, else a share of the
+/// memory limit (see `weft_worker::state::budget`).
+fn hot_budget(max_hot_mib: Option<usize>, memory_limit_mib: Option<u64>) -> usize {
+    if let Some(mib) = max_hot_mib {
+        return mib.saturating_mul(1 << 20);
+    }
+    let (bytes, limit) = budget::default_hot_budget(memory_limit_mib);
+    match limit {
+        Some(limit) => tracing::info!(
+            hot_budget_mib = bytes >> 20,
+            memory_limit_mib = limit.bytes >> 20,
+            source = ?limit.source,
+            "hot-tier budget: a quarter of the memory limit"
+        ),
+        None => tracing::warn!(
+            hot_budget_mib = bytes >> 20,
+            "no memory limit could be read: the fallback hot-tier budget"
+        ),
+    }
+    bytes
+}
+
 /// A line to standard output. A reader that went away (`| head`) ends nothing but the output:
 /// the run's results are in its files.
 fn say(text: &str) -> anyhow::Result<()> {
@@ -210,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             checkpoint_interval,
             max_hot_mib,
+            memory_limit_mib,
             fresh,
             quiet,
             join_only,
@@ -252,7 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 inputs,
                 output: output.clone(),
                 checkpoint_interval: checkpoint_interval.map(weft_crds::Duration::std),
-                max_hot_bytes: max_hot_mib.saturating_mul(1 << 20),
+                max_hot_bytes: hot_budget(max_hot_mib, memory_limit_mib),
                 fresh,
                 progress: !quiet,
                 join_only,
@@ -412,7 +447,7 @@ fn run_worker(args: RunArgs) -> anyhow::Result<ExitCode> {
         bootstrap_servers: args.bootstrap_servers,
         state_dir: args.state_dir,
         checkpoint_interval: args.checkpoint_interval.map(weft_crds::Duration::std),
-        max_hot_bytes: args.max_hot_mib.saturating_mul(1 << 20),
+        max_hot_bytes: hot_budget(args.max_hot_mib, args.memory_limit_mib),
         bounded: args.bounded,
         create_topics: !args.no_create_topics,
         abort_after_events: None,

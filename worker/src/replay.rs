@@ -103,7 +103,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<Report> {
         inputs: options.inputs.clone(),
         output: work.clone(),
         checkpoint_interval: None,
-        max_hot_bytes: 256 << 20,
+        max_hot_bytes: crate::state::budget::default_hot_budget(None).0,
         fresh: true,
         progress: false,
         join_only: false,

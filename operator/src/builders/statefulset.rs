@@ -11,9 +11,10 @@ use k8s_openapi::api::core::v1::{
     Capabilities as LinuxCapabilities, ConfigMapVolumeSource, Container, ContainerPort,
     EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Probe, ResourceFieldSelector, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -55,6 +56,31 @@ fn env(name: &str, value: String) -> EnvVar {
     }
 }
 
+/// `WEFT_MEMORY_LIMIT_MIB` from the container's memory limit (else its request) through the
+/// downward API, so the worker sizes its hot tier to the pod (see the worker's
+/// `state::budget`). None without either: the worker reads its cgroup's limit then.
+fn memory_limit_env(resources: Option<&ResourceRequirements>) -> Option<EnvVar> {
+    let has =
+        |of: Option<&BTreeMap<String, Quantity>>| of.is_some_and(|m| m.contains_key("memory"));
+    let resource = match resources {
+        Some(r) if has(r.limits.as_ref()) => "limits.memory",
+        Some(r) if has(r.requests.as_ref()) => "requests.memory",
+        _ => return None,
+    };
+    Some(EnvVar {
+        name: "WEFT_MEMORY_LIMIT_MIB".to_string(),
+        value_from: Some(EnvVarSource {
+            resource_field_ref: Some(ResourceFieldSelector {
+                container_name: Some("worker".to_string()),
+                resource: resource.to_string(),
+                divisor: Some(Quantity("1Mi".to_string())),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    })
+}
+
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.to_string(),
@@ -87,26 +113,31 @@ fn container(v: &ValidatedPipeline) -> Container {
             .map(|s| s.to_string())
             .collect(),
         ),
-        env: Some(vec![
-            EnvVar {
-                name: "WEFT_NAMESPACE".to_string(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.namespace".to_string(),
-                        ..ObjectFieldSelector::default()
+        env: Some(
+            [
+                EnvVar {
+                    name: "WEFT_NAMESPACE".to_string(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.namespace".to_string(),
+                            ..ObjectFieldSelector::default()
+                        }),
+                        ..EnvVarSource::default()
                     }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            },
-            env("WEFT_PIPELINE", v.name.clone()),
-            env("WEFT_REPLICAS", workers.replicas.to_string()),
-            // The worker's allocator (mimalloc) hands freed memory back to the kernel after a
-            // second by default, and the stages free and reuse memory all the time: kept ten
-            // seconds, the worker over Kafka used ~9% less CPU (docs/benchmarks.md). Memory
-            // idle longer still goes back.
-            env("MIMALLOC_PURGE_DELAY", "10000".to_string()),
-        ]),
+                    ..EnvVar::default()
+                },
+                env("WEFT_PIPELINE", v.name.clone()),
+                env("WEFT_REPLICAS", workers.replicas.to_string()),
+                // The worker's allocator (mimalloc) hands freed memory back to the kernel after a
+                // second by default, and the stages free and reuse memory all the time: kept ten
+                // seconds, the worker over Kafka used ~9% less CPU (docs/benchmarks.md). Memory
+                // idle longer still goes back.
+                env("MIMALLOC_PURGE_DELAY", "10000".to_string()),
+            ]
+            .into_iter()
+            .chain(memory_limit_env(workers.resources.as_ref()))
+            .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("admin".to_string()),
             container_port: ADMIN_PORT,
@@ -285,6 +316,39 @@ mod tests {
         assert!(spec.persistent_volume_claim_retention_policy.is_some());
         let annotations = spec.template.metadata.unwrap().annotations.unwrap();
         assert_eq!(annotations[RESTART_HASH], configmap::restart_hash(&v));
+    }
+
+    /// The env var the worker sizes its hot tier by, if any, and the resource it names.
+    fn memory_limit_resource(v: &ValidatedPipeline) -> Option<String> {
+        let pod = build(v, Capabilities::all()).spec.template.spec?;
+        let env = pod.containers[0].env.clone()?;
+        let var = env.iter().find(|e| e.name == "WEFT_MEMORY_LIMIT_MIB")?;
+        let field = var.value_from.as_ref()?.resource_field_ref.as_ref()?;
+        assert_eq!(field.container_name.as_deref(), Some("worker"));
+        assert_eq!(field.divisor, Some(Quantity("1Mi".to_string())));
+        Some(field.resource.clone())
+    }
+
+    #[test]
+    fn the_worker_learns_its_memory_limit_else_its_request() {
+        let mut v = example();
+        let memory = |q: &str| Some(BTreeMap::from([("memory".to_string(), Quantity(q.into()))]));
+        v.pipeline.spec.workers.resources = Some(ResourceRequirements {
+            limits: memory("4Gi"),
+            requests: memory("2Gi"),
+            ..ResourceRequirements::default()
+        });
+        assert_eq!(memory_limit_resource(&v).as_deref(), Some("limits.memory"));
+        v.pipeline.spec.workers.resources = Some(ResourceRequirements {
+            requests: memory("2Gi"),
+            ..ResourceRequirements::default()
+        });
+        assert_eq!(
+            memory_limit_resource(&v).as_deref(),
+            Some("requests.memory")
+        );
+        v.pipeline.spec.workers.resources = None;
+        assert_eq!(memory_limit_resource(&v), None);
     }
 
     #[test]

@@ -908,6 +908,7 @@ impl Stages {
                 peak_hot_bytes: r.peak_hot_bytes,
                 peak_hot_entries: r.peak_hot_entries,
                 sst_bytes: self.store.sst_bytes(),
+                hot_budget_bytes: self.max_hot_bytes as u64,
             },
             &self.join.stats,
             &self.step_names,

@@ -28,6 +28,7 @@
 //! batch is read back only once it is in RocksDB. The batch holds the checkpoint record with
 //! the state, so a crash while it is being written restores the checkpoint before it.
 
+pub mod budget;
 pub mod codec;
 
 use std::path::Path;
