@@ -429,7 +429,9 @@ pub struct WorkersSpec {
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
 
-    /// CPU and memory requests and limits of a worker container.
+    /// CPU and memory requests and limits of a worker container. A quarter of the memory
+    /// limit (else of the request) is the join's in-memory state budget; what does not fit
+    /// moves to RocksDB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
