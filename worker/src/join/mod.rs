@@ -125,16 +125,14 @@ impl Pending {
             .unwrap_or(self.deadline)
     }
 
-    /// Memory held on the heap (the boxed entry and its parts' fields), for the hot tier's
-    /// budget.
+    /// Memory held on the heap (its parts' fields), for the hot tier's budget; the entry
+    /// itself is counted with its slot.
     fn bytes(&self) -> usize {
         self.parts
             .iter()
             .flatten()
             .map(|p| p.fields.len() + ALLOCATION_OVERHEAD)
             .sum::<usize>()
-            + std::mem::size_of::<Pending>()
-            + ALLOCATION_OVERHEAD
     }
 }
 
@@ -155,9 +153,18 @@ pub struct Done {
     pub parts: u8,
 }
 
+/// An entry of the join's state.
+///
+/// A pending entry lies in its hot-map slot, not behind a box: the second and third parts of
+/// a tracking number reach it without one more cache miss, and an action costs one
+/// allocation less (−5% CPU at 500k actions joined and processed, and at 5M joined; the
+/// slot's 128 bytes instead of 56 cost a few percent more memory).
 #[derive(Clone, Debug, PartialEq, Eq)]
+// A `Done` is a marker stored by an earlier version, read once and moved into the marker
+// table: never held in a slot, so its unused room costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Entry {
-    Pending(Box<Pending>),
+    Pending(Pending),
     Done(Done),
 }
 
@@ -614,7 +621,7 @@ impl Books<'_> {
             self.timers.push(pending.deadline, key.clone());
             NO_YOUNG
         };
-        slot.entry = Some(Entry::Pending(Box::new(pending)));
+        slot.entry = Some(Entry::Pending(pending));
         slot.dirty = true;
         false
     }
@@ -645,7 +652,7 @@ fn marker_until(config: &JoinConfig, deadline: i64) -> i64 {
 }
 
 /// The deadline of a stored entry's version, or none: an `Option<i64>` in 8 bytes (no real
-/// deadline is `i64::MIN`), which keeps a hot-map slot at 32 bytes.
+/// deadline is `i64::MIN`): 8 bytes less in every hot-map slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Persisted(i64);
 

@@ -112,7 +112,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
                     });
                 }
             }
-            Ok(Entry::Pending(Box::new(Pending { deadline, parts })))
+            Ok(Entry::Pending(Pending { deadline, parts }))
         }
         TAG_DONE => read_done(&mut r).map(Entry::Done),
         other => Err(format!("unknown entry tag {other}")),
@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        let pending = Entry::Pending(Box::new(Pending {
+        let pending = Entry::Pending(Pending {
             deadline: -5,
             parts: [
                 Some(PartState {
@@ -163,7 +163,7 @@ mod tests {
                     fields: "".into(),
                 }),
             ],
-        }));
+        });
         let done = Entry::Done(Done {
             until: 1 << 40,
             outcome: Outcome::Expired,

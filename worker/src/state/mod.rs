@@ -655,7 +655,7 @@ mod tests {
     }
 
     fn pending(deadline: i64) -> Entry {
-        Entry::Pending(Box::new(Pending {
+        Entry::Pending(Pending {
             deadline,
             parts: [
                 Some(PartState {
@@ -665,7 +665,7 @@ mod tests {
                 None,
                 None,
             ],
-        }))
+        })
     }
 
     fn puts(
