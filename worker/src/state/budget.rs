@@ -16,8 +16,8 @@ const SHARE_DIVISOR: u64 = 4;
 /// Never below this: a worker with less memory than four times this runs anyway, spilling
 /// early.
 pub const MIN_HOT_BYTES: u64 = 64 << 20;
-/// Never above this: beyond it a checkpoint's eviction (the whole surplus in one batch) and a
-/// restore's reload grow too long.
+/// Never above this: a restore reads markers back into up to half the budget, and more than
+/// a few GiB of them would hold a restarting worker up for minutes.
 pub const MAX_HOT_BYTES: u64 = 4 << 30;
 
 /// Without a memory limit to go by (no cgroup files, no `/proc`): the budget sized for the
