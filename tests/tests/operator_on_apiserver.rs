@@ -132,6 +132,23 @@ async fn the_operator_reconciles_pipelines_and_definitions_with_its_own_rights()
             .as_ref()
             .is_some_and(|v| v.len() == 1)
     );
+    // The server kept the worker's memory limit for the hot tier's budget (the example sets
+    // limits.memory).
+    let worker = sts
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|pod| pod.containers.first())
+        .context("the worker container")?;
+    let memory_limit = worker
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "WEFT_MEMORY_LIMIT_MIB")
+        .and_then(|e| e.value_from.as_ref()?.resource_field_ref.as_ref())
+        .context("WEFT_MEMORY_LIMIT_MIB from the downward API")?;
+    ensure!(memory_limit.resource == "limits.memory");
     let configmaps: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
     let cm = configmaps.get("weft-credit-card").await?;
     let rendered = cm
