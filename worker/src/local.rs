@@ -18,7 +18,7 @@ use weft_crds::manifest::{Resource, read_file};
 use weft_crds::{JoinPipeline, ProcessDefinitionSpec};
 
 use crate::join::record::{RecordLayout, write_action, write_incomplete};
-use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinOutput, JoinStats, Pending};
+use crate::join::{Evict, JoinConfig, JoinEngine, JoinError, JoinOutput, JoinStats, Parts};
 use crate::process::thread::{Classifier, ProcessThread, StageOutput};
 use crate::process::{
     ClassifiedBatch, ProcessEngine, ProcessMeta, ProcessOutput, ProcessPlan, Totals,
@@ -508,7 +508,7 @@ impl JoinOutput for Outputs {
         &mut self,
         key_group: u16,
         tracking_number: &str,
-        pending: &Pending,
+        parts: &Parts<'_>,
         completed_at: i64,
     ) {
         self.buf.clear();
@@ -517,7 +517,7 @@ impl JoinOutput for Outputs {
             &mut self.layout,
             key_group,
             tracking_number,
-            pending,
+            parts,
             completed_at,
         );
         Self::write(&mut self.actions, &self.buf, &mut self.error);
@@ -528,7 +528,7 @@ impl JoinOutput for Outputs {
         &mut self,
         key_group: u16,
         tracking_number: &str,
-        pending: &Pending,
+        parts: &Parts<'_>,
         missing: u8,
     ) {
         self.buf.clear();
@@ -537,7 +537,7 @@ impl JoinOutput for Outputs {
             &mut self.layout,
             key_group,
             tracking_number,
-            pending,
+            parts,
             missing,
         );
         Self::write(&mut self.incomplete, &self.buf, &mut self.error);
@@ -854,6 +854,8 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
 
     if !checkpoint.finished {
         let mut exhausted = vec![false; readers.len()];
+        // Each message's projected fields, until the join copies them or writes them out.
+        let mut fields = String::new();
         while exhausted.iter().any(|e| !e) {
             let i = cursor % readers.len();
             cursor = (cursor + 1) % readers.len();
@@ -867,7 +869,7 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
                 continue;
             };
             counters.events += 1;
-            let rejection = match plan.extract(raw) {
+            let rejection = match plan.extract(raw, &mut fields) {
                 Ok(Extracted::Message(msg)) => match engine.process(msg, &store, &mut outputs) {
                     Ok(()) => {
                         outputs.feed_process(&mut process, false)?;

@@ -104,6 +104,65 @@ impl Pending {
             .fold(0, |m, p| m | part_bit(*p))
     }
 
+    /// Its parts, as the outputs read them.
+    pub fn view(&self) -> Parts<'_> {
+        Parts {
+            deadline: self.deadline,
+            parts: self.parts.each_ref().map(|p| {
+                p.as_ref().map(|p| PartRef {
+                    event_time: p.event_time,
+                    fields: &p.fields,
+                })
+            }),
+        }
+    }
+
+    /// Memory held on the heap (its parts' fields), for the hot tier's budget; the entry
+    /// itself is counted with its slot.
+    fn bytes(&self) -> usize {
+        self.parts
+            .iter()
+            .flatten()
+            .map(|p| p.fields.len() + ALLOCATION_OVERHEAD)
+            .sum::<usize>()
+    }
+}
+
+/// One arrived part, as the outputs read it: kept in the entry, or in the message that
+/// completes the action (which is never copied into the entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartRef<'p> {
+    pub event_time: i64,
+    /// Projected fields as JSON object members without braces.
+    pub fields: &'p str,
+}
+
+/// The parts of an action or incomplete action, as the outputs write them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts<'p> {
+    /// The entry's deadline (see [`Pending::deadline`]).
+    pub deadline: i64,
+    pub parts: [Option<PartRef<'p>>; 3],
+}
+
+impl<'p> Parts<'p> {
+    /// Only the part `part`: an action complete with its first part.
+    fn one(deadline: i64, part: Part, arrived: PartRef<'p>) -> Parts<'p> {
+        let mut parts = Parts {
+            deadline,
+            parts: [None; 3],
+        };
+        parts.parts[part as usize] = Some(arrived);
+        parts
+    }
+
+    pub fn mask(&self) -> u8 {
+        Part::ALL
+            .iter()
+            .filter(|p| self.parts[**p as usize].is_some())
+            .fold(0, |m, p| m | part_bit(*p))
+    }
+
     /// The earliest event time among the arrived parts.
     pub fn first_event_time(&self) -> i64 {
         self.parts
@@ -123,16 +182,6 @@ impl Pending {
             .map(|p| p.event_time)
             .max()
             .unwrap_or(self.deadline)
-    }
-
-    /// Memory held on the heap (its parts' fields), for the hot tier's budget; the entry
-    /// itself is counted with its slot.
-    fn bytes(&self) -> usize {
-        self.parts
-            .iter()
-            .flatten()
-            .map(|p| p.fields.len() + ALLOCATION_OVERHEAD)
-            .sum::<usize>()
     }
 }
 
@@ -472,12 +521,12 @@ pub trait JoinOutput {
         &mut self,
         key_group: u16,
         tracking_number: &str,
-        pending: &Pending,
+        parts: &Parts<'_>,
         completed_at: i64,
     );
     /// An incomplete action: the lateness bound passed; `missing` are the required parts that
     /// never came.
-    fn incomplete(&mut self, key_group: u16, tracking_number: &str, pending: &Pending, missing: u8);
+    fn incomplete(&mut self, key_group: u16, tracking_number: &str, parts: &Parts<'_>, missing: u8);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -556,7 +605,7 @@ impl Books<'_> {
         &mut self,
         slot: &mut Slot,
         key: &StateKey,
-        pending: &Pending,
+        parts: &Parts<'_>,
         outcome: Outcome,
     ) -> bool {
         let stored = slot.persisted.get().is_some();
@@ -568,9 +617,9 @@ impl Books<'_> {
         slot.entry = None;
         slot.dirty = true;
         let done = Done {
-            until: marker_until(self.config, pending.deadline),
+            until: marker_until(self.config, parts.deadline),
             outcome,
-            parts: pending.mask(),
+            parts: parts.mask(),
         };
         // Not when it expires as it is made (the end of input, or no dedupe beyond the
         // lateness).
@@ -603,17 +652,22 @@ impl Books<'_> {
             event_time,
             fields,
         } = msg;
+        let deadline = event_time.saturating_add(self.config.lateness);
+        if part_bit(part) & self.config.required == self.config.required {
+            let parts = Parts::one(deadline, part, PartRef { event_time, fields });
+            let kg = split_key(key).0;
+            out.action(kg, &tracking_number, &parts, parts.last_event_time());
+            self.stats.complete += 1;
+            return self.finish(slot, key, &parts, Outcome::Completed);
+        }
         let mut pending = Pending {
-            deadline: event_time.saturating_add(self.config.lateness),
+            deadline,
             parts: [None, None, None],
         };
-        pending.parts[part as usize] = Some(PartState { event_time, fields });
-        if part_bit(part) & self.config.required == self.config.required {
-            let kg = split_key(key).0;
-            out.action(kg, &tracking_number, &pending, pending.last_event_time());
-            self.stats.complete += 1;
-            return self.finish(slot, key, &pending, Outcome::Completed);
-        }
+        pending.parts[part as usize] = Some(PartState {
+            event_time,
+            fields: fields.into(),
+        });
         *self.hot_bytes += pending.bytes() + TIMER_BYTES;
         slot.young = if pending.deadline > self.watermark.saturating_add(2 * YOUNG_AGE) {
             self.timers.push_young(pending.deadline, key.clone())
@@ -1022,29 +1076,32 @@ impl JoinEngine {
                             books.stats.duplicates += 1;
                             return Ok(());
                         }
-                        *books.hot_bytes += msg.fields.len() + ALLOCATION_OVERHEAD;
-                        pending.parts[part] = Some(PartState {
-                            event_time: t,
-                            fields: msg.fields,
-                        });
-                        slot.dirty = true;
-                        if pending.mask() & required == required {
+                        if (pending.mask() | part_bit(msg.part)) & required == required {
+                            // Written out from the message: the part is never kept.
                             books.timers.cancel_young(slot.young, &key);
                             let pending = take_pending(pending, books.hot_bytes);
-                            out.action(
-                                kg,
-                                &msg.tracking_number,
-                                &pending,
-                                pending.last_event_time(),
-                            );
+                            let mut parts = pending.view();
+                            parts.parts[part] = Some(PartRef {
+                                event_time: t,
+                                fields: msg.fields,
+                            });
+                            out.action(kg, &msg.tracking_number, &parts, parts.last_event_time());
                             books.stats.complete += 1;
-                            if books.finish(slot, &key, &pending, Outcome::Completed) {
+                            if books.finish(slot, &key, &parts, Outcome::Completed) {
                                 o.remove();
                                 *books.hot_bytes = books
                                     .hot_bytes
                                     .saturating_sub(SLOT_BYTES + key.heap_bytes());
                             }
-                        } else if t.saturating_add(lateness) < pending.deadline {
+                            return Ok(());
+                        }
+                        *books.hot_bytes += msg.fields.len() + ALLOCATION_OVERHEAD;
+                        pending.parts[part] = Some(PartState {
+                            event_time: t,
+                            fields: msg.fields.into(),
+                        });
+                        slot.dirty = true;
+                        if t.saturating_add(lateness) < pending.deadline {
                             // The lateness bound runs from the earliest part, whichever
                             // arrived first: the outcome must not depend on arrival order. The
                             // old timer goes stale.
@@ -1350,9 +1407,10 @@ impl JoinEngine {
                 }
                 let pending = take_pending(pending, books.hot_bytes);
                 let (_, tn) = split_key(&key);
-                out.incomplete(kg, tn, &pending, required & !pending.mask());
+                let parts = pending.view();
+                out.incomplete(kg, tn, &parts, required & !parts.mask());
                 books.stats.incomplete += 1;
-                if books.finish(slot, &key, &pending, Outcome::Expired) {
+                if books.finish(slot, &key, &parts, Outcome::Expired) {
                     slots.remove(&key);
                     *books.hot_bytes = books
                         .hot_bytes

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use weft_crds::Part;
 
-use super::{Pending, part_bit};
+use super::{Parts, part_bit};
 
 /// Where a written record's values lie in the buffer: what classifying the action for the
 /// process stage reads, found as the record is written instead of scanning it again (that
@@ -105,7 +105,7 @@ fn push_head(
     layout: &mut RecordLayout,
     key_group: u16,
     tracking_number: &str,
-    pending: &Pending,
+    parts: &Parts<'_>,
 ) {
     layout.head_len = 0;
     layout.parts = Default::default();
@@ -117,13 +117,13 @@ fn push_head(
         push_i64(b, i64::from(key_group))
     });
     member(buf, l, b",\"firstEventTime\":", "firstEventTime", |b| {
-        push_i64(b, pending.first_event_time())
+        push_i64(b, parts.first_event_time())
     });
 }
 
-fn push_parts(buf: &mut Vec<u8>, pending: &Pending, layout: &mut RecordLayout) {
+fn push_parts(buf: &mut Vec<u8>, parts: &Parts<'_>, layout: &mut RecordLayout) {
     for part in Part::ALL {
-        if let Some(state) = &pending.parts[part as usize] {
+        if let Some(state) = &parts.parts[part as usize] {
             buf.extend_from_slice(b",\"");
             buf.extend_from_slice(part.as_str().as_bytes());
             buf.extend_from_slice(b"\":{\"eventTime\":");
@@ -149,10 +149,10 @@ pub fn write_action(
     layout: &mut RecordLayout,
     key_group: u16,
     tracking_number: &str,
-    pending: &Pending,
+    parts: &Parts<'_>,
     completed_at: i64,
 ) {
-    push_head(buf, layout, key_group, tracking_number, pending);
+    push_head(buf, layout, key_group, tracking_number, parts);
     member(
         buf,
         layout,
@@ -160,7 +160,7 @@ pub fn write_action(
         "completedEventTime",
         |b| push_i64(b, completed_at),
     );
-    push_parts(buf, pending, layout);
+    push_parts(buf, parts, layout);
     buf.extend_from_slice(b"}\n");
 }
 
@@ -171,12 +171,12 @@ pub fn write_incomplete(
     layout: &mut RecordLayout,
     key_group: u16,
     tracking_number: &str,
-    pending: &Pending,
+    parts: &Parts<'_>,
     missing: u8,
 ) {
-    push_head(buf, layout, key_group, tracking_number, pending);
+    push_head(buf, layout, key_group, tracking_number, parts);
     member(buf, layout, b",\"expiredAt\":", "expiredAt", |b| {
-        push_i64(b, pending.deadline)
+        push_i64(b, parts.deadline)
     });
     member(buf, layout, b",\"missing\":", "missing", |b| {
         b.push(b'[');
@@ -194,14 +194,14 @@ pub fn write_incomplete(
         }
         b.push(b']');
     });
-    push_parts(buf, pending, layout);
+    push_parts(buf, parts, layout);
     buf.extend_from_slice(b"}\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::join::PartState;
+    use crate::join::{PartState, Pending};
 
     #[test]
     fn records_are_valid_json_with_every_part() {
@@ -226,7 +226,7 @@ mod tests {
             &mut layout,
             7,
             "tn\"1",
-            &pending,
+            &pending.view(),
             part_bit(Part::Response),
         );
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
@@ -239,7 +239,7 @@ mod tests {
         assert!(v.get("response").is_none());
 
         buf.clear();
-        write_action(&mut buf, &mut layout, 7, "a\u{1}b", &pending, 100);
+        write_action(&mut buf, &mut layout, 7, "a\u{1}b", &pending.view(), 100);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_layout(&buf, &layout, &v);
         assert_eq!(v["trackingNumber"], "a\u{1}b");

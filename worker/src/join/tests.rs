@@ -25,10 +25,10 @@ struct Recorded {
 }
 
 impl JoinOutput for Recorded {
-    fn action(&mut self, _: u16, tn: &str, pending: &Pending, _: i64) {
-        self.complete.push((tn.to_string(), pending.mask()));
+    fn action(&mut self, _: u16, tn: &str, parts: &Parts<'_>, _: i64) {
+        self.complete.push((tn.to_string(), parts.mask()));
     }
-    fn incomplete(&mut self, _: u16, tn: &str, _: &Pending, missing: u8) {
+    fn incomplete(&mut self, _: u16, tn: &str, _: &Parts<'_>, missing: u8) {
         self.incomplete.push((tn.to_string(), missing));
     }
 }
@@ -38,7 +38,11 @@ fn msg(tn: &str, part: Part, t: i64) -> Message<'static> {
         part,
         tracking_number: tn.to_string().into(),
         event_time: t,
-        fields: format!("\"p\":\"{part}\"").into(),
+        fields: match part {
+            Part::Request => r#""p":"request""#,
+            Part::Response => r#""p":"response""#,
+            Part::Tracking => r#""p":"tracking""#,
+        },
     }
 }
 

@@ -916,8 +916,8 @@ proptest::proptest! {
         let pending = crate::join::Pending { deadline: T0 + 3_600_000, parts };
         let (mut buf, mut layout) = (Vec::new(), Default::default());
         match complete {
-            true => crate::join::record::write_action(&mut buf, &mut layout, 7, tracking_number, &pending, T0),
-            false => crate::join::record::write_incomplete(&mut buf, &mut layout, 7, tracking_number, &pending, 0b110),
+            true => crate::join::record::write_action(&mut buf, &mut layout, 7, tracking_number, &pending.view(), T0),
+            false => crate::join::record::write_incomplete(&mut buf, &mut layout, 7, tracking_number, &pending.view(), 0b110),
         }
         let record = std::str::from_utf8(&buf).unwrap().trim_end();
         let plans = reading_definitions();

@@ -208,6 +208,8 @@ struct Stages {
     bounded: bool,
     max_hot_bytes: usize,
     plans: Vec<SourcePlan>,
+    /// A message's projected fields, until the join copies them or writes them out.
+    fields: String,
     /// Raw topic → the source read from it.
     source_of_topic: HashMap<String, usize>,
     /// Per source, its topics (batch entries name theirs by position).
@@ -465,7 +467,9 @@ impl Stages {
             self.record.counts.after_end += 1;
             return Ok(());
         }
-        let rejection = match self.plans[source].extract(received.payload) {
+        // Taken out while the message borrows it (the join needs `self`), and put back.
+        let mut fields = std::mem::take(&mut self.fields);
+        let rejection = match self.plans[source].extract(received.payload, &mut fields) {
             Ok(Extracted::Message(msg)) => {
                 match self.with_join(|join, store, out| join.process(msg, store, out)) {
                     Ok(()) => None,
@@ -488,6 +492,7 @@ impl Stages {
             }
             Err(r) => Some(r),
         };
+        self.fields = fields;
         if let Some(r) = rejection {
             // Cloned only here: the per-message path borrows the name.
             let name = self.plans[source].name.clone();
@@ -1114,6 +1119,7 @@ pub fn run(options: &RunOptions, shared: &Arc<Shared>) -> anyhow::Result<Ending>
         bounded: options.bounded,
         max_hot_bytes: options.max_hot_bytes,
         plans,
+        fields: String::new(),
         source_of_topic,
         source_topics: spec.sources.iter().map(|s| s.topics.clone()).collect(),
         prepartitioned,

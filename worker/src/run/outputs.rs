@@ -3,7 +3,7 @@
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
 use crate::join::record::{RecordLayout, write_action, write_incomplete};
-use crate::join::{JoinOutput, Pending};
+use crate::join::{JoinOutput, Parts};
 use crate::kafka::{PROCESS_HEADER, Topics, batch};
 use crate::metrics::StageCounts;
 use crate::process::{ClassifiedBatch, ProcessOutput, ProcessPlan};
@@ -132,7 +132,7 @@ impl JoinOutput for JoinOutputs<'_> {
         &mut self,
         key_group: u16,
         tracking_number: &str,
-        pending: &Pending,
+        parts: &Parts<'_>,
         completed_at: i64,
     ) {
         self.out.buf.clear();
@@ -141,7 +141,7 @@ impl JoinOutput for JoinOutputs<'_> {
             self.layout,
             key_group,
             tracking_number,
-            pending,
+            parts,
             completed_at,
         );
         let topics = self.out.topics;
@@ -149,7 +149,7 @@ impl JoinOutput for JoinOutputs<'_> {
         self.out
             .send_buf(topic, None, Some(tracking_number.as_bytes()), None);
         self.latencies
-            .push((completed_at - pending.first_event_time()).max(0) as f64 / 1000.0);
+            .push((completed_at - parts.first_event_time()).max(0) as f64 / 1000.0);
         self.route(tracking_number);
     }
 
@@ -157,7 +157,7 @@ impl JoinOutput for JoinOutputs<'_> {
         &mut self,
         key_group: u16,
         tracking_number: &str,
-        pending: &Pending,
+        parts: &Parts<'_>,
         missing: u8,
     ) {
         self.out.buf.clear();
@@ -166,7 +166,7 @@ impl JoinOutput for JoinOutputs<'_> {
             self.layout,
             key_group,
             tracking_number,
-            pending,
+            parts,
             missing,
         );
         let topics = self.out.topics;

@@ -85,8 +85,10 @@ pub struct Message<'a> {
     /// Epoch milliseconds.
     pub event_time: i64,
     /// The projected fields as the members of a JSON object, without braces:
-    /// `"path":"/cc/apply","status":200` (empty when nothing is projected).
-    pub fields: Box<str>,
+    /// `"path":"/cc/apply","status":200` (empty when nothing is projected). Written into the
+    /// caller's buffer: the join copies them only when it keeps the part, and the part that
+    /// completes an action (a third of them) is written out without an allocation.
+    pub fields: &'a str,
 }
 
 /// The outcome of reading one message.
@@ -237,19 +239,29 @@ impl SourcePlan {
         })
     }
 
-    /// Reads one message. Never panics on input: whatever is wrong becomes a [`Rejection`].
-    pub fn extract<'a>(&self, raw: &'a [u8]) -> Result<Extracted<'a>, Rejection> {
-        self.read(raw, true)
+    /// Reads one message, its projected fields written into `buf`. Never panics on input:
+    /// whatever is wrong becomes a [`Rejection`].
+    pub fn extract<'a>(
+        &self,
+        raw: &'a [u8],
+        buf: &'a mut String,
+    ) -> Result<Extracted<'a>, Rejection> {
+        self.read(raw, Some(buf))
     }
 
     /// [`SourcePlan::extract`] without the projection (`fields` empty): the same checks and
     /// the same outcome, for the shuffle, which routes the raw message by its tracking number
     /// and time and had built, then dropped, the projected fields of every message.
     pub fn examine<'a>(&self, raw: &'a [u8]) -> Result<Extracted<'a>, Rejection> {
-        self.read(raw, false)
+        self.read(raw, None)
     }
 
-    fn read<'a>(&self, raw: &'a [u8], project: bool) -> Result<Extracted<'a>, Rejection> {
+    /// Reads one message, projecting its fields into `project` if given.
+    fn read<'a>(
+        &self,
+        raw: &'a [u8],
+        project: Option<&'a mut String>,
+    ) -> Result<Extracted<'a>, Rejection> {
         if raw.len() > self.max_message_bytes {
             return Err(Rejection::new(
                 DeadLetterReason::Oversized,
@@ -367,15 +379,14 @@ impl SourcePlan {
             ));
         }
 
-        if !project {
+        let Some(fields) = project else {
             return Ok(Extracted::Message(Message {
                 part,
                 tracking_number,
                 event_time,
-                fields: Box::default(),
+                fields: "",
             }));
-        }
-        // Sized first, so the projection is one exact allocation that the join keeps as is.
+        };
         let projected = || {
             self.fields_of[part as usize]
                 .iter()
@@ -392,12 +403,7 @@ impl SourcePlan {
         } else {
             ""
         };
-        let (pieces, bytes) = projected().fold(
-            (usize::from(!payload.is_empty()), payload.len()),
-            |(n, b), (name, v)| (n + 1, b + name.len() + v.len()),
-        );
-        let size = bytes + pieces.saturating_sub(1);
-        let mut fields = String::with_capacity(size);
+        fields.clear();
         for (name, v) in projected() {
             if !fields.is_empty() {
                 fields.push(',');
@@ -415,7 +421,7 @@ impl SourcePlan {
             part,
             tracking_number,
             event_time,
-            fields: fields.into_boxed_str(),
+            fields: fields.as_str(),
         }))
     }
 }
@@ -488,15 +494,13 @@ mod tests {
         ];
         let mut projected = 0;
         for line in lines {
-            let extracted = plan.extract(line.as_bytes());
+            let mut buf = String::new();
+            let extracted = plan.extract(line.as_bytes(), &mut buf);
             let examined = plan.examine(line.as_bytes());
             let without_fields = match extracted {
                 Ok(Extracted::Message(m)) => {
                     projected += usize::from(!m.fields.is_empty());
-                    Ok(Extracted::Message(Message {
-                        fields: Box::default(),
-                        ..m
-                    }))
+                    Ok(Extracted::Message(Message { fields: "", ..m }))
                 }
                 other => other,
             };
