@@ -96,12 +96,17 @@ pub struct Pending {
     pub parts: [Option<PartState>; 3],
 }
 
+/// The bits of the parts that are there (see [`part_bit`]).
+fn mask_of<T>(parts: &[Option<T>; 3]) -> u8 {
+    Part::ALL
+        .iter()
+        .filter(|p| parts[**p as usize].is_some())
+        .fold(0, |m, p| m | part_bit(*p))
+}
+
 impl Pending {
     pub fn mask(&self) -> u8 {
-        Part::ALL
-            .iter()
-            .filter(|p| self.parts[**p as usize].is_some())
-            .fold(0, |m, p| m | part_bit(*p))
+        mask_of(&self.parts)
     }
 
     /// Its parts, as the outputs read them.
@@ -157,10 +162,7 @@ impl<'p> Parts<'p> {
     }
 
     pub fn mask(&self) -> u8 {
-        Part::ALL
-            .iter()
-            .filter(|p| self.parts[**p as usize].is_some())
-            .fold(0, |m, p| m | part_bit(*p))
+        mask_of(&self.parts)
     }
 
     /// The earliest event time among the arrived parts.
