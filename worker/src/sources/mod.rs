@@ -132,7 +132,11 @@ fn quoted(s: &str) -> String {
 /// string with the bytes of one's JSON text is that one, without unescaping; other raw
 /// values (escaped differently, or another value) are unescaped and compared.
 fn among(raw: &str, texts: &[String], quoted: &[String]) -> Option<usize> {
-    quoted.iter().position(|q| q == raw).or_else(|| {
+    let raw_bytes = raw.as_bytes();
+    let found = quoted
+        .iter()
+        .position(|q| scan::same_bytes(q.as_bytes(), raw_bytes));
+    found.or_else(|| {
         let value = text_of(raw);
         texts.iter().position(|t| *t == value)
     })
