@@ -631,6 +631,20 @@ pub fn load_pipeline(
 
 /// Runs local mode to the end of its inputs and returns the summary (also in summary.json).
 pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
+    run_leaving(options).map(|(summary, _)| summary)
+}
+
+/// What a run holds in memory at its end: the state of its join and process stages.
+pub struct Leftovers {
+    _join: JoinEngine,
+    _process: ProcessEngine,
+}
+
+/// [`run`], handing back its state instead of freeing it: a process that exits right after
+/// leaves it to the exit (`std::mem::forget`), where the kernel takes the memory back whole.
+/// Freeing its allocations one by one (an instance's actions, each window's aggregates) took
+/// ~1% of a run's CPU.
+pub fn run_leaving(options: &LocalOptions) -> anyhow::Result<(Summary, Leftovers)> {
     let started = Instant::now();
     let (pipeline, processes) = load_pipeline(&options.resources, options.pipeline.as_deref())?;
     let process_plans = if options.join_only {
@@ -997,5 +1011,11 @@ pub fn run(options: &LocalOptions) -> anyhow::Result<Summary> {
     let tmp = options.output.join("summary.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&summary)?).context("writing summary.json")?;
     std::fs::rename(&tmp, options.output.join("summary.json")).context("writing summary.json")?;
-    Ok(summary)
+    Ok((
+        summary,
+        Leftovers {
+            _join: engine,
+            _process: process_engine,
+        },
+    ))
 }

@@ -298,7 +298,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 weft_worker::run::embedded::run(&options)?
             } else {
-                weft_worker::local::run(&options)?
+                let (summary, state) = weft_worker::local::run_leaving(&options)?;
+                // The process exits next: see `run_leaving`.
+                std::mem::forget(state);
+                summary
             };
             say(&serde_json::to_string_pretty(&summary)?)?;
             eprintln!("outputs in {}", output.display());

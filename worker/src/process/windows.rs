@@ -152,8 +152,15 @@ impl Window {
         }
         let mut log = std::mem::take(&mut self.log);
         log.sort_unstable_by_key(|d| position_key(d.order, d.combo));
+        // Sized for the distinct keys, not the contributions: the window keeps this vector
+        // for the retention, and room left for keys that never come is memory paged in for
+        // nothing.
+        let distinct = 1 + log
+            .windows(2)
+            .filter(|p| (p[0].order, p[0].combo) != (p[1].order, p[1].combo))
+            .count();
         let mut old = std::mem::take(&mut self.summed).into_iter().peekable();
-        let mut summed = Vec::with_capacity(old.len() + log.len());
+        let mut summed = Vec::with_capacity(old.len() + distinct);
         let mut created = 0;
         let mut deltas = log.iter().peekable();
         while let Some(first) = deltas.next() {
