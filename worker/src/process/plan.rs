@@ -8,7 +8,7 @@ use weft_crds::keygroup::key_group;
 use weft_crds::{Part, ProcessDefinitionSpec};
 
 use super::instance::tracking_fingerprint;
-use super::predicate::{Fields, Predicate};
+use super::predicate::{Fields, Predicate, PredicateIndex};
 use crate::join::record::RecordLayout;
 use crate::sources::SourcePlan;
 use crate::sources::scan::{MemberOrder, PointerSet};
@@ -30,6 +30,9 @@ pub struct ProcessPlan {
     tracking_number: usize,
     pub steps: Vec<StepPlan>,
     pub outcomes: Vec<(String, Predicate)>,
+    /// Which steps and outcomes (in that order) an action can match (see
+    /// [`PredicateIndex`]).
+    index: PredicateIndex,
     instance_key: Vec<usize>,
     pub dimensions: Vec<DimensionPlan>,
     pub instance_timeout: i64,
@@ -124,6 +127,12 @@ impl ProcessPlan {
             pointers,
             first_time,
             tracking_number,
+            index: PredicateIndex::new(
+                steps
+                    .iter()
+                    .map(|s| &s.predicate)
+                    .chain(outcomes.iter().map(|(_, p)| p)),
+            ),
             steps,
             outcomes,
             instance_key,
@@ -308,13 +317,21 @@ impl ProcessPlan {
         instance: Option<Cow<'a, str>>,
     ) -> Classified<'a> {
         let fields = Fields { values, action };
-        let step = self.steps.iter().position(|s| s.predicate.matches(&fields));
-        let outcomes = self
-            .outcomes
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, p))| p.matches(&fields))
-            .fold(0u64, |m, (i, _)| m | (1 << i.min(63)));
+        let (mut step, mut outcomes) = (None, 0u64);
+        for i in self.index.candidates(&fields) {
+            let matches = |p: Option<&Predicate>| p.is_some_and(|p| p.matches(&fields));
+            match i.checked_sub(self.steps.len()) {
+                // The first step that matches.
+                None if step.is_none() && matches(self.steps.get(i).map(|s| &s.predicate)) => {
+                    step = Some(i);
+                }
+                None => {}
+                Some(o) if matches(self.outcomes.get(o).map(|(_, p)| p)) => {
+                    outcomes |= 1 << o.min(63);
+                }
+                Some(_) => {}
+            }
+        }
         Classified {
             step,
             instance,

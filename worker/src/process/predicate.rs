@@ -18,8 +18,9 @@ use std::sync::Arc;
 
 use cel_parser::ast::operators;
 use cel_parser::ast::{Expr, IdedExpr};
+use rustc_hash::FxHashMap;
 
-use crate::sources::scan::PointerSet;
+use crate::sources::scan::{PointerSet, same_bytes};
 use crate::sources::text_of;
 
 /// A literal of the subset.
@@ -326,15 +327,19 @@ fn text_decides(raw: &str, literal: &Literal, text: &str) -> Option<bool> {
     match literal {
         Literal::Str(_) => {
             let content = raw.strip_prefix('"')?.strip_suffix('"')?;
+            // Short texts: compared and searched inline, not through `memcmp` and `memchr`.
+            let escaped = |t: &str| t.bytes().any(|b| b == b'\\');
             match content.len().cmp(&text.len()) {
                 std::cmp::Ordering::Less => Some(false),
-                std::cmp::Ordering::Equal if content != text => Some(false),
-                std::cmp::Ordering::Equal => (!text.contains('\\')).then_some(true),
-                std::cmp::Ordering::Greater => (!content.contains('\\')).then_some(false),
+                std::cmp::Ordering::Equal if !same_bytes(content.as_bytes(), text.as_bytes()) => {
+                    Some(false)
+                }
+                std::cmp::Ordering::Equal => (!escaped(text)).then_some(true),
+                std::cmp::Ordering::Greater => (!escaped(content)).then_some(false),
             }
         }
         _ => {
-            if raw == text {
+            if same_bytes(raw.as_bytes(), text.as_bytes()) {
                 return Some(true);
             }
             let digits = raw.strip_prefix('-').unwrap_or(raw);
@@ -437,6 +442,165 @@ fn eval(node: &Node, fields: &Fields<'_>) -> Option<bool> {
             _ => None,
         },
         Node::Interpreted(program) => interpret(program, fields.action),
+    }
+}
+
+/// Which of a list of predicates an action can match, told by one field most of them
+/// require to equal a string (`request.path == '/cc/review' && ...`): one lookup of that
+/// field instead of evaluating every predicate (a definition's steps and outcomes were a
+/// fifth of reading an action for the process stage). The predicates it names are evaluated
+/// as before, so it only ever leaves out predicates that cannot be true.
+#[derive(Clone, Debug)]
+pub struct PredicateIndex {
+    len: usize,
+    key: Option<IndexKey>,
+}
+
+/// The field an index looks at, for the first 64 predicates.
+#[derive(Clone, Debug)]
+struct IndexKey {
+    slot: usize,
+    /// Per string, the predicates that require the field to be it; a few strings, so
+    /// compared in turn, not hashed.
+    keyed: Vec<(Box<str>, u64)>,
+    /// The predicates that require no one string of the field.
+    unkeyed: u64,
+}
+
+impl PredicateIndex {
+    /// Indexes `predicates` on the field the most of them require to equal a string; none
+    /// when no field is required by two.
+    pub fn new<'p>(predicates: impl IntoIterator<Item = &'p Predicate>) -> PredicateIndex {
+        let required: Vec<Vec<(usize, &str)>> = predicates
+            .into_iter()
+            .map(|p| {
+                let mut pairs = Vec::new();
+                required_strings(&p.node, &mut pairs);
+                pairs
+            })
+            .collect();
+        let indexed = &required[..required.len().min(64)];
+        let mut uses: FxHashMap<usize, usize> = FxHashMap::default();
+        for pairs in indexed {
+            let mut slots: Vec<usize> = pairs.iter().map(|(slot, _)| *slot).collect();
+            slots.sort_unstable();
+            slots.dedup();
+            for slot in slots {
+                *uses.entry(slot).or_default() += 1;
+            }
+        }
+        let best = uses
+            .into_iter()
+            .filter(|(_, n)| *n >= 2)
+            .max_by_key(|(slot, n)| (*n, std::cmp::Reverse(*slot)));
+        let key = best.map(|(slot, _)| {
+            let mut keyed: Vec<(Box<str>, u64)> = Vec::new();
+            let mut unkeyed = 0u64;
+            for (i, pairs) in indexed.iter().enumerate() {
+                let strings: Vec<&str> = pairs
+                    .iter()
+                    .filter(|(s, _)| *s == slot)
+                    .map(|(_, text)| *text)
+                    .collect();
+                match strings.as_slice() {
+                    [] => unkeyed |= 1 << i,
+                    // Two different strings required of one field: never true, so never a
+                    // candidate.
+                    [first, rest @ ..] if rest.iter().any(|t| t != first) => {}
+                    // A string with a backslash is written with an escape: such predicates
+                    // are candidates only when the field's text has one (then all are).
+                    [first, ..] if first.contains('\\') => {}
+                    [first, ..] => match keyed.iter_mut().find(|(t, _)| &**t == *first) {
+                        Some((_, bits)) => *bits |= 1 << i,
+                        None => keyed.push((Box::from(*first), 1 << i)),
+                    },
+                }
+            }
+            IndexKey {
+                slot,
+                keyed,
+                unkeyed,
+            }
+        });
+        PredicateIndex {
+            len: required.len(),
+            key,
+        }
+    }
+
+    /// The predicates (by position, in order) that may be true for `fields`; the others
+    /// are not.
+    pub fn candidates(&self, fields: &Fields<'_>) -> Candidates {
+        let first = self.len.min(64);
+        let all = if first == 64 {
+            u64::MAX
+        } else {
+            (1u64 << first) - 1
+        };
+        let bits = match &self.key {
+            None => all,
+            Some(key) => match fields.values.get(key.slot).copied().flatten() {
+                Some(raw) => match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+                    Some(content) => key.unkeyed | key.keyed_by(content, all),
+                    // Not a string: no `== 'string'` is true of it.
+                    None => key.unkeyed,
+                },
+                // Missing: `==` is an error, which no conjunction turns true.
+                None => key.unkeyed,
+            },
+        };
+        Candidates {
+            bits,
+            beyond: first..self.len,
+        }
+    }
+}
+
+impl IndexKey {
+    /// The keyed predicates a string with JSON content `content` can be true for: those
+    /// keyed by that very text (keys have no backslash, so the text is the value); for a
+    /// text with an escape, whose value is not its text, all of them (`all`).
+    fn keyed_by(&self, content: &str, all: u64) -> u64 {
+        let same = |t: &str| same_bytes(t.as_bytes(), content.as_bytes());
+        match self.keyed.iter().find(|(t, _)| same(t)) {
+            Some((_, bits)) => *bits,
+            None if content.bytes().any(|b| b == b'\\') => all,
+            None => 0,
+        }
+    }
+}
+
+/// Positions of predicates, ascending (see [`PredicateIndex::candidates`]).
+pub struct Candidates {
+    bits: u64,
+    /// Predicates past the first 64: always candidates.
+    beyond: std::ops::Range<usize>,
+}
+
+impl Iterator for Candidates {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.bits != 0 {
+            let i = self.bits.trailing_zeros() as usize;
+            self.bits &= self.bits - 1;
+            return Some(i);
+        }
+        self.beyond.next()
+    }
+}
+
+/// The `field == 'string'` a node is true only under: itself, or any conjunct's.
+fn required_strings<'n>(node: &'n Node, out: &mut Vec<(usize, &'n str)>) {
+    match node {
+        Node::Equals {
+            slot,
+            equal: true,
+            literal: Literal::Str(s),
+            ..
+        } => out.push((*slot, s)),
+        Node::And(nodes) => nodes.iter().for_each(|n| required_strings(n, out)),
+        _ => {}
     }
 }
 
@@ -673,6 +837,114 @@ mod tests {
         ] {
             let (fast, parsed) = (number_of(raw), raw.parse::<f64>().ok());
             assert_eq!(fast.map(f64::to_bits), parsed.map(f64::to_bits), "{raw}");
+        }
+    }
+
+    /// Predicates an index is built over: keyed on `request.path` (the field most of them
+    /// require to equal a string), and others it must always hand out.
+    const INDEXED: [&str; 10] = [
+        "request.path == '/a' && response.status == 200",
+        "request.path == '/b' && response.status == 200",
+        "response.decision == 'ok' && request.path == '/b'",
+        "request.path == '/a' || request.path == '/c'",
+        "request.path == '/a' && request.path == '/b'",
+        "response.status == 200",
+        r"request.path == 'x\\y'",
+        "!(request.path == '/a')",
+        "request.path == '/c'",
+        "has(request.path) && request.path.startsWith('/')",
+    ];
+
+    /// Raw JSON a field may hold (`None`: missing).
+    const PATHS: [Option<&str>; 10] = [
+        Some(r#""/a""#),
+        Some(r#""/b""#),
+        Some(r#""/c""#),
+        Some(r#""\/a""#),
+        Some(r#""x\\y""#),
+        Some(r#""/d""#),
+        Some("200"),
+        Some("null"),
+        Some(r#"{"a":1}"#),
+        None,
+    ];
+
+    fn compiled(sources: &[String]) -> (Vec<Predicate>, PointerSet) {
+        let mut pointers = PointerSet::default();
+        let predicates = sources
+            .iter()
+            .map(|s| Predicate::compile(s, &mut pointers).unwrap())
+            .collect();
+        (predicates, pointers)
+    }
+
+    /// Every predicate that is true of an action is among the index's candidates, in order,
+    /// for strings, escaped strings, other types and missing fields; and the index does
+    /// leave some out.
+    #[test]
+    fn an_index_hands_out_every_predicate_that_can_be_true() {
+        let sources: Vec<String> = INDEXED.iter().map(|s| s.to_string()).collect();
+        let (predicates, pointers) = compiled(&sources);
+        let index = PredicateIndex::new(&predicates);
+        let slot = |path: &[&str]| pointers.slot_of(path).unwrap();
+        let (path, status, decision) = (
+            slot(&["request", "path"]),
+            slot(&["response", "status"]),
+            slot(&["response", "decision"]),
+        );
+        let mut left_out = 0;
+        for raw_path in PATHS {
+            for raw_status in [Some("200"), Some("201"), None] {
+                for raw_decision in [Some(r#""ok""#), Some(r#""no""#), None] {
+                    let mut values = vec![None; pointers.len()];
+                    values[path] = raw_path;
+                    values[status] = raw_status;
+                    values[decision] = raw_decision;
+                    let fields = Fields {
+                        values: &values,
+                        action: "",
+                    };
+                    let candidates: Vec<usize> = index.candidates(&fields).collect();
+                    assert!(candidates.is_sorted(), "{candidates:?}");
+                    let true_ones: Vec<usize> = (0..predicates.len())
+                        .filter(|i| predicates[*i].matches(&fields))
+                        .collect();
+                    let found: Vec<usize> = candidates
+                        .iter()
+                        .copied()
+                        .filter(|i| predicates[*i].matches(&fields))
+                        .collect();
+                    assert_eq!(
+                        found, true_ones,
+                        "{raw_path:?} {raw_status:?} {raw_decision:?}"
+                    );
+                    left_out += predicates.len() - candidates.len();
+                }
+            }
+        }
+        assert!(left_out > 0);
+    }
+
+    /// Past 64 predicates the index keys the first 64 only and hands out the rest always.
+    #[test]
+    fn predicates_past_sixty_four_are_always_candidates() {
+        let sources: Vec<String> = (0..70)
+            .map(|i| format!("request.path == '/p{i}'"))
+            .collect();
+        let (predicates, pointers) = compiled(&sources);
+        let index = PredicateIndex::new(&predicates);
+        let slot = pointers.slot_of(&["request", "path"]).unwrap();
+        for (raw, expected) in [
+            (r#""/p3""#, vec![3, 64, 65, 66, 67, 68, 69]),
+            (r#""/p66""#, vec![64, 65, 66, 67, 68, 69]),
+        ] {
+            let mut values = vec![None; pointers.len()];
+            values[slot] = Some(raw);
+            let fields = Fields {
+                values: &values,
+                action: "",
+            };
+            assert_eq!(index.candidates(&fields).collect::<Vec<_>>(), expected);
         }
     }
 
