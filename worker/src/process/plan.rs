@@ -143,6 +143,14 @@ impl ProcessPlan {
     }
 }
 
+/// A record's time (an integer of milliseconds): plain digits, as the join writes them, read
+/// eight at a time; anything else as `str::parse` reads it.
+fn parse_time(text: &str) -> Option<i64> {
+    crate::sources::event_time::parse_digits(text.as_bytes())
+        .and_then(|n| i64::try_from(n).ok())
+        .or_else(|| text.parse().ok())
+}
+
 /// What one action is, for a definition. Text is borrowed from the action record where it
 /// needs no unescaping.
 #[derive(Debug, PartialEq, Eq)]
@@ -335,7 +343,7 @@ impl ProcessPlan {
         Classified {
             step,
             instance,
-            time: present(values, self.first_time).and_then(|v| v.parse().ok()),
+            time: present(values, self.first_time).and_then(parse_time),
             tracking: present(values, self.tracking_number)
                 .map_or(0, |v| tracking_fingerprint(&text_of(v))),
             outcomes,
@@ -447,33 +455,39 @@ impl Classified<'_> {
     /// a classified action to the process stage's.
     pub fn encode(&self, p: u16, batch: &mut ClassifiedBatch) {
         let step = self.step.map_or(u16::MAX, |s| s as u16);
-        let out = &mut batch.bytes;
-        out.extend_from_slice(&p.to_le_bytes());
-        out.extend_from_slice(&step.to_le_bytes());
-        out.push(u8::from(self.time.is_some()));
-        out.extend_from_slice(&self.time.unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&self.outcomes.to_le_bytes());
+        // The fixed-size fields in one copy (one capacity check, not seven).
+        let mut head = [0u8; HEAD];
+        head[0..2].copy_from_slice(&p.to_le_bytes());
+        head[2..4].copy_from_slice(&step.to_le_bytes());
+        head[4] = u8::from(self.time.is_some());
+        head[5..13].copy_from_slice(&self.time.unwrap_or(0).to_le_bytes());
+        head[13..21].copy_from_slice(&self.outcomes.to_le_bytes());
+        head[21..29].copy_from_slice(&self.tracking.to_le_bytes());
+        head[29..33].copy_from_slice(&(self.dimensions.len() as u32).to_le_bytes());
+        batch.bytes.extend_from_slice(&head);
         batch.put_text(self.instance.as_deref());
-        let out = &mut batch.bytes;
-        out.extend_from_slice(&self.tracking.to_le_bytes());
-        out.extend_from_slice(&(self.dimensions.len() as u32).to_le_bytes());
         for d in &self.dimensions {
             batch.put_text(d.as_deref());
         }
     }
 }
 
+/// Bytes of a classification's fixed-size fields (see [`Classified::encode`]).
+const HEAD: usize = 33;
+
 /// The first classification in `b` and `texts` (see [`Classified::encode`]) and its
 /// definition, each taken off the front; `None` when they are cut short.
 fn decode_classified<'a>(b: &mut &[u8], texts: &mut &'a str) -> Option<(u16, Classified<'a>)> {
-    let p = u16::from_le_bytes(take(b, 2)?.try_into().ok()?);
-    let step = u16::from_le_bytes(take(b, 2)?.try_into().ok()?);
-    let has_time = *take(b, 1)?.first()? != 0;
-    let time = i64::from_le_bytes(take(b, 8)?.try_into().ok()?);
-    let outcomes = u64::from_le_bytes(take(b, 8)?.try_into().ok()?);
+    let head: &[u8; HEAD] = take(b, HEAD)?.try_into().ok()?;
+    let u16_at = |i: usize| u16::from_le_bytes([head[i], head[i + 1]]);
+    let u64_at = |i: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&head[i..i + 8]);
+        u64::from_le_bytes(word)
+    };
+    let (p, step, has_time) = (u16_at(0), u16_at(2), head[4] != 0);
+    let n = u32::from_le_bytes([head[29], head[30], head[31], head[32]]) as usize;
     let instance = take_text(b, texts)?;
-    let tracking = u64::from_le_bytes(take(b, 8)?.try_into().ok()?);
-    let n = take_u32(b)? as usize;
     let mut dimensions = SmallVec::new();
     for _ in 0..n {
         dimensions.push(take_text(b, texts)?);
@@ -481,10 +495,26 @@ fn decode_classified<'a>(b: &mut &[u8], texts: &mut &'a str) -> Option<(u16, Cla
     let classified = Classified {
         step: (step != u16::MAX).then_some(usize::from(step)),
         instance,
-        time: has_time.then_some(time),
-        tracking,
-        outcomes,
+        time: has_time.then_some(u64_at(5) as i64),
+        tracking: u64_at(21),
+        outcomes: u64_at(13),
         dimensions,
     };
     Some((p, classified))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    proptest::proptest! {
+        /// A time reads as `str::parse` reads it: any integer, with leading zeros or a
+        /// sign, and any other text.
+        #[test]
+        fn a_time_reads_as_its_parse(n in proptest::num::i64::ANY, zeros in 0usize..8, text in "[-+0-9a]{0,24}") {
+            for t in [n.to_string(), format!("{}{}", "0".repeat(zeros), n.unsigned_abs()), text] {
+                proptest::prop_assert_eq!(parse_time(&t), t.parse::<i64>().ok(), "{}", t);
+            }
+        }
+    }
 }

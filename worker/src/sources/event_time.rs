@@ -44,7 +44,7 @@ fn parse_number(text: &str, scale: f64) -> Option<i64> {
 
 /// The value of 1 to 19 ASCII digits (no sign), eight at a time: every message has a
 /// 13-digit time, and std's general parse took ~160 instructions for it.
-fn parse_digits(b: &[u8]) -> Option<u64> {
+pub(crate) fn parse_digits(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 24 {
         return None;
     }
