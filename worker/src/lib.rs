@@ -13,3 +13,4 @@ pub mod run;
 pub mod sinks;
 pub mod sources;
 pub mod state;
+pub mod time;

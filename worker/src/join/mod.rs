@@ -23,6 +23,7 @@ use weft_crds::join_pipeline::JoinSpec;
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
 use crate::sources::{DeadLetterReason, Message, Rejection};
+use crate::time::MaybeTime;
 use markers::{ColdMarkers, Fingerprint, MARKER_BYTES, Marker, MarkerTable};
 use timers::{Timer, Timers, YOUNG_AGE, YoungSeq};
 
@@ -707,28 +708,11 @@ fn marker_until(config: &JoinConfig, deadline: i64) -> i64 {
     deadline - config.lateness + config.dedupe
 }
 
-/// The deadline of a stored entry's version, or none: an `Option<i64>` in 8 bytes (no real
-/// deadline is `i64::MIN`): 8 bytes less in every hot-map slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Persisted(i64);
-
-impl Persisted {
-    const NONE: Persisted = Persisted(i64::MIN);
-
-    fn at(deadline: i64) -> Persisted {
-        Persisted(deadline)
-    }
-
-    fn get(self) -> Option<i64> {
-        (self.0 != i64::MIN).then_some(self.0)
-    }
-}
-
 struct Slot {
     /// `None`: removed since the last checkpoint (a tombstone for a persisted entry).
     entry: Option<Entry>,
     /// Deadline of the version in the store, if any.
-    persisted: Persisted,
+    persisted: MaybeTime,
     /// The pending entry's young timer ([`NO_YOUNG`]: none, or in the wheel).
     young: YoungSeq,
     dirty: bool,
@@ -1142,7 +1126,7 @@ impl JoinEngine {
                 }
                 let mut slot = Slot {
                     entry: None,
-                    persisted: Persisted::NONE,
+                    persisted: MaybeTime::NONE,
                     young: NO_YOUNG,
                     dirty: true,
                 };
@@ -1298,7 +1282,7 @@ impl JoinEngine {
                 self.slots.insert(
                     key,
                     Slot {
-                        persisted: Persisted::at(entry.deadline()),
+                        persisted: MaybeTime::at(entry.deadline()),
                         entry: Some(entry),
                         young: NO_YOUNG,
                         dirty: false,
@@ -1385,7 +1369,7 @@ impl JoinEngine {
                                 key,
                                 Slot {
                                     entry: None,
-                                    persisted: Persisted::at(deadline),
+                                    persisted: MaybeTime::at(deadline),
                                     young: NO_YOUNG,
                                     dirty: true,
                                 },
@@ -1489,7 +1473,7 @@ impl JoinEngine {
                         if slot.persisted.get().is_none() {
                             stored.added(key);
                         }
-                        slot.persisted = Persisted::at(deadline);
+                        slot.persisted = MaybeTime::at(deadline);
                     }
                     // A resolved stored entry (its marker is in this checkpoint's runs): the
                     // entry and its timer go. Markers never live in a slot.

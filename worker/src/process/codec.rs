@@ -6,6 +6,7 @@
 //! still read.
 
 use super::instance::{Applied, DimensionIds, Instance, InstanceKey, tracking_fingerprint};
+use crate::time::MaybeTime;
 
 /// Starts a version-2 instance: as a version-1 key length it would be 4 GiB.
 const V2: [u8; 5] = [0xff, 0xff, 0xff, 0xff, 2];
@@ -77,8 +78,8 @@ pub fn encode_instance(i: &Instance, out: &mut Vec<u8>) {
         out.extend_from_slice(&d.to_le_bytes());
     }
     out.extend_from_slice(&i.combo.to_le_bytes());
-    put_option_i64(out, i.abandoned);
-    put_option_i64(out, i.sla_alerted);
+    put_option_i64(out, i.abandoned.get());
+    put_option_i64(out, i.sla_alerted.get());
     out.extend_from_slice(&(i.breaches.len() as u32).to_le_bytes());
     for (step, deadline) in &i.breaches {
         out.extend_from_slice(&step.to_le_bytes());
@@ -123,20 +124,21 @@ pub fn decode_instance(bytes: &[u8]) -> Option<Instance> {
         actions,
         dimensions,
         combo: r.u32()?,
-        abandoned: r.option_i64()?,
-        sla_alerted: r.option_i64()?,
-        breaches: Vec::new(),
-        armed_sla: None,
-        armed_timeout: None,
+        abandoned: r.option_i64()?.into(),
+        sla_alerted: r.option_i64()?.into(),
+        breaches: Box::default(),
+        armed_sla: MaybeTime::NONE,
+        armed_timeout: MaybeTime::NONE,
         unsaved: false,
     };
     // Instances written before breaches were part of them end here.
     if !r.0.is_empty() {
         let n = r.u32()? as usize;
-        instance.breaches.reserve(n.min(64));
+        let mut breaches = Vec::with_capacity(n.min(64));
         for _ in 0..n {
-            instance.breaches.push((r.u16()?, r.i64()?));
+            breaches.push((r.u16()?, r.i64()?));
         }
+        instance.breaches = breaches.into();
     }
     r.0.is_empty().then_some(instance)
 }
@@ -166,11 +168,11 @@ mod tests {
             ],
             dimensions: [3, 0, 1].into_iter().collect(),
             combo: 9,
-            abandoned: None,
-            sla_alerted: Some(61_000),
-            breaches: vec![(1, 3_661_000)],
-            armed_sla: None,
-            armed_timeout: None,
+            abandoned: MaybeTime::NONE,
+            sla_alerted: MaybeTime::at(61_000),
+            breaches: Box::new([(1, 3_661_000)]),
+            armed_sla: MaybeTime::NONE,
+            armed_timeout: MaybeTime::NONE,
             unsaved: false,
         };
         let mut buf = Vec::new();
@@ -180,7 +182,7 @@ mod tests {
 
         // Written before breaches were stored: the same bytes without them.
         let without = Instance {
-            breaches: Vec::new(),
+            breaches: Box::default(),
             ..instance
         };
         let mut old = Vec::new();

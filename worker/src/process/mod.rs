@@ -38,6 +38,8 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
+use crate::time::MaybeTime;
+
 pub use instance::{
     Applied, DimensionIds, Instance, InstanceKey, Instances, SlotId, tracking_fingerprint,
 };
@@ -780,11 +782,11 @@ impl ProcessState {
                 .steps
                 .get(usize::from(last.step))
                 .and_then(|s| s.sla)
-            && instance.sla_alerted != Some(last.entered)
+            && instance.sla_alerted.get() != Some(last.entered)
         {
             let due = last.entered.saturating_add(sla);
-            if instance.armed_sla != Some(due) {
-                instance.armed_sla = Some(due);
+            if instance.armed_sla.get() != Some(due) {
+                instance.armed_sla = MaybeTime::at(due);
                 self.timers[idx].push(Reverse((due, TimerKind::Sla, at)));
             }
         }
@@ -794,7 +796,7 @@ impl ProcessState {
             let timeout = instance
                 .last_action()
                 .saturating_add(self.plan.instance_timeout);
-            instance.armed_timeout = Some(timeout);
+            instance.armed_timeout = MaybeTime::at(timeout);
             self.timers[idx].push(Reverse((timeout, TimerKind::Timeout, at)));
         }
     }
@@ -1024,7 +1026,7 @@ impl ProcessEngine {
                     && i.actions.iter().any(|a| a.tracking == applied.tracking);
                 // After completion an action is kept but does not count (see
                 // `Instance::effective`); after abandonment it is refused.
-                let after_end = i.abandoned.is_some_and(|e| t > e);
+                let after_end = i.abandoned.get().is_some_and(|e| t > e);
                 if duplicate || after_end || i.actions.len() >= ACTION_LIMIT {
                     if duplicate {
                         state.counts.duplicates += 1;
@@ -1124,11 +1126,14 @@ impl ProcessEngine {
                     (TimerKind::Sla, Some(visit), Some(sla))
                         if ended.is_none()
                             && visit.entered.saturating_add(sla) == deadline
-                            && instance.sla_alerted != Some(visit.entered) =>
+                            && instance.sla_alerted.get() != Some(visit.entered) =>
                     {
-                        instance.sla_alerted = Some(visit.entered);
+                        instance.sla_alerted = MaybeTime::at(visit.entered);
                         let old = state.contributions(&instance);
-                        instance.breaches.push((visit.step, deadline));
+                        // Rare: a boxed slice, 8 bytes less in every instance than a vector.
+                        let mut breaches = std::mem::take(&mut instance.breaches).into_vec();
+                        breaches.push((visit.step, deadline));
+                        instance.breaches = breaches.into();
                         let new = state.contributions(&instance);
                         let combo = instance.combo;
                         state.replace(kg, wm, lateness, Some((combo, old)), combo, new);
@@ -1144,7 +1149,7 @@ impl ProcessEngine {
                                 .saturating_add(state.plan.instance_timeout)
                                 > deadline =>
                     {
-                        instance.armed_timeout = None;
+                        instance.armed_timeout = MaybeTime::NONE;
                         state.set_timers(idx, at, &mut instance, lateness);
                     }
                     (TimerKind::Timeout, ..)
@@ -1155,7 +1160,7 @@ impl ProcessEngine {
                                 == deadline =>
                     {
                         let old = state.contributions(&instance);
-                        instance.abandoned = Some(deadline);
+                        instance.abandoned = MaybeTime::at(deadline);
                         let new = state.contributions(&instance);
                         let combo = instance.combo;
                         state.replace(kg, wm, lateness, Some((combo, old)), combo, new);
@@ -1341,8 +1346,8 @@ impl ProcessEngine {
                 continue;
             }
             // Timers are not stored: set again when it is put in its slot.
-            instance.armed_sla = None;
-            instance.armed_timeout = None;
+            instance.armed_sla = MaybeTime::NONE;
+            instance.armed_timeout = MaybeTime::NONE;
             // Nor are the windows: they are what the instances contribute. Every
             // contribution to a window still kept is an instance's still kept (see
             // `ProcessState::kept`), and the totals are in the record already.

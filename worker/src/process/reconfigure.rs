@@ -14,6 +14,7 @@ use rustc_hash::FxHashMap;
 use super::instance::{Applied, Contribution, DimensionIds, Instance};
 use super::plan::ProcessPlan;
 use super::{Metric, NO_STEP, ProcessEngine, ProcessState};
+use crate::time::MaybeTime;
 
 /// What a reconfiguration did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -207,14 +208,15 @@ impl ProcessEngine {
             instance.actions.sort_unstable();
             instance.breaches = instance
                 .breaches
-                .into_iter()
+                .iter()
+                .copied()
                 .filter_map(|(s, deadline)| Some((step(s)?, deadline)))
                 .collect();
             report.dropped_actions += (before - instance.actions.len()) as u64;
             instance.combo = old_combo;
             instance.dimensions = DimensionIds::from_slice(new.names.combo(old_combo));
-            instance.armed_sla = None;
-            instance.armed_timeout = None;
+            instance.armed_sla = MaybeTime::NONE;
+            instance.armed_timeout = MaybeTime::NONE;
             let kg = instance.key_group;
             let idx = usize::from(kg.wrapping_sub(self.owned.start));
             let wm = self.watermarks.get(idx).copied().unwrap_or(i64::MIN);
