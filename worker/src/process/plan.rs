@@ -326,8 +326,8 @@ impl ProcessPlan {
     ) -> Classified<'a> {
         let fields = Fields { values, action };
         let (mut step, mut outcomes) = (None, 0u64);
+        let matches = |p: Option<&Predicate>| p.is_some_and(|p| p.matches(&fields));
         for i in self.index.candidates(&fields) {
-            let matches = |p: Option<&Predicate>| p.is_some_and(|p| p.matches(&fields));
             match i.checked_sub(self.steps.len()) {
                 // The first step that matches.
                 None if step.is_none() && matches(self.steps.get(i).map(|s| &s.predicate)) => {

@@ -430,11 +430,17 @@ impl SourcePlan {
     }
 }
 
+/// Whether string content has a backslash (an escape). A byte loop: the strings compared and
+/// keyed on (tracking numbers, discriminator, dimension and literal values) are a few bytes
+/// long, where a `memchr` call costs more.
+pub(crate) fn has_backslash(content: &str) -> bool {
+    content.bytes().any(|b| b == b'\\')
+}
+
 /// A value as text for comparisons and keys: a string's content, or the raw JSON otherwise.
 pub(crate) fn text_of(v: &str) -> Cow<'_, str> {
     match v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-        // A byte loop: for these short strings a `memchr` call cost more.
-        Some(content) if content.bytes().any(|b| b == b'\\') => {
+        Some(content) if has_backslash(content) => {
             Cow::Owned(String::from_utf8_lossy(&scan::unescape(content.as_bytes())).into_owned())
         }
         Some(content) => Cow::Borrowed(content),
