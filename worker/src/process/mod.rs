@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use weft_crds::keygroup::{KeyGroupRange, key_group};
 
+use crate::sources::scan::same_bytes;
 use crate::time::MaybeTime;
 
 pub use instance::{
@@ -393,6 +394,10 @@ pub struct ProcessState {
     dims: Vec<u32>,
 }
 
+/// Up to this many values, a dimension's value is found by comparing it with each (see
+/// [`Names::dimension_id`]).
+const FEW_VALUES: usize = 8;
+
 /// The value tables of a definition's state: dimension values, their combinations and the
 /// variants (step sequences), interned to small ids.
 #[derive(Clone, Debug, Default)]
@@ -416,7 +421,18 @@ impl Names {
     /// are `other`. A missing value is `other` too.
     fn dimension_id(&mut self, dim: usize, value: Option<&str>, max_values: usize) -> u32 {
         let value = value.unwrap_or(OTHER);
-        if let Some(id) = self.dimension_ids[dim].get(value) {
+        // A dimension of a few values (channels, products) is searched in place: each action
+        // looks up every dimension, and hashing the value cost more than comparing it with
+        // a handful of short strings.
+        let values = &self.dimension_values[dim];
+        if values.len() <= FEW_VALUES {
+            let found = values
+                .iter()
+                .position(|v| same_bytes(v.as_bytes(), value.as_bytes()));
+            if let Some(id) = found {
+                return id as u32;
+            }
+        } else if let Some(id) = self.dimension_ids[dim].get(value) {
             return *id;
         }
         let full = self.dimension_values[dim].len() >= max_values;

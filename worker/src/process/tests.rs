@@ -939,3 +939,23 @@ proptest::proptest! {
         }
     }
 }
+
+/// A dimension's values keep their ids whether they are found by comparison (the first few)
+/// or through the map; past `maxValues` new values are `other`.
+#[test]
+fn dimension_values_keep_their_ids_however_they_are_found() {
+    let mut names = Names::new(1);
+    let max_values = 12;
+    let first: Vec<u32> = (0..20)
+        .map(|i| names.dimension_id(0, Some(&format!("v{i}")), max_values))
+        .collect();
+    let other = names.dimension_id(0, None, max_values);
+    assert_eq!(&first[..12], &(0..12).collect::<Vec<u32>>()[..]);
+    assert!(first[12..].iter().all(|id| *id == other), "{first:?}");
+    for (i, id) in first.iter().enumerate() {
+        assert_eq!(
+            names.dimension_id(0, Some(&format!("v{i}")), max_values),
+            *id
+        );
+    }
+}
