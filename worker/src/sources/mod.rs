@@ -343,9 +343,8 @@ impl SourcePlan {
         };
 
         let tracking_number = match value(self.tracking_number) {
-            Some(v)
-                if v.starts_with(['"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) =>
-            {
+            // A string or a number: its first byte says which.
+            Some(v) if matches!(v.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9')) => {
                 text_of(v)
             }
             Some(_) => {
