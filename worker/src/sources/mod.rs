@@ -390,12 +390,6 @@ impl SourcePlan {
                 fields: "",
             }));
         };
-        let projected = || {
-            self.fields_of[part as usize]
-                .iter()
-                .map(|&f| &self.fields[f])
-                .filter_map(|f| value(f.value).map(|v| (f.name_prefix.as_str(), v)))
-        };
         let payload = if self.keep_payload {
             trimmed
                 .trim_end()
@@ -407,11 +401,17 @@ impl SourcePlan {
             ""
         };
         fields.clear();
-        for (name, v) in projected() {
+        for field in self.fields_of[part as usize]
+            .iter()
+            .map(|&f| &self.fields[f])
+        {
+            let Some(v) = value(field.value) else {
+                continue;
+            };
             if !fields.is_empty() {
                 fields.push(',');
             }
-            fields.push_str(name);
+            fields.push_str(&field.name_prefix);
             fields.push_str(v);
         }
         if !payload.is_empty() {
