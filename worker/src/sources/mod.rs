@@ -278,7 +278,11 @@ impl SourcePlan {
         }
         let text = std::str::from_utf8(raw)
             .map_err(|e| Rejection::new(DeadLetterReason::NotJson, format!("not UTF-8: {e}")))?;
-        let trimmed = text.trim_start();
+        // A message starts with its brace, mostly: no trimming then.
+        let trimmed = match text.starts_with('{') {
+            true => text,
+            false => text.trim_start(),
+        };
         if !trimmed.starts_with('{') {
             return Err(Rejection::new(
                 DeadLetterReason::NotJson,
@@ -296,7 +300,10 @@ impl SourcePlan {
         self.pointers
             .scan(text, values)
             .map_err(|e| Rejection::new(DeadLetterReason::NotJson, format!("invalid JSON: {e}")))?;
-        let value = |i: usize| values.get(i).copied().flatten().filter(|v| *v != "null");
+        let value = |i: usize| match values.get(i).copied().flatten() {
+            Some("null") | None => None,
+            found => found,
+        };
 
         for filter in &self.filters {
             let found = value(filter.value);
