@@ -11,6 +11,7 @@ use super::instance::tracking_fingerprint;
 use super::predicate::{Fields, Predicate, PredicateIndex};
 use crate::join::record::RecordLayout;
 use crate::sources::SourcePlan;
+use crate::sources::event_time::parse_integer;
 use crate::sources::scan::{MemberOrder, PointerSet};
 use crate::sources::text_of;
 
@@ -141,14 +142,6 @@ impl ProcessPlan {
             window: ms(spec.metrics_window).max(1),
         })
     }
-}
-
-/// A record's time (an integer of milliseconds): plain digits, as the join writes them, read
-/// eight at a time; anything else as `str::parse` reads it.
-fn parse_time(text: &str) -> Option<i64> {
-    crate::sources::event_time::parse_digits(text.as_bytes())
-        .and_then(|n| i64::try_from(n).ok())
-        .or_else(|| text.parse().ok())
 }
 
 /// What one action is, for a definition. Text is borrowed from the action record where it
@@ -343,7 +336,7 @@ impl ProcessPlan {
         Classified {
             step,
             instance,
-            time: present(values, self.first_time).and_then(parse_time),
+            time: present(values, self.first_time).and_then(parse_integer),
             tracking: present(values, self.tracking_number)
                 .map_or(0, |v| tracking_fingerprint(&text_of(v))),
             outcomes,
@@ -501,20 +494,4 @@ fn decode_classified<'a>(b: &mut &[u8], texts: &mut &'a str) -> Option<(u16, Cla
         dimensions,
     };
     Some((p, classified))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_time;
-
-    proptest::proptest! {
-        /// A time reads as `str::parse` reads it: any integer, with leading zeros or a
-        /// sign, and any other text.
-        #[test]
-        fn a_time_reads_as_its_parse(n in proptest::num::i64::ANY, zeros in 0usize..8, text in "[-+0-9a]{0,24}") {
-            for t in [n.to_string(), format!("{}{}", "0".repeat(zeros), n.unsigned_abs()), text] {
-                proptest::prop_assert_eq!(parse_time(&t), t.parse::<i64>().ok(), "{}", t);
-            }
-        }
-    }
 }

@@ -31,10 +31,7 @@ pub fn parse(raw: &str, format: EventTimeFormat) -> Option<i64> {
 }
 
 fn parse_number(text: &str, scale: f64) -> Option<i64> {
-    if let Some(n) = parse_digits(text.as_bytes()).and_then(|n| i64::try_from(n).ok()) {
-        return n.checked_mul(scale as i64);
-    }
-    if let Ok(n) = text.parse::<i64>() {
+    if let Some(n) = parse_integer(text) {
         return n.checked_mul(scale as i64);
     }
     let f: f64 = text.parse().ok()?;
@@ -42,9 +39,17 @@ fn parse_number(text: &str, scale: f64) -> Option<i64> {
     (ms.is_finite() && ms.abs() < 9.0e15).then_some(ms as i64)
 }
 
+/// An integer as `str::parse::<i64>` reads it: plain digits (every time the join writes,
+/// and most that messages carry) eight at a time, anything else through `parse`.
+pub(crate) fn parse_integer(text: &str) -> Option<i64> {
+    parse_digits(text.as_bytes())
+        .and_then(|n| i64::try_from(n).ok())
+        .or_else(|| text.parse().ok())
+}
+
 /// The value of 1 to 19 ASCII digits (no sign), eight at a time: every message has a
 /// 13-digit time, and std's general parse took ~160 instructions for it.
-pub(crate) fn parse_digits(b: &[u8]) -> Option<u64> {
+fn parse_digits(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 24 {
         return None;
     }
@@ -206,6 +211,17 @@ mod tests {
         assert_eq!(parse("\"soon\"", EventTimeFormat::EpochMillis), None);
         assert_eq!(parse("null", EventTimeFormat::EpochSeconds), None);
         assert_eq!(parse("1e400", EventTimeFormat::EpochSeconds), None);
+    }
+
+    proptest::proptest! {
+        /// A time reads as `str::parse` reads it: any integer, with leading zeros or a
+        /// sign, and any other text.
+        #[test]
+        fn a_time_reads_as_its_parse(n in proptest::num::i64::ANY, zeros in 0usize..8, text in "[-+0-9a]{0,24}") {
+            for t in [n.to_string(), format!("{}{}", "0".repeat(zeros), n.unsigned_abs()), text] {
+                proptest::prop_assert_eq!(parse_integer(&t), t.parse::<i64>().ok(), "{}", t);
+            }
+        }
     }
 
     proptest::proptest! {
