@@ -12,7 +12,9 @@
 #   STAGES=join bash hack/bench.sh 2000000 5000000      # some rows only (join join+process
 #                                                       # process-alone kafka-join kafka-all)
 #
-# Local rows also give the run's CPU time (user + system, every thread), the input events
+# Local rows also give the peak of the state's files on disk (`disk_MiB`: write-ahead log
+# and SST files, seen at each checkpoint), the share of actions whose state never touched
+# RocksDB (`hot_only`), the run's CPU time (user + system, every thread), the input events
 # per CPU second (the per-core rate) and the system part of the CPU time (this VM's kernel
 # sometimes takes ~0.7 s more for the same run: page faults, writeback).
 set -euo pipefail
@@ -40,7 +42,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/weft-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 example=manifests/examples/credit-card
 
-# One local run; prints: events/s events seconds peakRSS_MiB sst_MiB hot_only_share cpu_s
+# One local run; prints: events/s events seconds peakRSS_MiB peak_state_on_disk_MiB hot_only_share cpu_s
 # events_per_cpu_s
 local_run() {
   local input=$1 out=$2
@@ -61,13 +63,13 @@ import json, sys
 s = json.load(open(sys.argv[1]))
 rss_kib, user, system = open(sys.argv[2]).read().split()[-3:]
 cpu = float(user) + float(system)
-print(f'{s["eventsPerSecond"]:.0f} {s["events"]} {s["seconds"]:.3f} {int(rss_kib)/1024:.1f} {s["state"]["sstBytes"]/2**20:.1f} {s["state"]["neverPersistedShare"]:.4f} {cpu:.2f} {s["events"]/max(cpu, 1e-9):.0f} {float(system):.2f}')
+print(f'{s["eventsPerSecond"]:.0f} {s["events"]} {s["seconds"]:.3f} {int(rss_kib)/1024:.1f} {s["state"].get("peakDiskBytes", 0)/2**20:.1f} {s["state"]["neverPersistedShare"]:.4f} {cpu:.2f} {s["events"]/max(cpu, 1e-9):.0f} {float(system):.2f}')
 PY
 }
 
 median() { sort -n | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 
-printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s %-8s %-10s %-6s\n' actions stages lines "per_second(med)" seconds peakRSS_MiB sst_MiB hot_only cpu_s per_cpu_s sys_s
+printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s %-8s %-10s %-6s\n' actions stages lines "per_second(med)" seconds peakRSS_MiB disk_MiB hot_only cpu_s per_cpu_s sys_s
 for n in "${sizes[@]}"; do
   "$bin" generate --actions "$n" --seed 1 -o "$work/in-$n.jsonl" >/dev/null
   # A file just written stays in the page cache as the write path left it, and reading it
@@ -85,8 +87,8 @@ for n in "${sizes[@]}"; do
     for _ in $(seq "$runs"); do
       results+=("$(local_run "$work/in-$n.jsonl" "$work/out-$stages" "${flags[@]}")")
     done
-    read -r rate events seconds rss sst hot cpu per_cpu sys < <(printf '%s\n' "${results[@]}" | median)
-    printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s %-8s %-10s %-6s\n' "$n" "$stages" "$events" "$rate" "$seconds" "$rss" "$sst" "$hot" "$cpu" "$per_cpu" "$sys"
+    read -r rate events seconds rss disk hot cpu per_cpu sys < <(printf '%s\n' "${results[@]}" | median)
+    printf '%-10s %-14s %-10s %-16s %-10s %-12s %-10s %-10s %-8s %-10s %-6s\n' "$n" "$stages" "$events" "$rate" "$seconds" "$rss" "$disk" "$hot" "$cpu" "$per_cpu" "$sys"
   done
   # The process stage alone, over the actions the join-only run wrote (actions per second).
   if wanted process-alone && wanted join; then

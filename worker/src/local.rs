@@ -104,6 +104,9 @@ struct Counters {
     seconds: f64,
     peak_hot_bytes: u64,
     peak_hot_entries: u64,
+    /// The state's files on disk, the most they held when a checkpoint started.
+    #[serde(default)]
+    peak_disk_bytes: u64,
 }
 
 impl Counters {
@@ -196,6 +199,7 @@ pub struct SummaryCounts {
     pub restarts: u64,
     pub peak_hot_bytes: u64,
     pub peak_hot_entries: u64,
+    pub peak_disk_bytes: u64,
     pub sst_bytes: u64,
     pub hot_budget_bytes: u64,
 }
@@ -230,6 +234,7 @@ impl Summary {
                 hot_budget_bytes: counts.hot_budget_bytes,
                 peak_hot_bytes: counts.peak_hot_bytes,
                 peak_hot_entries: counts.peak_hot_entries,
+                peak_disk_bytes: counts.peak_disk_bytes,
                 sst_bytes: counts.sst_bytes,
                 actions_persisted: stats.actions_persisted,
                 never_persisted_share: if actions > 0 {
@@ -368,6 +373,11 @@ pub struct StateSummary {
     pub hot_budget_bytes: u64,
     pub peak_hot_bytes: u64,
     pub peak_hot_entries: u64,
+    /// The most the state's files held on disk (write-ahead log and SST files), as seen at
+    /// each checkpoint once the one before it was written.
+    #[serde(default)]
+    pub peak_disk_bytes: u64,
+    /// SST files at the end of the run.
     pub sst_bytes: u64,
     pub actions_persisted: u64,
     /// Share of actions whose state never touched RocksDB.
@@ -829,6 +839,10 @@ pub fn run_leaving(options: &LocalOptions) -> anyhow::Result<(Summary, Leftovers
      -> anyhow::Result<()> {
         counters.checkpoints += 1;
         counters.seconds = previous_seconds + started.elapsed().as_secs_f64();
+        // The checkpoint before is written by now (this one's write would wait for it
+        // anyway): the state's files hold what it left, the most they hold between two.
+        store.settle()?;
+        counters.peak_disk_bytes = counters.peak_disk_bytes.max(store.disk_bytes());
         // The process stage takes its part after every action sent before, while the join
         // takes its own.
         outputs.feed_process(process, true)?;
@@ -996,6 +1010,7 @@ pub fn run_leaving(options: &LocalOptions) -> anyhow::Result<(Summary, Leftovers
             restarts: counters.restarts,
             peak_hot_bytes: counters.peak_hot_bytes,
             peak_hot_entries: counters.peak_hot_entries,
+            peak_disk_bytes: counters.peak_disk_bytes,
             sst_bytes: store.sst_bytes(),
             hot_budget_bytes: options.max_hot_bytes as u64,
         },

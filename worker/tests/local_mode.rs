@@ -360,6 +360,11 @@ fn killed_runs_resume_and_end_with_the_uninterrupted_outputs() {
         summary["state"]["actionsPersisted"].as_u64().unwrap() > 0,
         "the 1 MiB budget forced state into RocksDB"
     );
+    assert!(
+        summary["state"]["peakDiskBytes"].as_u64().unwrap() > 0,
+        "the state written mid-run is on disk: {}",
+        summary["state"]
+    );
 }
 
 #[test]

@@ -162,6 +162,9 @@ struct WorkerCheckpoint {
     seconds: f64,
     peak_hot_bytes: u64,
     peak_hot_entries: u64,
+    /// The state's files on disk, the most they held when a checkpoint had been written.
+    #[serde(default)]
+    peak_disk_bytes: u64,
     bounded: BoundedProgress,
     /// The definitions the process state was built under: a restart with other ones
     /// restores under these, then reconfigures.
@@ -745,6 +748,7 @@ impl Stages {
         let Some(Unconfirmed { number, started }) = self.unconfirmed.take() else {
             return Ok(false);
         };
+        self.record.peak_disk_bytes = self.record.peak_disk_bytes.max(self.store.disk_bytes());
         let seconds = started.elapsed().as_secs_f64();
         if let Ok(m) = shared.metrics.lock() {
             m.checkpoints.inc();
@@ -912,6 +916,7 @@ impl Stages {
                 restarts: r.restarts,
                 peak_hot_bytes: r.peak_hot_bytes,
                 peak_hot_entries: r.peak_hot_entries,
+                peak_disk_bytes: r.peak_disk_bytes,
                 sst_bytes: self.store.sst_bytes(),
                 hot_budget_bytes: self.max_hot_bytes as u64,
             },
