@@ -104,7 +104,7 @@ struct Counters {
     seconds: f64,
     peak_hot_bytes: u64,
     peak_hot_entries: u64,
-    /// The state's files on disk, the most they held when a checkpoint started.
+    /// The state's files on disk, the most they held at a checkpoint (the one before written).
     #[serde(default)]
     peak_disk_bytes: u64,
 }
